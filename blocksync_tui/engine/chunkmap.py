@@ -1,0 +1,123 @@
+"""Provides ChunkMap: one byte of state per chunk, counters, dirty tracking and change runs.
+
+The engine thread writes states; a UI thread polls `counts()` and `take_dirty()` at its own
+rate. A single byte store into a bytearray is atomic under the GIL, so readers never see a torn
+state; the dirty set is swapped under a lock.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class State(IntEnum):
+    """What is known about one chunk. Values are stored in a bytearray: never renumber."""
+
+    PENDING = 0
+    """Not yet hashed on both sides."""
+    SAME = 1
+    """Identical on both sides (and not all zero)."""
+    ZERO = 2
+    """Identical on both sides, all zero bytes."""
+    DIFFERS = 3
+    """Differs; a dry run stops here, a sync will write it."""
+    WRITTEN = 4
+    """Differed and has been written to the destination."""
+    ERROR = 5
+    """Could not be read, written or verified."""
+    UPDATED = 6
+    """The source changed while the sync ran; the chunk was synced again."""
+
+
+STATE_NAMES: dict[State, str] = {s: s.name.lower() for s in State}
+
+# Chunks that differ(ed) between source and destination before the run.
+_CHANGED = bytes([State.DIFFERS, State.WRITTEN, State.ERROR, State.UPDATED])
+
+# Past this many dirty chunks between two polls, the reader simply repaints everything.
+_DIRTY_LIMIT = 1 << 16
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run of consecutive changed chunks."""
+
+    first: int
+    count: int
+
+
+class ChunkMap:
+    """Per-chunk states of one device, readable from another thread while being written."""
+
+    def __init__(self, total_chunks: int) -> None:
+        self.total = total_chunks
+        """How many chunks the device has."""
+        self.states = bytearray(total_chunks)
+        """One State per chunk (all PENDING at first)."""
+        self._counts = [0] * len(State)
+        self._counts[State.PENDING] = total_chunks
+        self._dirty: set[int] = set()
+        self._all_dirty = False
+        self._lock = threading.Lock()
+        self.generation = 0
+        """Bumped on every change; a cheap "did anything change" test for pollers."""
+
+    def set(self, index: int, state: State) -> None:
+        """Set the state of one chunk."""
+        old = self.states[index]
+        if old == state:
+            return
+        self.states[index] = state
+        with self._lock:
+            self._counts[old] -= 1
+            self._counts[state] += 1
+            self.generation += 1
+            if not self._all_dirty:
+                self._dirty.add(index)
+                if len(self._dirty) > _DIRTY_LIMIT:
+                    self._all_dirty = True
+                    self._dirty.clear()
+
+    def set_range(self, first: int, count: int, state: State) -> None:
+        """Set `count` chunks from `first` on to one state (used for whole regions)."""
+        for index in range(first, first + count):
+            self.set(index, state)
+
+    def get(self, index: int) -> State:
+        """The state of one chunk."""
+        return State(self.states[index])
+
+    def count(self, state: State) -> int:
+        """How many chunks are in `state` now."""
+        return self._counts[state]
+
+    def counts(self) -> dict[State, int]:
+        """A consistent copy of all counters."""
+        with self._lock:
+            return {s: self._counts[s] for s in State}
+
+    def take_dirty(self) -> set[int] | None:
+        """The chunks changed since the last call, or None when everything should be redrawn."""
+        with self._lock:
+            if self._all_dirty:
+                self._all_dirty = False
+                return None
+            dirty, self._dirty = self._dirty, set()
+            return dirty
+
+    def snapshot(self) -> bytes:
+        """An immutable copy of all states (for rendering or reports)."""
+        return bytes(self.states)
+
+    def changed_runs(self) -> list[Run]:
+        """Runs of consecutive chunks that differed before the run, in device order."""
+        return self.runs(_CHANGED)
+
+    def runs(self, states: Iterable[int]) -> list[Run]:
+        """Runs of consecutive chunks whose state is one of `states`, in device order."""
+        pattern = re.compile(b"[" + re.escape(bytes(states)) + b"]+")
+        return [Run(m.start(), m.end() - m.start()) for m in pattern.finditer(self.snapshot())]

@@ -1,0 +1,243 @@
+"""Provides Connection: a started, handshaken worker that requests can be sent to.
+
+Replies are read by one thread per worker. Control requests (`call`) wait for their answer;
+streaming requests (`post`) deliver every frame of their answer to a queue shared by both
+workers, which the engine's single loop consumes, so the engine logic needs no locks.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+
+from blocksync_tui.engine import bootstrap
+from blocksync_tui.engine import worker as wire
+from blocksync_tui.engine.errors import ConnectError, ConnectionLost, ProtocolError, RemoteError
+from blocksync_tui.engine.transport import Transport
+
+_BANNER_SEARCH = 64 * 1024
+"""How much stray output (a chatty login shell) may precede the worker's banner."""
+_EOF = -1
+
+
+@dataclass
+class Frame:
+    """One frame from a worker, as delivered to the engine's queue."""
+
+    side: str
+    op: int
+    rid: int
+    payload: bytes = b""
+
+
+@dataclass
+class _Waiter:
+    done: threading.Event = field(default_factory=threading.Event)
+    op: int = 0
+    payload: bytes = b""
+
+
+class _Reader:
+    """Reads exact byte counts from a transport with few large recv calls."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.buffer = bytearray()
+        self.bytes_in = 0
+
+    def read_exact(self, size: int) -> bytes | None:
+        while len(self.buffer) < size:
+            data = self.transport.recv(max(size - len(self.buffer), 1 << 20))
+            if not data:
+                return None
+            self.bytes_in += len(data)
+            self.buffer += data
+        out = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return out
+
+
+class Connection:
+    """A worker behind a transport: handshake, requests, replies."""
+
+    def __init__(self, transport: Transport, side: str, events: queue.Queue[Frame]) -> None:
+        self.transport = transport
+        self.side = side
+        """"source" or "destination": tags every frame put on `events`."""
+        self.events = events
+        self.hello: dict = {}
+        """The worker's HELLO: version, Python, algorithms, compressors."""
+        self.bytes_out = 0
+        self._reader = _Reader(transport)
+        self._send_lock = threading.Lock()
+        self._next_rid = 1
+        self._waiters: dict[int, _Waiter] = {}
+        self._lost: str | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes received from the worker so far."""
+        return self._reader.bytes_in
+
+    # -- start
+
+    def start(self, timeout: float = 30.0) -> dict:
+        """Start the worker, send it its source, check its banner and HELLO.
+
+        Raises:
+            ConnectError: the interpreter is missing or too old, or the worker died at start.
+            ProtocolError: the worker is not the one we sent, or speaks another protocol.
+        """
+        self.transport.start()
+        try:
+            self.transport.send(bootstrap.payload())
+        except OSError:
+            pass  # the process already died: its exit status below says why
+        self._await_banner()
+        self._thread = threading.Thread(
+            target=self._read_loop, name=f"reader-{self.side}", daemon=True
+        )
+        self._thread.start()
+        hello = wire.decode_json(self.call(wire.OP_HELLO, {"protocol": wire.PROTOCOL_VERSION}, timeout))
+        if hello.get("protocol") != wire.PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"{self.transport.label}: worker speaks protocol {hello.get('protocol')}, "
+                f"we speak {wire.PROTOCOL_VERSION}"
+            )
+        if hello.get("sha256") != bootstrap.worker_sha256():
+            raise ProtocolError(f"{self.transport.label}: the worker's code arrived altered")
+        self.hello = hello
+        return hello
+
+    def _await_banner(self) -> None:
+        seen = bytearray()
+        while wire.BANNER not in seen:
+            byte = self._reader.read_exact(1)
+            if byte is None:
+                raise self._start_failure()
+            seen += byte
+            if len(seen) > _BANNER_SEARCH:
+                raise ProtocolError(
+                    f"{self.transport.label}: no worker banner, got {bytes(seen[:80])!r}..."
+                )
+
+    def _start_failure(self) -> ConnectError:
+        status = self.transport.exit_status(5.0)
+        where = self.transport.label
+        python = getattr(self.transport, "python", "python3")
+        if status == bootstrap.EXIT_COMMAND_NOT_FOUND:
+            return ConnectError(f"{where}: {python} not found (is Python 3 installed there?)")
+        if status == bootstrap.EXIT_PYTHON_TOO_OLD:
+            return ConnectError(f"{where}: {python} is older than 3.8")
+        tail = self.transport.stderr_tail().strip().splitlines()
+        reason = tail[-1] if tail else f"exit status {status}"
+        return ConnectError(f"{where}: the worker did not start: {reason}")
+
+    # -- requests
+
+    def _send(self, op: int, rid: int, payload: bytes) -> None:
+        header = wire.pack_header(op, rid, len(payload))
+        with self._send_lock:
+            if self._lost:
+                raise ConnectionLost(self._lost)
+            try:
+                self.transport.send(header + payload if len(payload) < 65536 else header)
+                if len(payload) >= 65536:
+                    self.transport.send(payload)
+            except OSError as exc:
+                raise ConnectionLost(f"{self.transport.label}: connection lost ({exc})") from exc
+            self.bytes_out += len(header) + len(payload)
+
+    def _new_rid(self) -> int:
+        with self._send_lock:
+            rid = self._next_rid
+            self._next_rid += 1
+        return rid
+
+    def post(self, op: int, payload: bytes | dict) -> int:
+        """Send a request whose replies go to the event queue; returns its request id."""
+        if isinstance(payload, dict):
+            payload = wire.encode_json(payload)
+        rid = self._new_rid()
+        self._send(op, rid, payload)
+        return rid
+
+    def call(self, op: int, payload: bytes | dict, timeout: float = 60.0) -> bytes:
+        """Send a request and wait for its one reply.
+
+        Raises:
+            RemoteError: the worker answered with an error.
+            ConnectionLost: the worker went away, or did not answer in time.
+        """
+        if isinstance(payload, dict):
+            payload = wire.encode_json(payload)
+        rid = self._new_rid()
+        waiter = _Waiter()
+        self._waiters[rid] = waiter
+        try:
+            self._send(op, rid, payload)
+            if not waiter.done.wait(timeout):
+                raise ConnectionLost(f"{self.transport.label}: no answer in {timeout:.0f} s")
+        finally:
+            self._waiters.pop(rid, None)
+        if waiter.op == _EOF:
+            raise ConnectionLost(self._lost or f"{self.transport.label}: connection lost")
+        if waiter.op == wire.OP_ERROR:
+            raise RemoteError(wire.decode_json(waiter.payload)["message"])
+        return waiter.payload
+
+    def call_json(self, op: int, payload: dict, timeout: float = 60.0) -> dict:
+        """`call` for requests answered with JSON."""
+        return wire.decode_json(self.call(op, payload, timeout))
+
+    # -- replies
+
+    def _read_loop(self) -> None:
+        reason = f"{self.transport.label}: the worker closed the connection"
+        try:
+            while True:
+                header = self._reader.read_exact(wire.HEADER.size)
+                if header is None:
+                    break
+                op, rid, length = wire.unpack_header(header)
+                payload = self._reader.read_exact(length) if length else b""
+                if payload is None:
+                    break
+                waiter = self._waiters.get(rid)
+                if waiter is not None and rid:
+                    waiter.op, waiter.payload = op, payload
+                    waiter.done.set()
+                else:
+                    self.events.put(Frame(self.side, op, rid, payload))
+        except ValueError as exc:
+            reason = f"{self.transport.label}: {exc}"
+        except OSError as exc:
+            reason = f"{self.transport.label}: connection lost ({exc})"
+        tail = self.transport.stderr_tail().strip().splitlines()
+        if tail and "Traceback" in self.transport.stderr_tail():
+            reason += f" ({tail[-1]})"
+        self._lost = reason
+        for waiter in list(self._waiters.values()):
+            waiter.op = _EOF
+            waiter.done.set()
+        self.events.put(Frame(self.side, _EOF, 0, reason.encode()))
+
+    @property
+    def lost(self) -> str | None:
+        """Why the connection ended, once it has."""
+        return self._lost
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask the worker to finish its writes and exit, then close the transport."""
+        if self._lost is None and self._thread is not None:
+            try:
+                self.call(wire.OP_EXIT, b"", timeout)
+            except (ConnectionLost, RemoteError):
+                pass
+        self.transport.close()
+
+
+EOF_OP = _EOF
+"""The op of the Frame put on the queue when a worker's stream ends."""

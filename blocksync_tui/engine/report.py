@@ -1,0 +1,116 @@
+"""Provides Progress (a live snapshot for UIs) and Report (the result of a run, also as JSON)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from blocksync_tui.engine.chunkmap import STATE_NAMES, ChunkMap, State
+
+MAX_RUNS_IN_REPORT = 1000
+"""The report lists the largest runs of changes, not all of them (a disk can have millions)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a UI shows while a run goes on; cheap to take many times a second."""
+
+    phase: str
+    """connecting, scanning, flushing, verifying, done, failed, cancelled."""
+    dry_run: bool
+    elapsed: float
+    size: int
+    chunk_size: int
+    total_chunks: int
+    scanned_source: int
+    scanned_destination: int
+    bytes_sent: int
+    """Chunk data (after zero markers and compression) sent to the destination."""
+    bytes_differing: int
+    """Bytes that differ, at sub-block granularity, as far as known."""
+    wire_bytes: int
+    """Everything that crossed both connections, digests and frames included."""
+    counts: dict[State, int]
+    paused: bool = False
+
+    @property
+    def scanned(self) -> int:
+        """Bytes compared so far (the slower side)."""
+        return min(self.scanned_source, self.scanned_destination)
+
+    @property
+    def fraction(self) -> float:
+        """How far the scan has come, 0..1."""
+        return 1.0 if self.size == 0 else min(1.0, self.scanned / self.size)
+
+    @property
+    def rate(self) -> float:
+        """Scan throughput so far, bytes per second."""
+        return self.scanned / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the current rate, if it can be told."""
+        if self.phase != "scanning" or self.rate <= 0:
+            return None
+        return (self.size - self.scanned) / self.rate
+
+
+@dataclass
+class Report:
+    """The result of a compare or sync."""
+
+    source: str
+    destination: str
+    mode: str
+    """"compare" or "sync"."""
+    outcome: str
+    """identical, differs, synced, failed, cancelled."""
+    size: int
+    chunk_size: int
+    sub_block_size: int
+    algorithm: str
+    compression: str
+    total_chunks: int
+    chunks: dict[str, int]
+    """Chunk count per state name."""
+    chunks_differing: int
+    bytes_differing: int
+    bytes_sent: int
+    wire_bytes: int
+    seconds: float
+    verified: bool | None = None
+    change_runs: int = 0
+    largest_runs: list[dict[str, int]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    message: str = ""
+
+    @classmethod
+    def runs_of(cls, chunk_map: ChunkMap, chunk_size: int, size: int) -> tuple[int, list[dict]]:
+        """The number of change runs and the largest ones, with byte offsets."""
+        runs = chunk_map.changed_runs()
+        largest = sorted(runs, key=lambda r: (-r.count, r.first))[:MAX_RUNS_IN_REPORT]
+        return len(runs), [
+            {
+                "first_chunk": r.first,
+                "chunks": r.count,
+                "offset": r.first * chunk_size,
+                "length": min(size, (r.first + r.count) * chunk_size) - r.first * chunk_size,
+            }
+            for r in largest
+        ]
+
+    @staticmethod
+    def state_counts(chunk_map: ChunkMap) -> dict[str, int]:
+        """Chunk counts keyed by state name."""
+        return {STATE_NAMES[s]: n for s, n in chunk_map.counts().items()}
+
+    def to_json(self) -> str:
+        """The report as indented JSON."""
+        return json.dumps(asdict(self), indent=2)
+
+    def save(self, path: str | Path) -> None:
+        """Write the JSON report to a file."""
+        Path(path).write_text(self.to_json() + "\n")

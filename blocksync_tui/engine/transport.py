@@ -1,0 +1,126 @@
+"""Provides Transport, a byte pipe to a worker process, and LocalTransport over subprocess pipes.
+
+A transport knows how to start the worker's interpreter and move bytes; the framing, the
+bootstrap payload and the handshake belong to `connection.Connection`.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+import threading
+from abc import ABC, abstractmethod
+
+from blocksync_tui.engine import bootstrap
+from blocksync_tui.engine.errors import ConnectError
+
+
+class Transport(ABC):
+    """A started worker process: send bytes to its stdin, receive from its stdout."""
+
+    label: str = "local"
+    """Where the worker runs, for messages ("local", "user@host")."""
+    host_key: str = "localhost"
+    """Identifies the host, to tell whether two endpoints can be the same file."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start the worker's interpreter with the bootstrap stub."""
+
+    @abstractmethod
+    def send(self, data: bytes | memoryview) -> None:
+        """Write all of `data` to the worker's stdin."""
+
+    @abstractmethod
+    def recv(self, size: int) -> bytes:
+        """Up to `size` bytes from the worker's stdout; b"" at end of stream."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close stdin (the worker exits on EOF) and release everything."""
+
+    @abstractmethod
+    def exit_status(self, timeout: float) -> int | None:
+        """The worker's exit status, or None if it is still running after `timeout` seconds."""
+
+    def stderr_tail(self) -> str:
+        """The last lines the worker wrote to stderr (for error messages)."""
+        return "\n".join(getattr(self, "_stderr_lines", ()))
+
+    def _drain_stderr(self, read) -> None:
+        """Keep the last lines of stderr; an unread stderr would stall the worker."""
+        self._stderr_lines: collections.deque[str] = collections.deque(maxlen=20)
+        buffer = b""
+
+        def loop() -> None:
+            nonlocal buffer
+            while True:
+                try:
+                    data = read(65536)
+                except (OSError, ValueError):
+                    return
+                if not data:
+                    if buffer:
+                        self._stderr_lines.append(buffer.decode(errors="replace"))
+                    return
+                buffer += data
+                *lines, buffer = buffer.split(b"\n")
+                self._stderr_lines.extend(line.decode(errors="replace") for line in lines)
+
+        threading.Thread(target=loop, name=f"stderr-{self.label}", daemon=True).start()
+
+
+class LocalTransport(Transport):
+    """A worker on this machine, as a child process connected by pipes."""
+
+    def __init__(self, python: str | None = None) -> None:
+        self.python = python or sys.executable
+        """The interpreter to run; by default the one running us."""
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        try:
+            self.process = subprocess.Popen(
+                bootstrap.local_argv(self.python),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+            )
+        except OSError as exc:
+            raise ConnectError(f"cannot start {self.python}: {exc.strerror}") from exc
+        assert self.process.stderr is not None
+        self._stdin_fd = self.process.stdin.fileno()  # type: ignore[union-attr]
+        self._stdout_fd = self.process.stdout.fileno()  # type: ignore[union-attr]
+        stderr_fd = self.process.stderr.fileno()
+        self._drain_stderr(lambda n: os.read(stderr_fd, n))
+
+    def send(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._stdin_fd, view) :]
+
+    def recv(self, size: int) -> bytes:
+        return os.read(self._stdout_fd, size)
+
+    def close(self) -> None:
+        if self.process is None:
+            return
+        for stream in (self.process.stdin, self.process.stdout):
+            try:
+                stream.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+        if self.exit_status(2.0) is None:
+            self.process.kill()
+            self.process.wait()
+
+    def exit_status(self, timeout: float) -> int | None:
+        if self.process is None:
+            return None
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None

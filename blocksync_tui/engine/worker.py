@@ -1,0 +1,857 @@
+"""Provides the blocksync worker: the only code that opens files and devices.
+
+This file is shipped as source to the host that holds a file or device (over a pipe locally,
+over an SSH channel remotely) and runs there under any Python 3.8 or newer with nothing but the
+standard library. It is also imported by the controller, so the frame format, the opcodes and
+the piece encoding below are the single source of truth for both ends of the wire.
+
+Framing: a 12-byte header (magic, opcode, flags, request id, payload length) and a payload.
+Control payloads are JSON; bulk payloads (digests, data pieces) are packed with `struct`.
+Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import queue
+import stat
+import struct
+import sys
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+PROTOCOL_VERSION = 1
+WORKER_VERSION = "0.1.0"
+BANNER = b"BLOCKSYNC-WORKER 1\n"
+"""Written before the first frame, so stray output from a login shell is detected, not parsed."""
+
+MAGIC = b"BK"
+HEADER = struct.Struct("!2sBBII")
+MAX_PAYLOAD = 48 << 20
+"""Frames larger than this are refused before their body is read."""
+MAX_CHUNK_SIZE = 16 << 20
+SUB_DIGEST_SIZE = 8
+"""Sub-block digests are truncated: a chunk-level digest still guards every chunk."""
+
+# Requests (controller -> worker). Frozen by a test: never renumber.
+OP_HELLO = 1
+OP_OPEN = 2
+OP_HASH = 3
+OP_SUBHASH = 4
+OP_DELTA = 5
+OP_WRITE = 6
+OP_ZERO = 7
+OP_FLUSH = 8
+OP_DEVICES = 9
+OP_EXIT = 10
+# Replies (worker -> controller).
+OP_REPLY = 64
+OP_DIGESTS = 65
+OP_SUBDIGESTS = 66
+OP_DATA = 67
+OP_WRITTEN = 68
+OP_ERROR = 69
+OP_DONE = 70
+
+OP_NAMES = {v: k[3:] for k, v in list(globals().items()) if k.startswith("OP_") and k != "OP_NAMES"}
+
+# Per-chunk flags in a DIGESTS frame.
+FLAG_DATA = 0
+FLAG_ZERO = 1
+FLAG_ERROR = 2
+
+# Piece codecs.
+CODEC_RAW = 0
+CODEC_ZLIB = 1
+CODEC_ZERO = 2
+CODEC_LZ4 = 3
+CODEC_ZSTD = 4
+
+# DELTA modes: what the destination already has.
+DELTA_SUBDIGESTS = 0
+"""Send the sub-blocks whose digests differ from the ones given."""
+DELTA_DEST_ZERO = 1
+"""The destination chunk is all zero: send every sub-block that is not."""
+DELTA_WHOLE = 2
+"""Send the whole chunk."""
+
+DIGESTS_HEAD = struct.Struct("!QIB")  # first chunk, count, digest size
+CHUNK_HEAD = struct.Struct("!QI")  # chunk index, chunk length
+CHUNK_REQ = struct.Struct("!QQIIB")  # chunk index, offset, length, sub-block size, DELTA mode
+PIECE_HEAD = struct.Struct("!IBII")  # offset in chunk, codec, raw length, encoded length
+PIECES_HEAD = struct.Struct("!QIH")  # chunk index, chunk length, number of pieces
+ZERO_REQ = struct.Struct("!QIQ")  # chunk index, length, offset
+WRITE_HEAD = struct.Struct("!Q")  # offset of the chunk, followed by its pieces
+ACK_ITEM = struct.Struct("!QB")  # chunk index, status (0 ok, else errno)
+
+_MOUNTINFO = "/proc/self/mountinfo"
+_BLKSSZGET = 0x1268
+
+
+# ---------------------------------------------------------------------------- framing
+
+
+def pack_header(op: int, rid: int, length: int, flags: int = 0) -> bytes:
+    """The 12-byte header of a frame."""
+    return HEADER.pack(MAGIC, op, flags, rid, length)
+
+
+def unpack_header(header: bytes) -> "tuple[int, int, int]":
+    """Check a frame header and return (opcode, request id, payload length).
+
+    Raises:
+        ValueError: bad magic or a payload larger than MAX_PAYLOAD.
+    """
+    magic, op, _flags, rid, length = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise ValueError("bad frame magic %r (stream corrupted?)" % (bytes(header[:12]),))
+    if length > MAX_PAYLOAD:
+        raise ValueError("frame of %d bytes exceeds the limit of %d" % (length, MAX_PAYLOAD))
+    return op, rid, length
+
+
+def encode_json(obj: object) -> bytes:
+    """Encode a control payload."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def decode_json(payload: bytes) -> dict:
+    """Decode a control payload."""
+    return json.loads(bytes(payload).decode())
+
+
+# ---------------------------------------------------------------------------- hashing
+
+
+def hash_algorithms() -> "list[str]":
+    """The chunk digests this Python can compute, fastest collision-safe ones first."""
+    names = []
+    try:
+        import xxhash  # noqa: F401  (optional, faster than anything in hashlib)
+
+        names.append("xxh128")
+    except ImportError:
+        pass
+    for name in ("sha256", "sha1", "blake2b", "md5"):
+        if name in hashlib.algorithms_available:
+            names.append(name)
+    return names
+
+
+def compressors() -> "list[str]":
+    """The piece codecs this Python can use: zlib always, faster ones if installed."""
+    names = []
+    try:
+        import zstandard  # noqa: F401
+
+        names.append("zstd")
+    except ImportError:
+        pass
+    try:
+        import lz4.frame  # noqa: F401
+
+        names.append("lz4")
+    except ImportError:
+        pass
+    names.append("zlib")
+    return names
+
+
+def hasher(algo: str):
+    """A function that returns the digest of a bytes-like object."""
+    if algo == "xxh128":
+        import xxhash
+
+        return lambda data: xxhash.xxh3_128_digest(data)
+    if algo == "blake2b":
+        return lambda data: hashlib.blake2b(data, digest_size=32).digest()
+    hashlib.new(algo)  # raises ValueError for an unknown name
+    return lambda data: hashlib.new(algo, data).digest()
+
+
+def is_zero(data, _zero: "list[bytes]" = [b""]) -> bool:
+    """True if every byte is zero (a compare against a zero block runs at memory speed)."""
+    if len(_zero[0]) < len(data):
+        _zero[0] = bytes(len(data))
+    return data == memoryview(_zero[0])[: len(data)]
+
+
+def sub_digests(algo_fn, data, sub_size: int) -> bytes:
+    """The truncated digests of each sub-block of a chunk, concatenated."""
+    view = memoryview(data)
+    return b"".join(
+        algo_fn(view[off : off + sub_size])[:SUB_DIGEST_SIZE]
+        for off in range(0, len(view), sub_size)
+    )
+
+
+# ---------------------------------------------------------------------------- pieces
+
+
+def _codec_functions(name: str):
+    if name == "zlib":
+        return CODEC_ZLIB, lambda d: zlib.compress(d, 1), zlib.decompress
+    if name == "zstd":
+        import zstandard
+
+        return (
+            CODEC_ZSTD,
+            zstandard.ZstdCompressor(level=1).compress,
+            zstandard.ZstdDecompressor().decompress,
+        )
+    if name == "lz4":
+        import lz4.frame
+
+        return CODEC_LZ4, lambda d: lz4.frame.compress(d, compression_level=0), lz4.frame.decompress
+    raise ValueError("unknown codec %r" % name)
+
+
+def encode_piece(offset: int, data, codec: "str | None") -> "list[bytes]":
+    """Encode one run of bytes of a chunk: zero marker, compressed if that pays, or raw."""
+    raw_len = len(data)
+    if is_zero(data):
+        return [PIECE_HEAD.pack(offset, CODEC_ZERO, raw_len, 0)]
+    if codec and raw_len >= 512:
+        code, compress, _ = _codec_functions(codec)
+        packed = compress(bytes(data))
+        # Keep it only if it saves at least an eighth: otherwise decompression is wasted work.
+        if len(packed) <= raw_len - raw_len // 8:
+            return [PIECE_HEAD.pack(offset, code, raw_len, len(packed)), packed]
+    return [PIECE_HEAD.pack(offset, CODEC_RAW, raw_len, raw_len), bytes(data)]
+
+
+def decode_pieces(payload) -> "tuple[int, int, list[tuple[int, int, bytes | None]]]":
+    """Decode a DATA/WRITE payload into (chunk index, chunk length, [(offset, length, bytes)]).
+
+    A piece of zeros has bytes None and only a length.
+    """
+    view = memoryview(payload)
+    index, chunk_len, count = PIECES_HEAD.unpack_from(view, 0)
+    pos = PIECES_HEAD.size
+    pieces = []
+    for _ in range(count):
+        offset, code, raw_len, enc_len = PIECE_HEAD.unpack_from(view, pos)
+        pos += PIECE_HEAD.size
+        body = view[pos : pos + enc_len]
+        pos += enc_len
+        if offset + raw_len > chunk_len or len(body) != enc_len:
+            raise ValueError("piece outside its chunk (corrupted frame)")
+        if code == CODEC_ZERO:
+            pieces.append((offset, raw_len, None))
+            continue
+        if code == CODEC_RAW:
+            data = bytes(body)
+        else:
+            name = {CODEC_ZLIB: "zlib", CODEC_ZSTD: "zstd", CODEC_LZ4: "lz4"}.get(code)
+            if name is None:
+                raise ValueError("unknown piece codec %d" % code)
+            data = _codec_functions(name)[2](bytes(body))
+        if len(data) != raw_len:
+            raise ValueError("piece decoded to %d bytes, expected %d" % (len(data), raw_len))
+        pieces.append((offset, raw_len, data))
+    return index, chunk_len, pieces
+
+
+def spans(flags: "list[bool]") -> "list[tuple[int, int]]":
+    """Runs (first, count) of consecutive true flags."""
+    runs: "list[tuple[int, int]]" = []
+    for i, flag in enumerate(flags):
+        if flag:
+            if runs and runs[-1][0] + runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+            else:
+                runs.append((i, 1))
+    return runs
+
+
+def pack_chunk_request(
+    index: int, offset: int, length: int, sub_size: int, mode: int, algo: str, codec: str, tail=b""
+) -> bytes:
+    """The payload of a SUBHASH or DELTA request."""
+    a, c = algo.encode(), codec.encode()
+    return b"".join(
+        [CHUNK_REQ.pack(index, offset, length, sub_size, mode), bytes([len(a)]), a, bytes([len(c)]), c, tail]
+    )
+
+
+def unpack_chunk_request(payload) -> "tuple[int, int, int, int, int, str, str, bytes]":
+    """Inverse of pack_chunk_request."""
+    index, offset, length, sub_size, mode = CHUNK_REQ.unpack_from(payload)
+    pos = CHUNK_REQ.size
+    algo = bytes(payload[pos + 1 : pos + 1 + payload[pos]]).decode()
+    pos += 1 + payload[pos]
+    codec = bytes(payload[pos + 1 : pos + 1 + payload[pos]]).decode()
+    pos += 1 + payload[pos]
+    if not 0 < sub_size <= MAX_CHUNK_SIZE or length > MAX_CHUNK_SIZE:
+        raise ValueError("bad chunk request (length %d, sub-block %d)" % (length, sub_size))
+    return index, offset, length, sub_size, mode, algo, codec, bytes(payload[pos:])
+
+
+# ---------------------------------------------------------------------------- devices
+
+
+def _read_text(path: str, default: str = "") -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return default
+
+
+def _mounts_by_devnum() -> "dict[str, list[str]]":
+    """Mount points per "major:minor", from this host's mount table."""
+    mounts: "dict[str, list[str]]" = {}
+    try:
+        with open(_MOUNTINFO) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4:
+                    mounts.setdefault(fields[2], []).append(
+                        fields[4].encode().decode("unicode_escape")
+                    )
+    except OSError:
+        pass
+    return mounts
+
+
+def _swaps() -> "set[str]":
+    names = set()
+    try:
+        with open("/proc/swaps") as f:
+            for line in list(f)[1:]:
+                names.add(os.path.realpath(line.split()[0]))
+    except OSError:
+        pass
+    return names
+
+
+def _sys_block_dir(rdev: int) -> str:
+    return "/sys/dev/block/%d:%d" % (os.major(rdev), os.minor(rdev))
+
+
+def device_usage(rdev: int, path: str = "") -> "dict[str, list[str]]":
+    """Who uses a block device or any of its partitions: mount points, holders, swap."""
+    base = os.path.realpath(_sys_block_dir(rdev))
+    nums = ["%d:%d" % (os.major(rdev), os.minor(rdev))]
+    holders = []
+    dirs = [base]
+    try:
+        for entry in sorted(os.listdir(base)):
+            if os.path.exists(os.path.join(base, entry, "partition")):
+                dirs.append(os.path.join(base, entry))
+                nums.append(_read_text(os.path.join(base, entry, "dev")))
+    except OSError:
+        pass
+    for d in dirs:
+        try:
+            holders.extend(sorted(os.listdir(os.path.join(d, "holders"))))
+        except OSError:
+            pass
+    table = _mounts_by_devnum()
+    mounted = [m for num in nums for m in table.get(num, [])]
+    swaps = _swaps()
+    names = ["/dev/" + os.path.basename(d) for d in dirs]
+    if path:
+        names.append(os.path.realpath(path))
+    swap = [n for n in names if n in swaps]
+    return {"mounted": mounted, "holders": holders, "swap": swap}
+
+
+def loop_devices_backed_by(path: str) -> "list[str]":
+    """Loop devices whose backing file is `path` (writing under them corrupts their users)."""
+    real = os.path.realpath(path)
+    found = []
+    try:
+        names = sorted(os.listdir("/sys/block"))
+    except OSError:
+        return found
+    for name in names:
+        if name.startswith("loop"):
+            backing = _read_text("/sys/block/%s/loop/backing_file" % name)
+            if backing and os.path.realpath(backing) == real:
+                found.append("/dev/" + name)
+    return found
+
+
+def list_devices() -> "list[dict]":
+    """The block devices of this host: name, size, model, mount points, read-only, partitions."""
+    table = _mounts_by_devnum()
+    devices = []
+    try:
+        names = sorted(os.listdir("/sys/block"))
+    except OSError:
+        return devices
+    for name in names:
+        base = "/sys/block/" + name
+        size = int(_read_text(base + "/size", "0") or 0) * 512
+        if name.startswith(("ram", "zram")) or (name.startswith("loop") and size == 0):
+            continue
+        parts = []
+        for entry in sorted(os.listdir(base)):
+            if os.path.exists(os.path.join(base, entry, "partition")):
+                num = _read_text(os.path.join(base, entry, "dev"))
+                parts.append(
+                    {
+                        "name": entry,
+                        "path": "/dev/" + entry,
+                        "size": int(_read_text(os.path.join(base, entry, "size"), "0")) * 512,
+                        "mounted": table.get(num, []),
+                    }
+                )
+        num = _read_text(base + "/dev")
+        model = " ".join(
+            x for x in (_read_text(base + "/device/vendor"), _read_text(base + "/device/model")) if x
+        )
+        if name.startswith("loop"):
+            model = "loop: " + _read_text(base + "/loop/backing_file")
+        devices.append(
+            {
+                "name": name,
+                "path": "/dev/" + name,
+                "size": size,
+                "model": model,
+                "readonly": _read_text(base + "/ro") == "1",
+                "removable": _read_text(base + "/removable") == "1",
+                "mounted": table.get(num, []),
+                "holders": sorted(os.listdir(base + "/holders"))
+                if os.path.isdir(base + "/holders")
+                else [],
+                "partitions": parts,
+            }
+        )
+    return devices
+
+
+# ---------------------------------------------------------------------------- the worker
+
+
+class WorkerError(Exception):
+    """An error to report to the controller as one line."""
+
+
+def _os_error_text(exc: OSError, path: str) -> str:
+    return "%s: %s" % (path, exc.strerror or exc)
+
+
+class Worker:
+    """Serves requests from the controller on stdin, answers on stdout."""
+
+    def __init__(self, inp, out_fd: int, source: bytes) -> None:
+        self.inp = inp
+        self.out_fd = out_fd
+        self.source_sha = hashlib.sha256(source).hexdigest()
+        self.out_lock = threading.Lock()
+        self.fd = -1
+        self.path = ""
+        self.size = 0
+        self.is_block = False
+        self.writable = False
+        # Long scans, short service requests and writes each get their own thread, in order,
+        # so a DELTA for an early chunk is not stuck behind the whole scan.
+        self.scan_queue: "queue.Queue" = queue.Queue()
+        self.service_queue: "queue.Queue" = queue.Queue()
+        self.write_queue: "queue.Queue" = queue.Queue(maxsize=64)
+        self.pool = ThreadPoolExecutor(max_workers=2)
+        self.acks: "list[bytes]" = []
+        self.last_ack = time.monotonic()
+
+    # -- output
+
+    def send(self, op: int, rid: int, payload=b"") -> None:
+        """Send one frame; frames from different threads never interleave."""
+        with self.out_lock:
+            self._write_all(pack_header(op, rid, len(payload)))
+            if payload:
+                self._write_all(payload)
+
+    def _write_all(self, data) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.out_fd, view)
+            view = view[n:]
+
+    def reply(self, rid: int, obj: dict) -> None:
+        """Answer a control request."""
+        self.send(OP_REPLY, rid, encode_json(obj))
+
+    def error(self, rid: int, message: str, chunk: int = -1, code: int = 0) -> None:
+        """Report an error for one request (and chunk)."""
+        self.send(OP_ERROR, rid, encode_json({"message": message, "chunk": chunk, "errno": code}))
+
+    # -- main loop
+
+    def serve(self) -> None:
+        """Read frames until EXIT or end of input, then stop every thread."""
+        self._write_all(BANNER)
+        threads = [
+            threading.Thread(target=self._drain, args=(self.scan_queue,), daemon=True),
+            threading.Thread(target=self._drain, args=(self.service_queue,), daemon=True),
+            threading.Thread(target=self._writer, daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        while True:
+            header = self.inp.read(HEADER.size)
+            if len(header) < HEADER.size:
+                break  # the controller went away: stop, whatever was in flight
+            op, rid, length = unpack_header(header)
+            payload = self.inp.read(length) if length else b""
+            if len(payload) < length:
+                break
+            if op == OP_EXIT:
+                self._finish_writes()
+                self.send(OP_DONE, rid)
+                break
+            try:
+                self.dispatch(op, rid, payload)
+            except WorkerError as exc:
+                self.error(rid, str(exc))
+            except Exception as exc:  # report, never die silently: the controller shows it
+                self.error(rid, "%s: %s" % (type(exc).__name__, exc))
+
+    def dispatch(self, op: int, rid: int, payload: bytes) -> None:
+        """Route one request to its handler or its queue."""
+        if op == OP_HELLO:
+            self.reply(rid, self.hello())
+        elif op == OP_OPEN:
+            self.reply(rid, self.open(decode_json(payload)))
+        elif op == OP_DEVICES:
+            self.reply(rid, {"devices": list_devices()})
+        elif op == OP_HASH:
+            self.scan_queue.put((self.hash_chunks, rid, decode_json(payload)))
+        elif op in (OP_SUBHASH, OP_DELTA):
+            handler = self.subhash if op == OP_SUBHASH else self.delta
+            self.service_queue.put((handler, rid, payload))
+        elif op in (OP_WRITE, OP_ZERO, OP_FLUSH):
+            self.write_queue.put((op, rid, payload))
+        else:
+            raise WorkerError("unknown request %d" % op)
+
+    def _drain(self, q: "queue.Queue") -> None:
+        while True:
+            handler, rid, arg = q.get()
+            try:
+                handler(rid, arg)
+            except WorkerError as exc:
+                self.error(rid, str(exc))
+            except Exception as exc:
+                self.error(rid, "%s: %s" % (type(exc).__name__, exc))
+
+    # -- requests
+
+    def hello(self) -> dict:
+        """Who we are and what we can do."""
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "version": WORKER_VERSION,
+            "python": "%d.%d.%d" % sys.version_info[:3],
+            "sha256": self.source_sha,
+            "algorithms": hash_algorithms(),
+            "compressors": compressors(),
+            "uid": os.getuid(),
+            "pid": os.getpid(),
+            "host": os.uname()[1],
+        }
+
+    def open(self, req: dict) -> dict:
+        """Open the file or device: read-only unless `write`; the checks come first."""
+        path = req["path"]
+        write = bool(req.get("write"))
+        create = bool(req.get("create"))
+        self.path = path
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if not (write and create):
+                parent = os.path.dirname(os.path.abspath(path))
+                if not os.path.isdir(parent):
+                    raise WorkerError("%s: directory %s does not exist" % (path, parent))
+                return {"exists": False, "path": path}
+            st = None
+        except OSError as exc:
+            raise WorkerError(_os_error_text(exc, path))
+        info = {"exists": st is not None, "path": path}
+        if st is not None:
+            if stat.S_ISDIR(st.st_mode):
+                raise WorkerError("%s is a directory, not a file or block device" % path)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+                raise WorkerError("%s is neither a regular file nor a block device" % path)
+            info["identity"] = [st.st_dev, st.st_ino, st.st_rdev]
+            info["kind"] = "block" if stat.S_ISBLK(st.st_mode) else "file"
+            if stat.S_ISBLK(st.st_mode):
+                info.update(device_usage(st.st_rdev, path))
+                info["readonly"] = _read_text(_sys_block_dir(st.st_rdev) + "/ro") == "1"
+            else:
+                info.update({"mounted": [], "holders": loop_devices_backed_by(path), "swap": []})
+                info["readonly"] = False
+            in_use = info["mounted"] or info["holders"] or info["swap"]
+            if write and in_use:
+                raise WorkerError("%s is in use (%s): refusing to write to it" % (path, _usage(info)))
+        flags = os.O_RDONLY
+        if write:
+            if st is not None and stat.S_ISBLK(st.st_mode):
+                # Without O_CREAT, Linux takes O_EXCL on a block device as "claim it": the open
+                # fails with EBUSY if it is mounted or held, even if our checks above missed it.
+                flags = os.O_RDWR | os.O_EXCL
+            else:
+                flags = os.O_RDWR | (os.O_CREAT if create else 0)
+        try:
+            fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                raise WorkerError("%s is busy (mounted or claimed): refusing to write" % path)
+            raise WorkerError(_os_error_text(exc, path))
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd = fd
+        self.writable = write
+        st = os.fstat(fd)
+        self.is_block = stat.S_ISBLK(st.st_mode)
+        if write and not self.is_block and req.get("truncate") is not None:
+            os.ftruncate(fd, int(req["truncate"]))
+        self.size = os.lseek(fd, 0, os.SEEK_END)
+        info.update(
+            {
+                "exists": True,
+                "size": self.size,
+                "kind": "block" if self.is_block else "file",
+                "sector_size": self._sector_size(),
+                "identity": [st.st_dev, st.st_ino, st.st_rdev],
+                "realpath": os.path.realpath(path),
+            }
+        )
+        info.setdefault("mounted", [])
+        info.setdefault("holders", [])
+        info.setdefault("swap", [])
+        info.setdefault("readonly", False)
+        return info
+
+    def _sector_size(self) -> int:
+        if not self.is_block:
+            return 512
+        try:
+            import fcntl
+
+            buf = fcntl.ioctl(self.fd, _BLKSSZGET, b"\0\0\0\0")
+            return struct.unpack("i", buf)[0]
+        except (OSError, ImportError):
+            return 512
+
+    def _read(self, offset: int, length: int) -> bytes:
+        """Read `length` bytes; past the end of the file reads as zeros."""
+        data = os.pread(self.fd, length, offset)
+        if len(data) < length:
+            parts = [data]
+            got = len(data)
+            while got < length:
+                more = os.pread(self.fd, length - got, offset + got)
+                if not more:
+                    parts.append(bytes(length - got))
+                    break
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
+        return data
+
+    def _need_open(self) -> None:
+        if self.fd < 0:
+            raise WorkerError("no file is open")
+
+    def hash_chunks(self, rid: int, req: dict) -> None:
+        """Stream the digests of chunk ranges, in order, in batches; then DONE.
+
+        Reading and hashing run on two threads; os.pread and the hash functions release the GIL.
+        """
+        self._need_open()
+        chunk_size = int(req["chunk_size"])
+        size = int(req["size"])
+        digest = hasher(req["algo"])
+        if req.get("drop_cache"):
+            self._drop_cache()
+        dsize = len(digest(b""))
+        entry = struct.Struct("!B%ds" % dsize)
+
+        def one(index: int) -> bytes:
+            offset = index * chunk_size
+            length = min(chunk_size, size - offset)
+            try:
+                data = self._read(offset, length)
+            except OSError as exc:
+                return entry.pack(FLAG_ERROR, exc.strerror.encode()[:dsize] if exc.strerror else b"")
+            if is_zero(data):
+                return entry.pack(FLAG_ZERO, b"")
+            return entry.pack(FLAG_DATA, digest(data))
+
+        batch_chunks = max(1, min(1024, (8 << 20) // chunk_size))
+        for first, count in req["ranges"]:
+            pending = []
+            batch: "list[bytes]" = []
+            batch_first = first
+            last_send = time.monotonic()
+            index = first
+            end = first + count
+            while index < end or pending:
+                # Keep a few chunks in flight so both threads stay busy without unbounded memory.
+                while index < end and len(pending) < 4:
+                    pending.append(self.pool.submit(one, index))
+                    index += 1
+                batch.append(pending.pop(0).result())
+                now = time.monotonic()
+                if len(batch) >= batch_chunks or now - last_send > 0.05:
+                    self._send_digests(rid, batch_first, batch, dsize)
+                    batch_first += len(batch)
+                    batch = []
+                    last_send = now
+            if batch:
+                self._send_digests(rid, batch_first, batch, dsize)
+        self.send(OP_DONE, rid)
+
+    def _send_digests(self, rid: int, first: int, entries: "list[bytes]", dsize: int) -> None:
+        self.send(OP_DIGESTS, rid, DIGESTS_HEAD.pack(first, len(entries), dsize) + b"".join(entries))
+
+    def _drop_cache(self) -> None:
+        """Write back and forget cached pages, so a verify reads the disk, not memory."""
+        try:
+            os.fsync(self.fd)
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except (OSError, AttributeError):
+            pass
+
+    def subhash(self, rid: int, payload: bytes) -> None:
+        """Digests of the sub-blocks of one chunk."""
+        self._need_open()
+        index, offset, length, sub_size, _mode, algo, _codec, _ = unpack_chunk_request(payload)
+        data = self._read(offset, length)
+        digests = sub_digests(hasher(algo), data, sub_size)
+        self.send(OP_SUBDIGESTS, rid, CHUNK_HEAD.pack(index, length) + digests)
+
+    def delta(self, rid: int, payload: bytes) -> None:
+        """The pieces of one chunk that the destination lacks, encoded for the wire."""
+        self._need_open()
+        index, offset, length, sub_size, mode, algo, codec, theirs = unpack_chunk_request(payload)
+        data = self._read(offset, length)
+        view = memoryview(data)
+        blocks = [view[start : start + sub_size] for start in range(0, length, sub_size)]
+        if mode == DELTA_WHOLE:
+            runs = [(0, len(blocks))] if blocks else []
+        elif mode == DELTA_DEST_ZERO:
+            runs = spans([not is_zero(block) for block in blocks])
+        else:
+            mine = sub_digests(hasher(algo), data, sub_size)
+            d = SUB_DIGEST_SIZE
+            runs = spans(
+                [mine[i * d : (i + 1) * d] != theirs[i * d : (i + 1) * d] for i in range(len(blocks))]
+            )
+        parts = [PIECES_HEAD.pack(index, length, len(runs))]
+        for first, count in runs:
+            start = first * sub_size
+            parts.extend(encode_piece(start, view[start : min(length, start + count * sub_size)], codec or None))
+        self.send(OP_DATA, rid, b"".join(parts))
+
+    # -- writes
+
+    def _writer(self) -> None:
+        """Apply writes in order; acknowledge them in batches; answer FLUSH after the ones before it."""
+        while True:
+            try:
+                op, rid, payload = self.write_queue.get(timeout=0.05)
+            except queue.Empty:
+                self._send_acks(force=True)
+                continue
+            if op == OP_FLUSH:
+                self._send_acks(force=True)
+                try:
+                    os.fsync(self.fd)
+                    self.reply(rid, {"flushed": True})
+                except OSError as exc:
+                    self.error(rid, _os_error_text(exc, self.path), code=exc.errno or 0)
+                self.write_queue.task_done()
+                continue
+            index = -1
+            try:
+                if not self.writable:
+                    raise WorkerError("the destination was not opened for writing")
+                if op == OP_ZERO:
+                    index, length, offset = ZERO_REQ.unpack(payload)
+                    self._write_zeros(offset, length)
+                else:
+                    offset = WRITE_HEAD.unpack_from(payload)[0]
+                    index, _length, pieces = decode_pieces(memoryview(payload)[WRITE_HEAD.size :])
+                    for piece_offset, piece_len, data in pieces:
+                        if data is None:
+                            self._write_zeros(offset + piece_offset, piece_len)
+                        else:
+                            self._pwrite_all(data, offset + piece_offset)
+                self.acks.append(ACK_ITEM.pack(index, 0))
+            except OSError as exc:
+                self.acks.append(ACK_ITEM.pack(index, exc.errno or errno.EIO))
+                self._send_acks(force=True)
+                self.error(rid, _os_error_text(exc, self.path), chunk=index, code=exc.errno or 0)
+            except (WorkerError, ValueError) as exc:
+                self.acks.append(ACK_ITEM.pack(index, errno.EINVAL))
+                self.error(rid, str(exc), chunk=index)
+            self.write_queue.task_done()
+            self._send_acks(force=self.write_queue.empty())
+
+    def _send_acks(self, force: bool) -> None:
+        if self.acks and (force or len(self.acks) >= 256 or time.monotonic() - self.last_ack > 0.05):
+            self.send(OP_WRITTEN, 0, b"".join(self.acks))
+            self.acks = []
+            self.last_ack = time.monotonic()
+
+    def _pwrite_all(self, data, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            view = view[n:]
+            offset += n
+
+    def _write_zeros(self, offset: int, length: int) -> None:
+        zero = bytes(min(length, 1 << 20))
+        while length > 0:
+            n = min(length, len(zero))
+            self._pwrite_all(memoryview(zero)[:n], offset)
+            offset += n
+            length -= n
+
+    def _finish_writes(self) -> None:
+        self.write_queue.join()
+        self._send_acks(force=True)
+
+
+def _usage(info: dict) -> str:
+    parts = []
+    if info.get("mounted"):
+        parts.append("mounted on " + ", ".join(info["mounted"]))
+    if info.get("holders"):
+        parts.append("held by " + ", ".join(info["holders"]))
+    if info.get("swap"):
+        parts.append("used as swap")
+    return "; ".join(parts)
+
+
+def main(source: bytes) -> None:
+    """Entry point on the worker's host: stdout belongs to the protocol alone."""
+    out_fd = os.dup(1)
+    os.dup2(2, 1)  # anything printed by accident goes to stderr, not into the frame stream
+    sys.stdout = sys.stderr
+    worker = Worker(sys.stdin.buffer, out_fd, source)
+    try:
+        worker.serve()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    except ValueError as exc:
+        sys.stderr.write("blocksync worker: %s\n" % exc)
+        os._exit(3)
+    # Daemon threads may hold the GIL in a blocking call; leave without waiting for them.
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__blocksync_worker__":
+    main(WORKER_SOURCE)  # noqa: F821  (set by the bootstrap)

@@ -1,0 +1,89 @@
+"""Provides ProgressDisplay: the headless commands' progress bar and closing summary."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from blocksync_tui.engine.chunkmap import State
+from blocksync_tui.engine.report import Progress as EngineProgress
+from blocksync_tui.engine.report import Report
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> "1.5 KiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+class ProgressDisplay:
+    """A rich progress bar on stderr when it is a terminal; nothing otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=sys.stderr),
+            transient=False,
+            refresh_per_second=10,
+        )
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.enabled:
+            self._progress.start()
+            self._task = self._progress.add_task("connecting", total=1, rate="", detail="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._progress.stop()
+
+    def update(self, p: EngineProgress) -> None:
+        """Show one engine snapshot."""
+        if not self.enabled or self._task is None:
+            return
+        differs = p.counts[State.DIFFERS] + p.counts[State.WRITTEN] + p.counts[State.ERROR]
+        detail = f"{differs} chunks differ"
+        if not p.dry_run:
+            detail += f", {p.counts[State.WRITTEN]} written, {human_bytes(p.bytes_sent)} sent"
+        self._progress.update(
+            self._task,
+            description=p.phase + (" (paused)" if p.paused else ""),
+            total=max(p.size, 1),
+            completed=p.scanned,
+            rate=f"{human_bytes(p.rate)}/s",
+            detail=detail,
+        )
+
+    @staticmethod
+    def summary(report: Report) -> str:
+        """One line that says what happened."""
+        rate = report.size / report.seconds if report.seconds else 0
+        text = (
+            f"{report.outcome}: {report.chunks_differing} of {report.total_chunks} chunks differ "
+            f"({human_bytes(report.bytes_differing)} in {report.change_runs} runs); "
+            f"{human_bytes(report.bytes_sent)} sent, {human_bytes(report.wire_bytes)} on the wire; "
+            f"{human_bytes(report.size)} in {report.seconds:.2f} s ({human_bytes(rate)}/s)"
+        )
+        if report.verified is not None:
+            text += "; verified" if report.verified else "; VERIFY FAILED"
+        return text

@@ -1,0 +1,43 @@
+"""Shared fixtures: loop devices, and (in sshd.py) a real OpenSSH server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _can_use_loop_devices() -> str | None:
+    """None if loop devices work here, else the reason they do not."""
+    if os.geteuid() != 0:
+        return "loop devices need root"
+    if shutil.which("losetup") is None:
+        return "losetup is not installed"
+    return None
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[Callable[[Path], str]]:
+    """Attach image files to loop devices; every device is detached after the test."""
+    reason = _can_use_loop_devices()
+    if reason:
+        pytest.skip(reason)
+    attached: list[str] = []
+
+    def attach(image: Path) -> str:
+        result = subprocess.run(
+            ["losetup", "-f", "--show", str(image)], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            pytest.skip(f"losetup failed: {result.stderr.strip()}")
+        attached.append(result.stdout.strip())
+        return attached[-1]
+
+    yield attach
+    for device in attached:
+        subprocess.run(["umount", device], capture_output=True)
+        subprocess.run(["losetup", "-d", device], capture_output=True)

@@ -1,0 +1,258 @@
+"""Engine tests with real local workers: correctness, zero paths, safety, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from blocksync_tui.endpoint import Endpoint
+from blocksync_tui.engine.chunkmap import State
+from blocksync_tui.engine.errors import Cancelled, EndpointError, UsageError
+from blocksync_tui.engine.sync import SyncEngine, SyncOptions
+from helpers import expected_states, run_engine
+
+KIB = 1024
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@st.composite
+def pairs(draw: st.DrawFn) -> tuple[bytes, bytes | None, int]:
+    """A source, a destination made from it by edits (or None: absent), and a chunk size."""
+    chunk = draw(st.sampled_from([4 * KIB, 8 * KIB, 16 * KIB, 64 * KIB]))
+    size = draw(st.one_of(st.just(0), st.integers(1, 5 * chunk + 17)))
+    rnd = random.Random(draw(st.integers(0, 2**32)))
+    kind = draw(st.sampled_from(["random", "zeros", "mixed"]))
+    src = bytearray(rnd.randbytes(size) if kind != "zeros" else bytes(size))
+    if kind == "mixed" and size:
+        for _ in range(draw(st.integers(0, 4))):
+            a = rnd.randrange(size)
+            src[a : a + rnd.randrange(1, 3 * chunk)] = bytes(min(size - a, 3 * chunk))
+            del src[size:]
+    if draw(st.booleans()) and size and draw(st.booleans()):
+        return bytes(src), None, chunk
+    dst = bytearray(src)
+    for _ in range(draw(st.integers(0, 6))):
+        if not dst:
+            break
+        a = rnd.randrange(len(dst))
+        n = rnd.randrange(1, 2 * chunk)
+        fill = bytes(n) if rnd.random() < 0.3 else rnd.randbytes(n)
+        dst[a : a + n] = fill[: len(dst) - a]
+    resize = draw(st.sampled_from([0, 0, -1, 1]))
+    if resize < 0:
+        dst = dst[: rnd.randrange(len(dst) + 1)]
+    elif resize > 0:
+        dst += rnd.randbytes(rnd.randrange(1, chunk))
+    return bytes(src), bytes(dst), chunk
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pair=pairs(), compress=st.sampled_from(["none", "zlib"]))
+def test_compare_then_sync_makes_identical(tmp_path: Path, pair: tuple, compress: str) -> None:
+    """For any sizes and edits: compare finds exactly the differing chunks; sync fixes them all."""
+    src_bytes, dst_bytes, chunk = pair
+    case = tmp_path / hashlib.sha1(repr(pair).encode()).hexdigest()[:12]
+    case.mkdir(exist_ok=True)
+    src = _write(case / "src", src_bytes)
+    dst = case / "dst"
+    dst.unlink(missing_ok=True)
+    if dst_bytes is not None:
+        _write(dst, dst_bytes)
+
+    report = run_engine(src, dst, chunk_size=chunk, dry_run=True, compress=compress)
+    want = expected_states(src_bytes, dst_bytes, chunk)
+    assert report.chunks["differs"] == want.count("differs")
+    assert report.chunks["same"] == want.count("same")
+    assert report.chunks["zero"] == want.count("zero")
+    assert (dst.read_bytes() if dst_bytes is not None else None) == dst_bytes, "compare wrote"
+
+    report = run_engine(src, dst, chunk_size=chunk, compress=compress, verify=True)
+    assert dst.read_bytes() == src_bytes
+    assert report.errors == []
+    assert report.chunks["written"] == want.count("differs")
+    assert report.verified is True
+
+
+def test_scattered_small_changes_cost_about_their_size(tmp_path: Path) -> None:
+    """4 KiB changes in 1 MiB chunks send about 4 KiB each, not 1 MiB."""
+    rnd = random.Random(5)
+    src = _write(tmp_path / "src", rnd.randbytes(32 << 20))
+    data = bytearray(src.read_bytes())
+    pages = rnd.sample(range(len(data) // 4096), 80)
+    for page in pages:
+        data[page * 4096 : page * 4096 + 4096] = rnd.randbytes(4096)
+    dst = _write(tmp_path / "dst", bytes(data))
+    report = run_engine(src, dst)
+    changed = 80 * 4096
+    assert report.bytes_differing == changed
+    assert changed <= report.bytes_sent <= 1.05 * changed
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_zero_paths(tmp_path: Path) -> None:
+    """Zero chunks travel as markers, in both directions, and land as real zeros."""
+    chunk = 64 * KIB
+    rnd = random.Random(2)
+    src_data = rnd.randbytes(4 * chunk) + bytes(4 * chunk) + rnd.randbytes(chunk + 5)
+    dst_data = bytes(4 * chunk) + rnd.randbytes(4 * chunk) + rnd.randbytes(chunk + 5)
+    src, dst = _write(tmp_path / "src", src_data), _write(tmp_path / "dst", dst_data)
+    report = run_engine(src, dst, chunk_size=chunk)
+    assert dst.read_bytes() == src_data
+    # Data for the first four chunks (dst was zero); only markers for the next four.
+    assert 4 * chunk <= report.bytes_sent < 5 * chunk + 4096 + 1000
+
+
+def test_source_is_never_modified(tmp_path: Path) -> None:
+    rnd = random.Random(3)
+    src = _write(tmp_path / "src", rnd.randbytes(300_000))
+    os.chmod(src, 0o444)
+    before = (src.read_bytes(), os.stat(src).st_mtime_ns)
+    dst = _write(tmp_path / "dst", rnd.randbytes(200_000))
+    run_engine(src, dst, chunk_size=4096, verify=True)
+    assert (src.read_bytes(), os.stat(src).st_mtime_ns) == before
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: (p / "missing", p / "dst"), "no such file"),
+        (lambda p: (p / "src", p / "nodir" / "dst"), "does not exist"),
+        (lambda p: (p / "src", p / "src"), "same file"),
+        (lambda p: (p / "src", p), "is a directory"),
+        (lambda p: (p, p / "dst"), "is a directory"),
+    ],
+)
+def test_bad_input_changes_nothing(tmp_path: Path, make, message: str) -> None:
+    _write(tmp_path / "src", b"x" * 10_000)
+    src, dst = make(tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises((EndpointError, UsageError), match=message):
+        run_engine(src, dst)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_hard_link_is_the_same_file(tmp_path: Path) -> None:
+    src = _write(tmp_path / "src", b"y" * 5000)
+    os.link(src, tmp_path / "link")
+    with pytest.raises(UsageError, match="same file"):
+        run_engine(src, tmp_path / "link")
+
+
+@pytest.mark.parametrize("size", [3000, 5 << 20, 1 << 30])
+def test_chunk_size_must_be_a_power_of_two_in_range(size: int) -> None:
+    with pytest.raises(UsageError, match="power of two"):
+        SyncOptions(chunk_size=size if size != 5 << 20 else size + 1).check()
+    if size == 1 << 30:
+        with pytest.raises(UsageError):
+            SyncOptions(chunk_size=size).check()
+
+
+def test_permission_denied_is_one_clear_line(tmp_path: Path) -> None:
+    src = _write(tmp_path / "src", b"z" * 9000)
+    dst = _write(tmp_path / "dst", b"q" * 9000)
+    if os.system(f"chattr +i {dst} 2>/dev/null") != 0:
+        pytest.skip("chattr +i is not supported here")
+    try:
+        with pytest.raises(EndpointError, match="not permitted|denied"):
+            run_engine(src, dst)
+    finally:
+        os.system(f"chattr -i {dst}")
+    assert dst.read_bytes() == b"q" * 9000
+
+
+def test_unknown_hash_is_refused(tmp_path: Path) -> None:
+    src = _write(tmp_path / "src", b"a" * 100)
+    with pytest.raises(UsageError, match="not available"):
+        run_engine(src, tmp_path / "dst", algorithm="crc-nope")
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha1", "blake2b", "md5", "xxh128"])
+def test_every_hash_syncs(tmp_path: Path, algorithm: str) -> None:
+    rnd = random.Random(4)
+    src = _write(tmp_path / "src", rnd.randbytes(70_000))
+    dst = _write(tmp_path / "dst", rnd.randbytes(50_000))
+    report = run_engine(src, dst, chunk_size=8192, algorithm=algorithm, verify=True)
+    assert report.algorithm == algorithm and report.verified
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_cancel_stops_cleanly_and_rerun_finishes(tmp_path: Path) -> None:
+    rnd = random.Random(6)
+    size = 64 << 20
+    src = _write(tmp_path / "src", rnd.randbytes(size))
+    dst = _write(tmp_path / "dst", rnd.randbytes(size))
+    engine = SyncEngine(Endpoint(str(src)), Endpoint(str(dst)), SyncOptions(chunk_size=64 * KIB))
+    engine.prepare()
+
+    def cancel_when_writing() -> None:
+        deadline = time.monotonic() + 30
+        while engine.chunk_map.count(State.WRITTEN) < 20 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        engine.cancel()
+
+    threading.Thread(target=cancel_when_writing).start()
+    with pytest.raises(Cancelled, match="partly updated"):
+        engine.run()
+    written = engine.chunk_map.count(State.WRITTEN)
+    assert 20 <= written < engine.chunk_map.total
+    report = run_engine(src, dst, chunk_size=64 * KIB)
+    assert report.chunks["written"] == engine.chunk_map.total - written
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_pause_and_resume(tmp_path: Path) -> None:
+    rnd = random.Random(7)
+    src = _write(tmp_path / "src", rnd.randbytes(8 << 20))
+    dst = _write(tmp_path / "dst", b"")
+    engine = SyncEngine(Endpoint(str(src)), Endpoint(str(dst)), SyncOptions(chunk_size=64 * KIB))
+    engine.prepare()
+    engine.pause()
+    result = []
+    thread = threading.Thread(target=lambda: result.append(engine.run()))
+    thread.start()
+    time.sleep(0.5)
+    assert engine.progress().paused and engine.chunk_map.count(State.WRITTEN) == 0
+    engine.resume()
+    thread.join(30)
+    assert result and result[0].outcome == "synced"
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_report_runs_and_json(tmp_path: Path) -> None:
+    chunk = 4096
+    src_data = bytes(40 * chunk)
+    dst_data = bytearray(src_data)
+    for first, count in [(2, 3), (10, 1), (20, 7)]:
+        dst_data[first * chunk : (first + count) * chunk] = b"\1" * count * chunk
+    src = _write(tmp_path / "src", src_data)
+    dst = _write(tmp_path / "dst", bytes(dst_data))
+    report = run_engine(src, dst, chunk_size=chunk, dry_run=True)
+    assert report.outcome == "differs" and report.change_runs == 3
+    assert report.largest_runs[0] == {"first_chunk": 20, "chunks": 7, "offset": 20 * chunk, "length": 7 * chunk}
+    assert '"change_runs": 3' in report.to_json()
+
+
+def test_engine_imports_no_textual() -> None:
+    """The engine and the CLI's headless path must work where Textual is not installed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, blocksync_tui.engine.sync, blocksync_tui.engine.ssh, blocksync_tui.cli;"
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'textual' or m.startswith('blocksync_tui.tui')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

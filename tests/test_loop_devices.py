@@ -1,0 +1,116 @@
+"""Block device tests on real loop devices: file<->device, device<->device, the safety checks."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from blocksync_tui.cli import main
+from blocksync_tui.engine.errors import EndpointError
+from helpers import run_engine
+
+pytestmark = pytest.mark.loop
+MIB = 1 << 20
+
+
+def _image(path: Path, size: int, seed: int) -> Path:
+    path.write_bytes(random.Random(seed).randbytes(size))
+    return path
+
+
+def _device_bytes(device: str, size: int) -> bytes:
+    with open(device, "rb") as f:
+        return f.read(size)
+
+
+def _changed(data: bytes, seed: int) -> bytes:
+    rnd = random.Random(seed)
+    out = bytearray(data)
+    for _ in range(30):
+        at = rnd.randrange(len(out) - 4096)
+        out[at : at + 4096] = rnd.randbytes(4096)
+    return bytes(out)
+
+
+def test_file_to_device(tmp_path: Path, loop_device) -> None:
+    src = _image(tmp_path / "src.img", 6 * MIB + 4096 * 3, 1)  # not a multiple of the chunk size
+    dev = loop_device(_image(tmp_path / "dev.img", 8 * MIB, 2))
+    report = run_engine(src, dev, verify=True)
+    assert _device_bytes(dev, src.stat().st_size) == src.read_bytes()
+    assert report.verified and any("larger than the source" in w for w in report.warnings)
+
+
+def test_device_to_device(tmp_path: Path, loop_device) -> None:
+    a = _image(tmp_path / "a.img", 8 * MIB, 3)
+    b = tmp_path / "b.img"
+    b.write_bytes(_changed(a.read_bytes(), 4))
+    src, dst = loop_device(a), loop_device(b)
+    report = run_engine(src, dst, dry_run=True)
+    assert report.outcome == "differs"
+    run_engine(src, dst)
+    assert _device_bytes(dst, 8 * MIB) == _device_bytes(src, 8 * MIB)
+
+
+def test_device_to_file(tmp_path: Path, loop_device) -> None:
+    src = loop_device(_image(tmp_path / "a.img", 5 * MIB, 5))
+    dst = tmp_path / "copy.img"
+    run_engine(src, dst)
+    assert dst.read_bytes() == _device_bytes(src, 5 * MIB)
+
+
+def test_device_too_small_is_refused_before_writing(tmp_path: Path, loop_device) -> None:
+    src = _image(tmp_path / "src.img", 4 * MIB, 6)
+    small = _image(tmp_path / "small.img", 2 * MIB, 7)
+    dev = loop_device(small)
+    before = _device_bytes(dev, 2 * MIB)
+    with pytest.raises(EndpointError, match="too small"):
+        run_engine(src, dev)
+    assert _device_bytes(dev, 2 * MIB) == before
+
+
+def test_mounted_device_is_refused(tmp_path: Path, loop_device) -> None:
+    if shutil.which("mkfs.ext4") is None:
+        pytest.skip("mkfs.ext4 is not installed")
+    dev = loop_device(_image(tmp_path / "fs.img", 8 * MIB, 8))
+    subprocess.run(["mkfs.ext4", "-q", dev], check=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", dev, str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("mount is not permitted here")
+    try:
+        # The source differs from the device only in its last MiB, which ext4 leaves unused:
+        # if anything were written, that region would now hold the sentinel bytes.
+        src = tmp_path / "src.img"
+        src.write_bytes(_device_bytes(dev, 7 * MIB) + b"\xab" * MIB)
+        with pytest.raises(EndpointError, match="in use .*mounted on"):
+            run_engine(src, dev)
+        # A dry run may read it, with a warning.
+        report = run_engine(src, dev, dry_run=True)
+        assert any("in use" in w for w in report.warnings)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    assert b"\xab" * 4096 not in _device_bytes(dev, 8 * MIB)
+
+
+def test_image_file_of_a_loop_device_is_refused(tmp_path: Path, loop_device) -> None:
+    """Writing under a loop device's feet corrupts whatever uses it."""
+    image = _image(tmp_path / "busy.img", 2 * MIB, 10)
+    loop_device(image)
+    src = _image(tmp_path / "src.img", 2 * MIB, 11)
+    with pytest.raises(EndpointError, match="in use .*held by /dev/loop"):
+        run_engine(src, image)
+
+
+def test_cli_needs_yes_for_a_block_device(tmp_path: Path, loop_device, capsys) -> None:
+    src = _image(tmp_path / "src.img", 1 * MIB, 12)
+    dev = loop_device(_image(tmp_path / "dev.img", 1 * MIB, 13))
+    before = _device_bytes(dev, MIB)
+    assert main(["sync", str(src), dev, "-q"]) == 2
+    assert "without --yes" in capsys.readouterr().err
+    assert _device_bytes(dev, MIB) == before
+    assert main(["sync", str(src), dev, "-q", "--yes"]) == 0
+    assert _device_bytes(dev, MIB) == src.read_bytes()

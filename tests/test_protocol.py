@@ -1,0 +1,89 @@
+"""Golden tests of the wire format: frozen opcodes, frames, pieces, chunk requests."""
+
+from __future__ import annotations
+
+import ast
+import zlib
+
+import pytest
+
+from blocksync_tui.engine import bootstrap
+from blocksync_tui.engine import worker as wire
+
+
+def test_opcodes_are_frozen() -> None:
+    """Renumbering an opcode breaks every deployed controller/worker pair: never do it."""
+    assert {name: value for value, name in wire.OP_NAMES.items()} == {
+        "HELLO": 1, "OPEN": 2, "HASH": 3, "SUBHASH": 4, "DELTA": 5, "WRITE": 6, "ZERO": 7,
+        "FLUSH": 8, "DEVICES": 9, "EXIT": 10,
+        "REPLY": 64, "DIGESTS": 65, "SUBDIGESTS": 66, "DATA": 67, "WRITTEN": 68, "ERROR": 69,
+        "DONE": 70,
+    }
+
+
+def test_header_golden_bytes() -> None:
+    assert wire.pack_header(wire.OP_HASH, 7, 258) == b"BK\x03\x00\x00\x00\x00\x07\x00\x00\x01\x02"
+    assert wire.unpack_header(wire.pack_header(wire.OP_DATA, 1, 5)) == (wire.OP_DATA, 1, 5)
+
+
+def test_header_rejects_bad_magic_and_oversize_frames() -> None:
+    with pytest.raises(ValueError, match="magic"):
+        wire.unpack_header(b"XX" + bytes(10))
+    with pytest.raises(ValueError, match="exceeds"):
+        wire.unpack_header(wire.pack_header(wire.OP_DATA, 1, wire.MAX_PAYLOAD + 1))
+
+
+@pytest.mark.parametrize("codec", [None, "zlib"])
+def test_pieces_round_trip(codec: str | None) -> None:
+    text = b"compressible text " * 400
+    noise = bytes(range(256)) * 3
+    parts = [wire.PIECES_HEAD.pack(9, 1 << 16, 3)]
+    parts += wire.encode_piece(0, text, codec)
+    parts += wire.encode_piece(8192, bytes(4096), codec)
+    parts += wire.encode_piece(20000, noise, codec)
+    index, length, pieces = wire.decode_pieces(b"".join(parts))
+    assert (index, length) == (9, 1 << 16)
+    assert pieces == [(0, len(text), text), (8192, 4096, None), (20000, len(noise), noise)]
+    if codec:
+        assert len(b"".join(parts)) < len(text)  # the text piece travelled compressed
+
+
+def test_piece_outside_its_chunk_is_refused() -> None:
+    payload = wire.PIECES_HEAD.pack(0, 100, 1) + b"".join(wire.encode_piece(90, b"x" * 20, None))
+    with pytest.raises(ValueError, match="outside"):
+        wire.decode_pieces(payload)
+
+
+def test_chunk_request_round_trip() -> None:
+    payload = wire.pack_chunk_request(3, 3 << 20, 1 << 20, 4096, wire.DELTA_SUBDIGESTS, "sha256", "zlib", b"tail")
+    assert wire.unpack_chunk_request(payload) == (
+        3, 3 << 20, 1 << 20, 4096, wire.DELTA_SUBDIGESTS, "sha256", "zlib", b"tail"
+    )
+
+
+def test_spans() -> None:
+    assert wire.spans([False, True, True, False, True]) == [(1, 2), (4, 1)]
+    assert wire.spans([]) == []
+
+
+def test_worker_is_python38_syntax_and_stdlib_only() -> None:
+    """The worker runs on any Python 3.8+ host with nothing installed."""
+    source = bootstrap.worker_source().decode()
+    tree = ast.parse(source, feature_version=(3, 8))
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    optional = {"xxhash", "zstandard", "lz4"}  # used only when importable
+    import sys
+
+    assert imported - optional <= set(sys.stdlib_module_names)
+
+
+def test_bootstrap_payload_is_the_compressed_worker() -> None:
+    length, packed = bootstrap.payload().split(b"\n", 1)
+    assert int(length) == len(packed)
+    assert zlib.decompress(packed) == bootstrap.worker_source()
+    assert len(packed) < 20_000, "the worker travels on every start: keep it small"
