@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from blocksync_tui.endpoint import Endpoint
@@ -60,6 +60,7 @@ def pairs(draw: st.DrawFn) -> tuple[bytes, bytes | None, int]:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pair=pairs(), compress=st.sampled_from(["none", "zlib"]))
+@example(pair=(b"\x00", None, 4096), compress="none")  # found by hypothesis: zero vs absent
 def test_compare_then_sync_makes_identical(tmp_path: Path, pair: tuple, compress: str) -> None:
     """For any sizes and edits: compare finds exactly the differing chunks; sync fixes them all."""
     src_bytes, dst_bytes, chunk = pair
@@ -256,3 +257,20 @@ def test_engine_imports_no_textual() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_many_hash_windows_with_changes_everywhere(tmp_path: Path, monkeypatch) -> None:
+    """Regression: request ids are per connection; window bookkeeping must not mix the sides."""
+    import blocksync_tui.engine.sync as sync
+
+    monkeypatch.setattr(sync, "HASH_WINDOW_BYTES", 64 * KIB)  # many windows on a small file
+    rnd = random.Random(8)
+    data = rnd.randbytes(3 << 20)
+    changed = bytearray(data)
+    for at in range(1000, len(changed), 50_000):
+        changed[at] ^= 0xFF
+    src, dst = _write(tmp_path / "src", data), _write(tmp_path / "dst", bytes(changed))
+    report = run_engine(src, dst, chunk_size=4 * KIB, dry_run=True)
+    assert report.chunks["differs"] == len(range(1000, len(changed), 50_000))
+    run_engine(src, dst, chunk_size=4 * KIB)
+    assert dst.read_bytes() == data

@@ -6,6 +6,14 @@ from __future__ import annotations
 class BlocksyncError(Exception):
     """Base of every error the engine reports to a user."""
 
+    side: str | None = None
+    """"source" or "destination" when the error belongs to one endpoint (set by the engine)."""
+
+    def on(self, side: str) -> BlocksyncError:
+        """Tag the error with the endpoint it belongs to; returns self."""
+        self.side = side
+        return self
+
 
 class UsageError(BlocksyncError):
     """The request itself is wrong (bad option, same source and destination)."""

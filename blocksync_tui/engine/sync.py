@@ -193,12 +193,15 @@ class SyncEngine:
         self._started = time.monotonic()
         try:
             for side, endpoint in ((SOURCE, self.source), (DESTINATION, self.destination)):
-                conn = Connection(self._factory(endpoint), side, self._events)
-                self._sides[side] = _Side(conn, {})
-                conn.start()
+                try:
+                    conn = Connection(self._factory(endpoint), side, self._events)
+                    self._sides[side] = _Side(conn, {})
+                    conn.start()
+                except BlocksyncError as exc:
+                    raise exc.on(side)
             src = self._open(SOURCE, {"path": self.source.path})
             if not src.get("exists"):
-                raise EndpointError(f"{self.source}: no such file or device")
+                raise EndpointError(f"{self.source}: no such file or device").on(SOURCE)
             dst = self._open(DESTINATION, {"path": self.destination.path})
             self._check(src, dst)
             self._negotiate()
@@ -214,7 +217,7 @@ class SyncEngine:
         try:
             info = conn.call_json(wire.OP_OPEN, request)
         except RemoteError as exc:
-            raise EndpointError(_where(conn, str(exc))) from None
+            raise EndpointError(_where(conn, str(exc))).on(side) from None
         self._sides[side].info = info
         return info
 
@@ -229,7 +232,9 @@ class SyncEngine:
         if in_use:
             usage = wire._usage(dst)
             if not self.options.dry_run:
-                raise EndpointError(f"{self.destination} is in use ({usage}): refusing to write")
+                raise EndpointError(f"{self.destination} is in use ({usage}): refusing to write").on(
+                    DESTINATION
+                )
             self.warnings.append(f"{self.destination} is in use ({usage}): its contents may change")
         if src.get("mounted"):
             self.warnings.append(
@@ -243,14 +248,14 @@ class SyncEngine:
                 raise EndpointError(
                     f"{self.destination} is too small: {dst['size']} bytes, "
                     f"the source has {src['size']}"
-                )
+                ).on(DESTINATION)
             if dst["size"] > src["size"]:
                 self.warnings.append(
                     f"{self.destination} is larger than the source; "
                     f"its last {dst['size'] - src['size']} bytes are left as they are"
                 )
             if dst.get("readonly") and not self.options.dry_run:
-                raise EndpointError(f"{self.destination} is a read-only device")
+                raise EndpointError(f"{self.destination} is a read-only device").on(DESTINATION)
         elif dst["size"] != src["size"]:
             verb = "grown" if dst["size"] < src["size"] else "truncated"
             self.warnings.append(
@@ -332,7 +337,8 @@ class SyncEngine:
         self._windows = -(-total // window) if total else 0
         self._window = window
         self._digests: dict[str, dict[int, tuple[int, bytes]]] = {SOURCE: {}, DESTINATION: {}}
-        self._hash_rids: dict[int, str] = {}
+        self._hash_rids: set[tuple[str, int]] = set()
+        """(side, request id) of the HASH windows in flight: ids are per connection."""
         self._requests: dict[tuple[str, int], int] = {}
         self._todo: deque[int] = deque()
         self._inflight = 0
@@ -377,7 +383,7 @@ class SyncEngine:
                         "algo": self.algorithm,
                     },
                 )
-                self._hash_rids[rid] = name
+                self._hash_rids.add((name, rid))
                 side.next_window += 1
 
     def _handle(self, frame: Frame) -> None:
@@ -387,9 +393,9 @@ class SyncEngine:
         if op == wire.OP_DIGESTS:
             self._on_digests(frame)
         elif op == wire.OP_DONE:
-            side = self._hash_rids.pop(frame.rid, None)
-            if side:
-                self._sides[side].windows_done += 1
+            if (frame.side, frame.rid) in self._hash_rids:
+                self._hash_rids.discard((frame.side, frame.rid))
+                self._sides[frame.side].windows_done += 1
         elif op == wire.OP_SUBDIGESTS:
             self._on_subdigests(frame)
         elif op == wire.OP_DATA:
@@ -410,7 +416,9 @@ class SyncEngine:
         side = self._sides[frame.side]
         chunk = self.options.chunk_size
         for index in range(first, first + count):
-            item = (frame.payload[pos], frame.payload[pos + 1 : pos + entry])
+            flag = frame.payload[pos]
+            # Only data chunks carry a digest; the field of a zero or failed chunk is padding.
+            item = (flag, frame.payload[pos + 1 : pos + entry] if flag == wire.FLAG_DATA else b"")
             pos += entry
             side.scanned += min(chunk, self.size - index * chunk)
             if self._dest_absent:
@@ -526,7 +534,7 @@ class SyncEngine:
     def _on_error(self, frame: Frame) -> None:
         error = wire.decode_json(frame.payload)
         message = _where(self._sides[frame.side].conn, error["message"])
-        if frame.rid in self._hash_rids:
+        if (frame.side, frame.rid) in self._hash_rids:
             raise RemoteError(message)
         index = self._requests.pop((frame.side, frame.rid), error.get("chunk", -1))
         self.errors.append(message)
