@@ -1,0 +1,507 @@
+#!/usr/bin/env python3
+"""Provides the side-by-side benchmark: blocksync-tui against the naive design, rsync and dd.
+
+Builds a random image and a copy with 1% of its 4 KiB pages changed at random, then, over N
+interleaved rounds, restores the destination, drops (or evenly warms) the page cache, times each
+contender until the destination is on disk, checks the result and counts bytes on the wire.
+Prints a Markdown table and saves it with the raw numbers under bench/results/.
+
+    python3 bench/bench_sync.py --size 1G --rounds 3
+    python3 bench/bench_sync.py --ssh --ssh-port 2222 --ssh-key KEY --ssh-known-hosts FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from blocksync_tui.demo import make_changed_pair
+
+NAIVE = REPO / "bench" / "naive_blocksync.py"
+
+
+@dataclass
+class Context:
+    """Everything a contender's command needs: files, sizes and how to reach the ssh host."""
+
+    src: Path
+    dst: Path
+    workdir: Path
+    size: int
+    changed: int
+    ssh_user: str = "root"
+    ssh_host: str = "127.0.0.1"
+    ssh_port: int = 22
+    ssh_key: str | None = None
+    ssh_known_hosts: str | None = None
+    ssh_options: list[str] = field(default_factory=list)
+    ours_extra: list[str] = field(default_factory=list)
+
+    @property
+    def report(self) -> Path:
+        """Where a contender that writes a JSON report puts it."""
+        return self.workdir / "report.json"
+
+    @property
+    def ssh_o_options(self) -> list[str]:
+        """The `-o` option values every OpenSSH contender gets."""
+        options = ["BatchMode=yes"]
+        if self.ssh_known_hosts:
+            options.append(f"UserKnownHostsFile={self.ssh_known_hosts}")
+        return options + self.ssh_options
+
+    @property
+    def ssh_args(self) -> list[str]:
+        """OpenSSH arguments shared by every ssh contender (without the host)."""
+        args = ["-p", str(self.ssh_port), *(["-i", self.ssh_key] if self.ssh_key else [])]
+        for option in self.ssh_o_options:
+            args += ["-o", option]
+        return args
+
+    @property
+    def remote(self) -> str:
+        """user@host of the ssh contenders."""
+        return f"{self.ssh_user}@{self.ssh_host}"
+
+    @property
+    def ssh(self) -> str:
+        """The ssh command line up to and including the host, shell-quoted."""
+        return shlex.join(["ssh", *self.ssh_args, self.remote])
+
+
+def q(path: Path | str) -> str:
+    """Quote a path for the shell."""
+    return shlex.quote(str(path))
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One row of the table: a shell command and how to learn what it put on the wire."""
+
+    name: str
+    role: str
+    """What the key ratios call it: "read", "ours", "naive", "rsync" or "dd"."""
+    command: Callable[[Context], str]
+    wire: Callable[[Context, str], int | None] = lambda ctx, output: None
+    """Bytes on the wire reported by the tool itself, from its output or report."""
+    writes: bool = True
+    """False for the read limit, which leaves the destination as it was."""
+
+
+def _json_report(ctx: Context) -> dict:
+    return json.loads(ctx.report.read_text())
+
+
+def _ours_wire(ctx: Context, output: str) -> int | None:
+    report = _json_report(ctx)
+    # Prefer the destination link alone (comparable with the others) if the report has it;
+    # `bytes_sent` is chunk data only, without digests and framing.
+    for key in ("wire_bytes_destination", "bytes_sent"):
+        if key in report:
+            return int(report[key])
+    return None
+
+
+def _naive_wire(ctx: Context, output: str) -> int | None:
+    return int(_json_report(ctx)["bytes_on_wire"])
+
+
+def _rsync_wire(ctx: Context, output: str) -> int | None:
+    counts = [re.search(rf"Total bytes {word}: ([\d,.]+)", output) for word in ("sent", "received")]
+    if not all(counts):
+        return None
+    return sum(int(re.sub(r"\D", "", m[1])) for m in counts if m)
+
+
+def _ours(c: Context, destination: str, extra: list[str]) -> str:
+    argv = [sys.executable, "-m", "blocksync_tui", "sync", str(c.src), destination]
+    return shlex.join([*argv, "--yes", "-q", "--json", str(c.report), *extra, *c.ours_extra])
+
+
+def _naive(c: Context, ssh: list[str]) -> str:
+    argv = [sys.executable, str(NAIVE), str(c.src), str(c.dst), "--json", str(c.report)]
+    return shlex.join(argv + ssh)
+
+
+def _rsync(c: Context, destination: str, ssh: list[str]) -> str:
+    argv = ["rsync", "--inplace", "--no-whole-file", "--ignore-times", "--stats"]
+    argv += ["-e", shlex.join(ssh)] if ssh else []
+    return shlex.join([*argv, str(c.src), destination])
+
+
+def local_contenders() -> list[Contender]:
+    """The contenders with both files on this machine."""
+    return [
+        Contender(
+            "read limit",
+            "read",
+            lambda c: f"cat {q(c.src)} >/dev/null & cat {q(c.dst)} >/dev/null; wait",
+            writes=False,
+        ),
+        Contender("blocksync-tui", "ours", lambda c: _ours(c, str(c.dst), []), _ours_wire),
+        Contender("naive lockstep", "naive", lambda c: _naive(c, []), _naive_wire),
+        Contender("rsync --inplace", "rsync", lambda c: _rsync(c, str(c.dst), []), _rsync_wire),
+        Contender(
+            "dd",
+            "dd",
+            lambda c: f"dd if={q(c.src)} of={q(c.dst)} bs=1M conv=notrunc status=none",
+            lambda c, out: c.size,
+        ),
+    ]
+
+
+def ssh_contenders() -> list[Contender]:
+    """The same contenders with the destination reached over ssh (normally on this machine)."""
+
+    def ours(c: Context) -> str:
+        extra = ["-i", c.ssh_key] if c.ssh_key else []
+        extra += ["--known-hosts", c.ssh_known_hosts] if c.ssh_known_hosts else []
+        return _ours(c, f"{c.remote}:{c.ssh_port}:{c.dst}", extra)
+
+    def naive(c: Context) -> str:
+        ssh = ["--ssh", c.remote, "-p", str(c.ssh_port)]
+        ssh += ["-i", c.ssh_key] if c.ssh_key else []
+        for option in c.ssh_o_options:
+            ssh += ["-o", option]
+        return _naive(c, ssh)
+
+    def dd(c: Context) -> str:
+        remote = f"dd of={q(c.dst)} bs=1M iflag=fullblock conv=notrunc status=none"
+        return f"dd if={q(c.src)} bs=1M status=none | {c.ssh} {q(remote)}"
+
+    return [
+        local_contenders()[0],
+        Contender("blocksync-tui (ssh)", "ours", ours, _ours_wire),
+        Contender("naive lockstep (ssh)", "naive", naive, _naive_wire),
+        Contender(
+            "rsync --inplace (ssh)",
+            "rsync",
+            lambda c: _rsync(c, f"{c.remote}:{c.dst}", ["ssh", *c.ssh_args]),
+            _rsync_wire,
+        ),
+        Contender("dd (ssh)", "dd", dd, lambda c, out: c.size),
+    ]
+
+
+def parse_size(text: str) -> int:
+    """Parse "1G", "256M", "64MiB" or a plain byte count."""
+    match = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 256M, 1G)")
+    return int(match[1]) << (10 * " KMGT".index(match[2].upper() or " "))
+
+
+def drop_caches() -> bool:
+    """Write back and drop the page cache; return False if this process may not."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def loopback_bytes() -> int | None:
+    """Bytes sent on the loopback interface so far, or None where it cannot be read."""
+    try:
+        for line in Path("/proc/net/dev").read_text().splitlines():
+            name, _, counters = line.partition(":")
+            if name.strip() == "lo":
+                return int(counters.split()[8])  # transmit bytes
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
+def files_equal(a: Path, b: Path) -> bool:
+    """Compare two files byte for byte."""
+    return subprocess.run(["cmp", "-s", str(a), str(b)], check=False).returncode == 0
+
+
+def prepare(ctx: Context, pristine: Path, cold: bool) -> None:
+    """Restore the destination and put the page cache in the same state for every contender."""
+    subprocess.run(["cp", "--reflink=auto", str(pristine), str(ctx.dst)], check=True)
+    ctx.report.unlink(missing_ok=True)
+    if cold:
+        drop_caches()
+    else:
+        for path in (ctx.src, ctx.dst):
+            subprocess.run(f"cat {q(path)} >/dev/null", shell=True, check=True)
+
+
+def run_once(ctx: Context, contender: Contender, measure_loopback: bool) -> dict:
+    """Time one contender until its result is on disk; check it and count its bytes."""
+    command = contender.command(ctx)
+    lo_before = loopback_bytes() if measure_loopback else None
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run(
+        command, shell=True, cwd=REPO, capture_output=True, text=True, check=False
+    )
+    # dd and rsync leave dirty pages behind; timing until fsync treats every contender alike.
+    fd = os.open(ctx.dst, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    seconds = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    lo_after = loopback_bytes() if measure_loopback else None
+    result = {
+        "command": command,
+        "seconds": seconds,
+        "cpu_seconds": (cpu_after.ru_utime + cpu_after.ru_stime)
+        - (cpu_before.ru_utime + cpu_before.ru_stime),
+        "returncode": proc.returncode,
+    }
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        result["error"] = lines[-1] if lines else f"exit status {proc.returncode}"
+        return result
+    try:
+        result["wire_reported"] = contender.wire(ctx, proc.stdout + proc.stderr)
+    except (OSError, ValueError, KeyError) as exc:
+        result["wire_reported"] = None
+        result["wire_error"] = str(exc)
+    if contender.writes and lo_before is not None and lo_after is not None:
+        result["wire_loopback"] = lo_after - lo_before
+    result["correct"] = files_equal(ctx.src, ctx.dst) if contender.writes else None
+    return result
+
+
+def summarize(contender: Contender, runs: list[dict], ssh: bool) -> dict:
+    """Reduce the rounds of one contender to one row."""
+    failed = [r for r in runs if r["returncode"] != 0]
+    if failed:
+        reason = f"failed in round {len(runs)}: {failed[0]['error']}"
+        return {"name": contender.name, "role": contender.role, "skipped": reason}
+    last = runs[-1]
+    wire = last.get("wire_loopback") if ssh else None
+    return {
+        "name": contender.name,
+        "role": contender.role,
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs),
+        "wire": wire if wire is not None else last.get("wire_reported"),
+        "wire_reported": last.get("wire_reported"),
+        "correct": None if last["correct"] is None else all(r["correct"] for r in runs),
+        "rounds": len(runs),
+    }
+
+
+def fmt_bytes(n: int | None) -> str:
+    """Format a byte count for humans."""
+    if n is None:
+        return "-"
+    if n < 1024:
+        return f"{n} B"
+    value, unit = float(n), "B"
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024:
+            break
+    return f"{value:.1f} {unit}"
+
+
+def table(rows: list[dict], changed: int, ssh: bool) -> str:
+    """Render the rows as a Markdown table; in ssh mode with the tools' own byte counts too."""
+    base = next((r["seconds"] for r in rows if r["role"] == "read" and "seconds" in r), None)
+    extra = " tool's count |" if ssh else ""
+    lines = [
+        "| contender | median s | x read limit | CPU s | bytes on the wire | x changed |"
+        + extra
+        + " correct |",
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if ssh else "") + "---|",
+    ]
+    for r in rows:
+        if "skipped" in r:
+            reason = r["skipped"].replace("|", "\\|")
+            lines.append(f"| {r['name']} | skipped: {reason} |" + " |" * (6 if ssh else 5))
+            continue
+        ratio = f"{r['seconds'] / base:.2f}" if base else "-"
+        wire = r["wire"]
+        per_changed = f"{wire / changed:.1f}" if wire is not None and changed else "-"
+        reported = f" {fmt_bytes(r['wire_reported'])} |" if ssh else ""
+        correct = {None: "n/a", True: "yes", False: "**FAIL**"}[r["correct"]]
+        lines.append(
+            f"| {r['name']} | {r['seconds']:.2f} | {ratio} | {r['cpu_seconds']:.2f} "
+            f"| {fmt_bytes(wire)} | {per_changed} |{reported} {correct} |"
+        )
+    return "\n".join(lines)
+
+
+def key_ratios(rows: list[dict], changed: int) -> list[str]:
+    """The ratios the design's targets are stated in."""
+    seconds = {r["role"]: r["seconds"] for r in rows if "seconds" in r}
+    pairs = [
+        ("blocksync-tui / read limit", "ours", "read"),
+        ("naive / blocksync-tui", "naive", "ours"),
+        ("rsync / blocksync-tui", "rsync", "ours"),
+        ("dd / blocksync-tui", "dd", "ours"),
+    ]
+    out = []
+    for label, a, b in pairs:
+        value = f"{seconds[a] / seconds[b]:.2f}" if a in seconds and b in seconds else "n/a"
+        out.append(f"- time {label}: {value}")
+    for r in rows:
+        if r.get("wire") is not None and changed:
+            out.append(
+                f"- bytes on the wire / changed bytes, {r['name']}: {r['wire'] / changed:.2f}"
+            )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return the exit status (1 if a contender produced a wrong result)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=parse_size, default=1 << 30, help="image size (default 1G)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument(
+        "--change-fraction", type=float, default=0.01, help="fraction of 4 KiB pages changed"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="where to put the images (default: a temp dir in /tmp)"
+    )
+    parser.add_argument(
+        "--results", type=Path, default=REPO / "bench" / "results", help="output directory"
+    )
+    parser.add_argument(
+        "--warm", action="store_true", help="warm caches even if they could be dropped"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="ROLE",
+        choices=["ours", "naive", "rsync", "dd"],
+        help="run only these contenders besides the read limit (repeatable)",
+    )
+    parser.add_argument(
+        "--ours-extra", default="", help="extra arguments for blocksync-tui, shell-quoted"
+    )
+    ssh = parser.add_argument_group(
+        "ssh mode: the destination on an ssh host (normally this machine)"
+    )
+    ssh.add_argument("--ssh", action="store_true", help="run the ssh contenders")
+    ssh.add_argument("--ssh-host", default="127.0.0.1")
+    ssh.add_argument("--ssh-port", type=int, default=22)
+    ssh.add_argument("--ssh-user", default="root")
+    ssh.add_argument("--ssh-key", help="private key file")
+    ssh.add_argument("--ssh-known-hosts", help="known_hosts file holding the host's key")
+    ssh.add_argument(
+        "--ssh-option", action="append", default=[], metavar="OPT", help="extra ssh -o option"
+    )
+    args = parser.parse_args(argv)
+
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="blocksync-bench-", dir="/tmp"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        rows = run(args, workdir)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir)
+    return 1 if any(r.get("correct") is False for r in rows) else 0
+
+
+def run(args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """Build the pair, run every contender for every round, print and save the results."""
+    src, dst, pristine = workdir / "src.img", workdir / "dst.img", workdir / "pristine.img"
+    started = time.perf_counter()
+    changed = make_changed_pair(src, pristine, args.size, args.change_fraction)
+    print(
+        f"pair: {fmt_bytes(args.size)}, {fmt_bytes(changed)} changed in {workdir} "
+        f"({time.perf_counter() - started:.1f} s)"
+    )
+    ctx = Context(
+        src,
+        dst,
+        workdir,
+        args.size,
+        changed,
+        ssh_user=args.ssh_user,
+        ssh_host=args.ssh_host,
+        ssh_port=args.ssh_port,
+        ssh_key=args.ssh_key,
+        ssh_known_hosts=args.ssh_known_hosts,
+        ssh_options=args.ssh_option,
+        ours_extra=shlex.split(args.ours_extra),
+    )
+    cold = not args.warm and drop_caches()
+    cache = (
+        "cold cache (dropped before every run)"
+        if cold
+        else "warm cache (both files read before every run)"
+    )
+    print(cache)
+
+    contenders = ssh_contenders() if args.ssh else local_contenders()
+    if args.only:
+        contenders = [c for c in contenders if c.role == "read" or c.role in args.only]
+    runs: dict[str, list[dict]] = {c.name: [] for c in contenders}
+    for round_no in range(1, args.rounds + 1):
+        for contender in contenders:
+            history = runs[contender.name]
+            if history and history[-1]["returncode"] != 0:
+                continue  # failed before: skip it, the table says why
+            prepare(ctx, pristine, cold)
+            result = run_once(ctx, contender, measure_loopback=args.ssh)
+            history.append(result)
+            status = "failed" if result["returncode"] else f"{result['seconds']:.2f} s"
+            print(f"round {round_no}: {contender.name}: {status}", flush=True)
+
+    rows = [summarize(c, runs[c.name], args.ssh) for c in contenders]
+    header = (
+        f"{'ssh to ' + args.ssh_host if args.ssh else 'local'}, {fmt_bytes(args.size)} image, "
+        f"{fmt_bytes(changed)} changed ({args.change_fraction:.1%} of 4 KiB pages), "
+        f"{cache}, median of {args.rounds} rounds, {os.cpu_count()} CPUs"
+    )
+    footer = [
+        "",
+        "Bytes on the wire: loopback interface counter, TCP/IP and SSH overhead included; other",
+        "loopback traffic during a run inflates it. Tool's count: what the tool itself reports.",
+        "CPU s: local processes only; the ssh server side is not counted.",
+    ]
+    footer = footer if args.ssh else []
+    markdown = "\n".join(
+        [header, "", table(rows, changed, args.ssh), *footer, "", *key_ratios(rows, changed)]
+    )
+    print("\n" + markdown)
+
+    args.results.mkdir(parents=True, exist_ok=True)
+    stem = args.results / f"{time.strftime('%Y%m%d-%H%M%S')}-{'ssh' if args.ssh else 'local'}"
+    stem.with_suffix(".md").write_text(markdown + "\n")
+    stem.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "size": args.size,
+                "changed": changed,
+                "cold": cold,
+                "ssh": args.ssh,
+                "rows": rows,
+                "runs": runs,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"\nsaved {stem}.md and .json")
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
