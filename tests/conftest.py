@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sshd import SshServer, sshd_path
 
 
 def _can_use_loop_devices() -> str | None:
@@ -41,3 +42,25 @@ def loop_device(tmp_path: Path) -> Iterator[Callable[[Path], str]]:
     for device in attached:
         subprocess.run(["umount", device], capture_output=True)
         subprocess.run(["losetup", "-d", device], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A private OpenSSH sshd on 127.0.0.1 (its own keys and files); skips if sshd is missing."""
+    if sshd_path() is None:
+        pytest.skip("OpenSSH sshd is not installed (apt-get install openssh-server)")
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen is not installed")
+    server = SshServer(tmp_path_factory.mktemp("sshd"))
+    try:
+        server.start()
+    except (RuntimeError, OSError) as exc:
+        pytest.skip(f"cannot run a private sshd here: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def kill_ssh_connections(sshd: SshServer) -> Callable[[], list[int]]:
+    """SIGKILL the sshd processes serving every open connection; returns the orphaned session pids."""
+    return sshd.kill_connections

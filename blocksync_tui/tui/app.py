@@ -1,0 +1,203 @@
+"""Provides BlocksyncApp: the full-screen app, and the thread workers that drive the engine.
+
+The engine runs in thread workers owned by the app (not by a screen, so switching screens never
+cancels a run). Threads talk to the UI only through `post_message`; the run screen polls the
+engine's thread-safe `progress()` and chunk map on a timer, so the engine never waits for the UI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import ClassVar
+
+from textual import on, work
+from textual.app import App, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+
+from blocksync_tui.endpoint import Endpoint
+from blocksync_tui.engine.errors import BlocksyncError, Cancelled
+from blocksync_tui.engine.inventory import list_devices
+from blocksync_tui.engine.sync import SyncEngine
+from blocksync_tui.engine.transports import SshOptions, transport_factory
+from blocksync_tui.tui.messages import DevicesListed, RunFailed, RunFinished, RunPrepared
+from blocksync_tui.tui.request import RunRequest
+from blocksync_tui.tui.screens.confirm import ConfirmSyncScreen
+from blocksync_tui.tui.screens.dialogs import ErrorScreen
+from blocksync_tui.tui.screens.help import HelpScreen
+from blocksync_tui.tui.screens.review import ReviewScreen
+from blocksync_tui.tui.screens.run import RunScreen
+from blocksync_tui.tui.screens.setup import SetupScreen
+
+
+class BlocksyncApp(App[int]):
+    """Pick a source and a destination, dry-run, review, confirm, sync."""
+
+    TITLE = "blocksync-tui"
+    CSS_PATH = Path(__file__).with_name("app.tcss")
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f1", "help", "Help", id="help", tooltip="Keys and what the colours mean"),
+        Binding("ctrl+t", "toggle_theme", "Theme", id="toggle-theme", tooltip="Light or dark"),
+        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
+    ]
+
+    def __init__(
+        self, request: RunRequest | None = None, *, autostart: bool = False, list_devices: bool = True
+    ) -> None:
+        """Create the app.
+
+        Args:
+            request: Endpoints and options to fill the setup screen with.
+            autostart: Start the dry run at once (used by `--demo`).
+            list_devices: List each host's block devices when the setup screen opens.
+        """
+        super().__init__()
+        self.request = request or RunRequest("", "")
+        """The last request made from the setup screen."""
+        self.autostart = autostart
+        self.list_devices_on_start = list_devices
+        self.engine: SyncEngine | None = None
+        """The engine of the current run, once prepared."""
+        self._pending_sync: RunRequest | None = None
+
+    def on_mount(self) -> None:
+        self.push_screen(SetupScreen(self.request, list_devices=self.list_devices_on_start))
+        if self.autostart and self.request.source and self.request.destination:
+            # A guided start is always a dry run: nothing is written without a confirmed sync.
+            self.start_run(replace(self.request, options=replace(self.request.options, dry_run=True)))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Help", "Keys, states and how a sync works", self.action_help)
+        yield SystemCommand(
+            "Toggle light/dark theme", "Switch the colour theme", self.action_toggle_theme
+        )
+
+    # -- actions
+
+    def action_help(self) -> None:
+        """Show the help screen."""
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_toggle_theme(self) -> None:
+        """Switch between the light and the dark theme."""
+        self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
+
+    # -- starting runs
+
+    def start_run(self, request: RunRequest) -> None:
+        """Prepare a dry run or a sync in a thread; a sync is confirmed before anything is written."""
+        self.request = request
+        self.prepare_engine(request)
+
+    @work(thread=True, exclusive=True, group="engine", exit_on_error=False, description="Preparing")
+    def prepare_engine(self, request: RunRequest) -> None:
+        """Connect both workers and open both ends read-only (blocking: in a thread)."""
+        try:
+            engine = SyncEngine(
+                Endpoint.parse(request.source),
+                Endpoint.parse(request.destination),
+                request.options,
+                transport_factory(request.ssh),
+            )
+            engine.prepare()
+        except BlocksyncError as exc:
+            self.post_message(RunFailed(str(exc), exc.side))
+            return
+        self.post_message(RunPrepared(engine))
+
+    @work(thread=True, exclusive=True, group="engine", exit_on_error=False, description="Running")
+    def run_engine(self, engine: SyncEngine) -> None:
+        """Run a prepared engine to its end (blocking: in a thread)."""
+        error, cancelled = "", False
+        try:
+            engine.run()
+        except Cancelled as exc:
+            error, cancelled = str(exc), True
+        except BlocksyncError as exc:
+            error = str(exc)
+        except Exception as exc:  # shown as a dialog, never as a traceback over the screen
+            error = f"unexpected error: {type(exc).__name__}: {exc}"
+        report = engine.report()
+        if error:
+            report.outcome = "cancelled" if cancelled else "failed"
+            report.message = error
+        self.post_message(RunFinished(engine, report, error, cancelled))
+
+    @work(thread=True, group="devices", exit_on_error=False, description="Listing devices")
+    def list_devices(self, side: str, host: str, ssh: SshOptions) -> None:
+        """Read the block devices of a host (this one when `host` is empty)."""
+        endpoint = Endpoint.parse(f"{host}:/" if host else "/")
+        try:
+            devices = list_devices(endpoint, transport_factory(ssh))
+        except BlocksyncError as exc:
+            self.post_message(DevicesListed(side, [], str(exc)))
+            return
+        self.post_message(DevicesListed(side, devices))
+
+    # -- engine events
+
+    @on(RunFailed)
+    def _run_failed(self, message: RunFailed) -> None:
+        screen = self._setup_screen()
+        if screen is not None:
+            screen.show_error(message.error, message.side)
+        self.push_screen(ErrorScreen("Cannot start", message.error))
+
+    @on(RunPrepared)
+    def _run_prepared(self, message: RunPrepared) -> None:
+        engine = message.engine
+        self.engine = engine
+        if engine.options.dry_run:
+            self._show_run(engine)
+            return
+
+        def confirmed(ok: bool | None) -> None:
+            if ok:
+                self._show_run(engine)
+            else:
+                engine.close()
+                self.engine = None
+                self.notify("Sync not started: nothing was written.")
+
+        self.push_screen(ConfirmSyncScreen(engine), confirmed)
+
+    def _show_run(self, engine: SyncEngine) -> None:
+        self._pop_to_setup()
+        self.push_screen(RunScreen(engine))
+        self.run_engine(engine)
+
+    @on(RunFinished)
+    def _run_finished(self, message: RunFinished) -> None:
+        if isinstance(self.screen, RunScreen):
+            self.screen.finish(message.report)
+        self._pop_to_setup()
+        self.push_screen(ReviewScreen(message.engine, message.report, self.request))
+        if message.error and not message.cancelled:
+            self.push_screen(ErrorScreen("The run failed", message.error))
+        elif message.cancelled:
+            self.notify(message.error, title="Cancelled", severity="warning", timeout=10)
+
+    @on(DevicesListed)
+    def _devices_listed(self, message: DevicesListed) -> None:
+        screen = self._setup_screen()
+        if screen is not None:
+            screen.show_devices(message)
+
+    def _setup_screen(self) -> SetupScreen | None:
+        for screen in self.screen_stack:
+            if isinstance(screen, SetupScreen):
+                return screen
+        return None
+
+    def _pop_to_setup(self) -> None:
+        while len(self.screen_stack) > 1 and not isinstance(self.screen, SetupScreen):
+            self.pop_screen()
+
+    def sync_after_review(self) -> None:
+        """Turn the reviewed dry run into a sync of the same endpoints and options."""
+        options = replace(self.request.options, dry_run=False)
+        self.start_run(replace(self.request, options=options))

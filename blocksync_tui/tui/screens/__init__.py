@@ -1,0 +1,1 @@
+"""Provides the app's screens: setup, run, review, and the dialogs."""

@@ -1,0 +1,76 @@
+"""Provides ConfirmSyncScreen: name what will be overwritten; a device's name must be typed."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static
+
+from blocksync_tui.engine.sync import SyncEngine
+from blocksync_tui.progress import human_bytes
+
+
+class ConfirmSyncScreen(ModalScreen[bool]):
+    """Asks before the first write. For a block device, its name must be typed to go ahead."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="cancel-sync")]
+
+    def __init__(self, engine: SyncEngine) -> None:
+        super().__init__(classes="dialog-screen")
+        self.engine = engine
+        info = engine.destination_info
+        self.is_device = info.get("kind") == "block"
+        """True when the destination is a block device: then typing its name is required."""
+        self.expected = engine.destination.path
+
+    def compose(self) -> ComposeResult:
+        engine = self.engine
+        info = engine.destination_info
+        where = f" on {engine.destination.host}" if engine.destination.is_remote else ""
+        if not info.get("exists"):
+            what = f"a new file {engine.destination.path}{where}"
+        elif self.is_device:
+            what = f"the block device {engine.destination.path}{where} ({human_bytes(info['size'])})"
+        else:
+            what = f"the file {engine.destination.path}{where} ({human_bytes(info['size'])})"
+        lines = [
+            f"Write to {what}?",
+            "",
+            f"Source: {engine.source} ({human_bytes(engine.size)}).",
+            "Every chunk that differs from the source will be overwritten. This cannot be undone.",
+        ]
+        lines += [f"⚠ {warning}" for warning in engine.warnings]
+        with Vertical(classes="dialog confirm-dialog"):
+            yield Label("Confirm sync", classes="dialog-title")
+            yield Static("\n".join(lines), classes="dialog-body")
+            if self.is_device:
+                yield Label(f"Type [b]{self.expected}[/b] to confirm:")
+                yield Input(placeholder=self.expected, id="confirm-name")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Sync", id="go", variant="error", disabled=self.is_device)
+                yield Button("Cancel", id="cancel", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#confirm-name" if self.is_device else "#cancel").focus()
+
+    @on(Input.Changed, "#confirm-name")
+    def _typed(self, event: Input.Changed) -> None:
+        self.query_one("#go", Button).disabled = event.value.strip() != self.expected
+
+    @on(Input.Submitted, "#confirm-name")
+    def _submitted(self, event: Input.Submitted) -> None:
+        if event.value.strip() == self.expected:
+            self.dismiss(True)
+
+    def action_cancel(self) -> None:
+        """Do not sync."""
+        self.dismiss(False)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "go" and not event.button.disabled)

@@ -1,0 +1,159 @@
+"""Provides ReviewScreen: what a run found: figures, the map, the runs of changes, exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from rich.table import Table
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Input, Label, Static
+
+from blocksync_tui.engine.chunkmap import State
+from blocksync_tui.engine.report import Report
+from blocksync_tui.engine.sync import SyncEngine
+from blocksync_tui.progress import human_bytes
+from blocksync_tui.tui.map_svg import map_svg
+from blocksync_tui.tui.request import RunRequest
+from blocksync_tui.tui.widgets.block_map import BlockMap
+from blocksync_tui.tui.widgets.block_map_legend import BlockMapLegend
+from blocksync_tui.tui.widgets.stats import format_duration
+
+_TITLES = {
+    "identical": "Identical: nothing to do",
+    "differs": "Dry run: the destination differs",
+    "synced": "Synced",
+    "failed": "Failed",
+    "cancelled": "Cancelled",
+}
+
+
+class ReviewScreen(Screen[None]):
+    """The result of a dry run (then: sync it) or of a sync."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+s", "sync", "Sync…", id="review-sync", tooltip="Write what differs (asks first)"),
+        Binding("ctrl+e", "export", "Export", id="export", tooltip="Save the report (JSON) and the map (SVG)"),
+        Binding("escape", "back", "Back", id="back", tooltip="Back to the setup screen"),
+    ]
+
+    def __init__(self, engine: SyncEngine, report: Report, request: RunRequest) -> None:
+        super().__init__()
+        self.engine = engine
+        self.report = report
+        self.request = request
+
+    def compose(self) -> ComposeResult:
+        report = self.report
+        yield Static(_TITLES.get(report.outcome, report.outcome), id="review-title",
+                     classes=f"outcome-{report.outcome}")
+        with Horizontal(id="review-body"):
+            with Vertical(id="map-column"):
+                yield BlockMap(self.engine.chunk_map, report.chunk_size, report.size, id="block-map")
+                yield BlockMapLegend("#block-map")
+                yield Static("Select a run to zoom to it; 0 shows the whole device.", id="cell-info")
+            with Vertical(id="review-side"):
+                yield Static(self.summary(), id="summary")
+                yield Label(f"Runs of changes, largest first ({report.change_runs:,} in all)",
+                            classes="section-title")
+                table: DataTable[str] = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+                table.add_columns("offset", "length", "chunks")
+                for run in report.largest_runs[:200]:
+                    table.add_row(f"{run['offset']:#x}", human_bytes(run["length"]), f"{run['chunks']:,}",
+                                  key=str(run["first_chunk"]))
+                yield table
+        with Horizontal(id="actions"):
+            can_sync = report.mode == "compare" and report.outcome == "differs"
+            yield Button("Sync…", id="sync", variant="error", disabled=not can_sync)
+            yield Label("Export to", classes="export-label")
+            yield Input("blocksync-report", id="export-prefix")
+            yield Button("Export JSON + SVG", id="export")
+            yield Button("Back", id="back")
+        yield Footer()
+
+    def summary(self) -> Table:
+        """The key figures of the report."""
+        r = self.report
+        table = Table.grid(padding=(0, 1))
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")
+        largest = r.largest_runs[0] if r.largest_runs else None
+        rows = [
+            ("Source", r.source),
+            ("Destination", r.destination),
+            ("Size", f"{human_bytes(r.size)}, {r.total_chunks:,} chunks of {human_bytes(r.chunk_size)}"),
+            ("Differing", f"{r.chunks_differing:,} chunks ({100 * r.chunks_differing / max(1, r.total_chunks):.2f}%)"),
+            ("Bytes differing", f"{human_bytes(r.bytes_differing)} (at {human_bytes(r.sub_block_size)} granularity)"),
+            ("Change runs", f"{r.change_runs:,}" + (f", largest {human_bytes(largest['length'])} at {largest['offset']:#x}" if largest else "")),
+            ("Unchanged", f"{r.chunks.get('same', 0):,} chunks, {r.chunks.get('zero', 0):,} all-zero"),
+        ]
+        if r.mode == "sync":
+            rows.append(("Written", f"{r.chunks.get('written', 0):,} chunks, {human_bytes(r.bytes_sent)} sent"))
+        if r.verified is not None:
+            rows.append(("Verified", "yes, re-read from disk" if r.verified else "[red]FAILED[/]"))
+        rows += [
+            ("On the wire", human_bytes(r.wire_bytes)),
+            ("Hash", f"{r.algorithm}, compression {r.compression}"),
+            ("Time", format_duration(r.seconds) + f" ({human_bytes(r.size / max(r.seconds, 1e-9))}/s)"),
+        ]
+        if r.message:
+            rows.append(("Note", r.message))
+        for error in r.errors[:5]:
+            rows.append(("Error", f"[red]{error}[/]"))
+        for warning in r.warnings:
+            rows.append(("Warning", warning))
+        for name, value in rows:
+            table.add_row(name, value)
+        return table
+
+    @on(DataTable.RowHighlighted, "#runs")
+    def _run_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key.value is None:
+            return
+        first = int(event.row_key.value)
+        run = next(r for r in self.report.largest_runs if r["first_chunk"] == first)
+        self.query_one(BlockMap).zoom_to(first, run["chunks"])
+
+    @on(BlockMap.CellHighlighted)
+    def _cell(self, message: BlockMap.CellHighlighted) -> None:
+        self.query_one("#cell-info", Static).update(message.description)
+
+    # -- actions
+
+    def action_sync(self) -> None:
+        """Sync what the dry run found (the app confirms first)."""
+        if self.report.mode == "compare" and self.report.outcome == "differs":
+            self.app.sync_after_review()  # type: ignore[attr-defined]
+
+    def action_back(self) -> None:
+        """Back to the setup screen."""
+        self.app.pop_screen()
+
+    def action_export(self) -> None:
+        """Write the JSON report and an SVG of the map next to the chosen prefix."""
+        prefix = Path(self.query_one("#export-prefix", Input).value.strip() or "blocksync-report")
+        try:
+            self.report.save(prefix.with_suffix(".json"))
+            prefix.with_suffix(".svg").write_text(self.map_picture())
+        except OSError as exc:
+            self.notify(f"Cannot export: {exc.strerror}: {exc.filename}", severity="error")
+            return
+        self.notify(f"Saved {prefix.with_suffix('.json')} and {prefix.with_suffix('.svg')}", title="Exported")
+
+    def map_picture(self) -> str:
+        """The map as SVG, in the colours the map shows now."""
+        block_map = self.query_one(BlockMap)
+        colors = {state: block_map.state_color(state).hex for state in State}
+        r = self.report
+        title = f"{r.source} → {r.destination}: {r.outcome}, {r.chunks_differing:,} chunks differ"
+        return map_svg(self.engine.chunk_map.snapshot(), colors, title, r.chunk_size)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        actions = {"sync": self.action_sync, "export": self.action_export, "back": self.action_back}
+        if event.button.id in actions:
+            actions[event.button.id]()

@@ -1,0 +1,351 @@
+"""Provides the block map's cell arithmetic and painting: chunks -> cell states -> segments.
+
+Pure code over the engine's state bytes (Rich, but no Textual), so that it is unit tested and
+benchmarked on its own. Every loop here runs per *cell* or per *run of equal cells* (a few
+thousand per frame), never per *chunk* (millions): the per-chunk work is done in C by
+`bytes.translate`, `in`, slicing, `re` and big-int operations.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich.color import Color
+from rich.segment import Segment
+from rich.style import Style
+
+from blocksync_tui.engine.chunkmap import STATE_NAMES, State
+
+PRIORITY: tuple[State, ...] = (
+    State.ERROR,
+    State.UPDATED,
+    State.DIFFERS,
+    State.WRITTEN,
+    State.PENDING,
+    State.SAME,
+    State.ZERO,
+)
+"""States from the most to the least significant: a cell shows the first one it contains.
+
+One error or one differing chunk among a thousand identical ones is what a user must see, so
+the rare, actionable states outrank the bulk ones; PENDING outranks SAME/ZERO so that a cell
+only looks settled once every chunk in it is.
+"""
+
+EMPTY = 7
+"""Pseudo-state of a cell past the end of the shown range (not a `State`: drawn as background)."""
+
+_PRIORITY_INTS = tuple(int(state) for state in PRIORITY)
+
+# Each state byte -> a one-bit flag; OR-ing flags over a cell gives the set of states in it.
+_ONE_HOT = bytes((1 << value) if value < EMPTY else 0 for value in range(256))
+
+
+def _mask_table() -> bytes:
+    """Map every set-of-states bitmask to the most significant state in it (EMPTY for none)."""
+    table = bytearray([EMPTY]) * 256
+    for mask in range(256):
+        for value in _PRIORITY_INTS:
+            if mask & (1 << value):
+                table[mask] = value
+                break
+    return bytes(table)
+
+
+_MASK_TO_STATE = _mask_table()
+
+_OR_MAX_PER_CELL = 40
+"""Up to this many chunks per cell, the strided OR beats one `in` scan per cell (measured)."""
+
+
+def chunks_per_cell(total: int, cells: int, zoom: int = 0) -> int:
+    """How many chunks each cell covers so that `total` chunks fit in `cells` cells.
+
+    Args:
+        total: Chunks of the whole device.
+        cells: Cells available on screen (width x 2 x height).
+        zoom: Zoom level; each level halves the chunks per cell.
+
+    Returns:
+        The chunks per cell, at least 1. Every cell covers this many, except the last, which
+        covers what is left.
+    """
+    if total <= 0 or cells <= 0:
+        return 1
+    return max(1, -(-total // (cells << max(0, zoom))))
+
+
+def cell_state(data: bytes | bytearray) -> int:
+    """The state a cell shows: the most significant state present in its chunk states.
+
+    Args:
+        data: The state bytes of the chunks the cell covers.
+
+    Returns:
+        A `State` value, or `EMPTY` for no chunks.
+    """
+    for value in _PRIORITY_INTS:
+        if value in data:  # memchr in C: ~free even for thousands of chunks
+            return value
+    return EMPTY
+
+
+def _cell_states_or(data: bytes, per_cell: int, count: int) -> bytearray:
+    """Aggregate small cells: OR the one-hot flags of the k-th chunk of every cell at once.
+
+    `flags[k::per_cell]` picks the k-th chunk of every cell; OR-ing those strips as big
+    integers merges them byte by byte in C, so the Python loop runs `per_cell` times.
+    """
+    flags = data.translate(_ONE_HOT) + bytes(count * per_cell - len(data))
+    merged = 0
+    for k in range(per_cell):
+        merged |= int.from_bytes(flags[k::per_cell], "little")
+    return bytearray(merged.to_bytes(count, "little").translate(_MASK_TO_STATE))
+
+
+def _cell_states_scan(data: bytes, per_cell: int, count: int) -> bytearray:
+    """Aggregate large cells: per cell, `in` tests in priority order (each a C memchr)."""
+    # States absent from the whole range need no per-cell test; and once the others are ruled
+    # out, a cell must hold the least significant state that is present.
+    present = [value for value in _PRIORITY_INTS if value in data]
+    if not present:
+        return bytearray([EMPTY]) * count
+    tested, fallback = present[:-1], present[-1]
+    out = bytearray(count)
+    for cell, start in enumerate(range(0, len(data), per_cell)):
+        chunk_states = data[start : start + per_cell]
+        for value in tested:
+            if value in chunk_states:
+                out[cell] = value
+                break
+        else:
+            out[cell] = fallback
+    return out
+
+
+def cell_states(data: bytes | bytearray, per_cell: int) -> bytearray:
+    """The state of every cell over consecutive chunk states, `per_cell` chunks each.
+
+    Args:
+        data: State bytes of the shown range of chunks.
+        per_cell: Chunks per cell (the last cell may be partial).
+
+    Returns:
+        One state byte per cell: `ceil(len(data) / per_cell)` bytes.
+    """
+    data = bytes(data)
+    count = -(-len(data) // per_cell)
+    if per_cell == 1:
+        return bytearray(data)
+    if per_cell <= _OR_MAX_PER_CELL:
+        return _cell_states_or(data, per_cell, count)
+    return _cell_states_scan(data, per_cell, count)
+
+
+@dataclass
+class CellLayout:
+    """Where each chunk of the shown range lands on screen, and the state of every cell.
+
+    Cells run left to right, then top to bottom; a terminal line holds two cell rows.
+    """
+
+    width: int
+    """Cells per cell row (terminal columns)."""
+    rows: int
+    """Cell rows (twice the terminal lines)."""
+    first: int
+    """First chunk shown."""
+    last: int
+    """One past the last chunk shown."""
+    per_cell: int
+    """Chunks per cell."""
+    cells: bytearray
+    """One state byte per cell (`width * rows` of them), EMPTY past the last chunk."""
+
+    @classmethod
+    def empty(cls) -> CellLayout:
+        """A layout with nothing to show (no map, or no room)."""
+        return cls(0, 0, 0, 0, 1, bytearray())
+
+    @classmethod
+    def build(
+        cls,
+        states: bytes | bytearray,
+        total: int,
+        width: int,
+        rows: int,
+        zoom: int = 0,
+        first: int = 0,
+    ) -> CellLayout:
+        """Lay out a window of `total` chunks on `width` x `rows` cells and aggregate their states.
+
+        Args:
+            states: One state byte per chunk of the device.
+            total: Chunks of the device.
+            width: Cells per row.
+            rows: Cell rows.
+            zoom: Zoom level (0 shows the whole device).
+            first: Wanted first chunk of the window; clamped so the window stays on the device.
+
+        Returns:
+            The layout.
+        """
+        if total <= 0 or width <= 0 or rows <= 0:
+            return cls.empty()
+        per_cell = chunks_per_cell(total, width * rows, zoom)
+        span = min(total, per_cell * width * rows)
+        first = min(max(0, first), total - span)
+        cells = bytearray([EMPTY]) * (width * rows)
+        shown = cell_states(states[first : first + span], per_cell)
+        cells[: len(shown)] = shown
+        return cls(width, rows, first, first + span, per_cell, cells)
+
+    @property
+    def used(self) -> int:
+        """How many cells hold chunks (the rest, at the end, are EMPTY)."""
+        return -(-(self.last - self.first) // self.per_cell)
+
+    def chunks(self, cell: int) -> tuple[int, int]:
+        """The chunk range `[first, last)` of one cell."""
+        start = self.first + cell * self.per_cell
+        return start, min(start + self.per_cell, self.last)
+
+    def cell_of(self, chunk: int) -> int:
+        """The cell that shows `chunk` (which must be in the window)."""
+        return (chunk - self.first) // self.per_cell
+
+
+UPPER_HALF = "▀"
+"""The glyph of a terminal cell showing two map cells: foreground on top, background below."""
+
+_RUNS = re.compile(rb"(.)\1*", re.DOTALL)
+_TOP_TO_CODE = bytes((value << 3) & 0xFF for value in range(256))
+
+
+class LinePainter:
+    """Paints terminal lines of a `CellLayout` as Rich segments, in given colours."""
+
+    def __init__(self, colors: Sequence[Color], cursor_colors: Sequence[Color]) -> None:
+        """Prepare the 64 (top, bottom) styles.
+
+        Args:
+            colors: Colour by cell state value, including EMPTY (the background).
+            cursor_colors: The same colours as tinted for the cursor cell.
+        """
+        self._colors = colors
+        self._cursor_colors = cursor_colors
+        self._segments: dict[int, Segment] = {}
+        # Indexed by the line code `top << 3 | bottom`. Equal halves are a space: some
+        # terminals leave a seam between stacked half blocks of one colour.
+        self._styles = [
+            (" ", Style(bgcolor=colors[top]))
+            if top == bottom
+            else (UPPER_HALF, Style(color=colors[top], bgcolor=colors[bottom]))
+            for top in range(EMPTY + 1)
+            for bottom in range(EMPTY + 1)
+        ]
+
+    def paint(self, layout: CellLayout, line: int, cursor: int = -1) -> list[Segment]:
+        """Segments of one terminal line: cell rows `2 * line` and `2 * line + 1`.
+
+        Args:
+            layout: The cells.
+            line: The terminal line.
+            cursor: Where the cursor is in this line's two cell rows (`0 .. 2 * width`), or -1.
+
+        Returns:
+            Segments covering exactly `layout.width` columns.
+        """
+        width, cells = layout.width, layout.cells
+        top = cells[2 * line * width : (2 * line + 1) * width]
+        bottom = cells[(2 * line + 1) * width : (2 * line + 2) * width]
+        # code = top << 3 | bottom for every column at once: a big-int OR runs in C.
+        codes = (
+            int.from_bytes(top.translate(_TOP_TO_CODE), "little") | int.from_bytes(bottom, "little")
+        ).to_bytes(width, "little")
+        if not 0 <= cursor < 2 * width:
+            return self._runs(codes, 0, width)
+        column = cursor % width
+        upper, lower = self._colors[top[column]], self._colors[bottom[column]]
+        if cursor < width:
+            upper = self._cursor_colors[top[column]]
+        else:
+            lower = self._cursor_colors[bottom[column]]
+        marked = Segment(UPPER_HALF, Style(color=upper, bgcolor=lower))
+        return [*self._runs(codes, 0, column), marked, *self._runs(codes, column + 1, width)]
+
+    def _runs(self, codes: bytes, start: int, end: int) -> list[Segment]:
+        """One segment per run of equal codes in `codes[start:end]`."""
+        # Segments are immutable and repeat a lot (same colour, same length): reusing them
+        # spares the allocations that otherwise trigger the garbage collector mid-frame.
+        cache = self._segments
+        if len(cache) > 16384:
+            cache.clear()
+        segments = []
+        for match in _RUNS.finditer(codes, start, end):
+            key = codes[match.start()] << 16 | (match.end() - match.start())
+            segment = cache.get(key)
+            if segment is None:
+                text, style = self._styles[key >> 16]
+                segment = cache[key] = Segment(text * (key & 0xFFFF), style)
+            segments.append(segment)
+        return segments
+
+
+def describe_range(start: int, end: int, counts: dict[State, int], device_bytes: int) -> str:
+    """One line about a byte range and its chunk states.
+
+    Args:
+        start: First byte.
+        end: One past the last byte.
+        counts: Chunks per state, in the order to show them.
+        device_bytes: Size of the device (fixes the width of the hex offsets).
+
+    Returns:
+        E.g. `offset 0x00C00000 – 0x00D00000 (12.0 MiB – 13.0 MiB): 3 differs, 1 same`.
+    """
+    digits = len(f"{device_bytes:X}")
+    states = ", ".join(f"{n:,} {STATE_NAMES[state]}" for state, n in counts.items())
+    return (
+        f"offset 0x{start:0{digits}X} – 0x{end:0{digits}X} ({format_range(start, end)}): {states}"
+    )
+
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def _exponent(size: int) -> int:
+    """The power of 1024 of the largest unit not above `size`."""
+    exponent = 0
+    while exponent < len(_UNITS) - 1 and size >= 1024 ** (exponent + 1):
+        exponent += 1
+    return exponent
+
+
+def format_size(size: int, exponent: int | None = None) -> str:
+    """Format a byte count with a binary unit and one decimal: `12.0 MiB`.
+
+    Args:
+        size: Bytes.
+        exponent: Force the unit (a power of 1024); None picks the largest that fits.
+
+    Returns:
+        The text.
+    """
+    exponent = _exponent(size) if exponent is None else exponent
+    if exponent == 0:
+        return f"{size:,} B"
+    return f"{size / 1024**exponent:,.1f} {_UNITS[exponent]}"
+
+
+def format_range(start: int, end: int) -> str:
+    """Format a byte range in one unit fine enough to tell its ends apart: `12.0 MiB – 13.0 MiB`.
+
+    A 1 MiB cell at 1.8 GiB reads `1,817.0 MiB – 1,818.0 MiB`, not `1.8 GiB – 1.8 GiB`.
+    """
+    exponent = _exponent(max(start, end))
+    while exponent and (end - start) * 10 < 1024**exponent:
+        exponent -= 1
+    return f"{format_size(start, exponent)} – {format_size(end, exponent)}"

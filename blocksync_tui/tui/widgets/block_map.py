@@ -1,0 +1,541 @@
+"""Provides BlockMap: a Line-API map of every chunk of a device, coloured by its sync state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from textual import events
+from textual.binding import Binding, BindingType
+from textual.cache import LRUCache
+from textual.color import Color
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.signal import Signal
+from textual.strip import Strip
+from textual.timer import Timer
+
+from blocksync_tui.engine.chunkmap import STATE_NAMES, ChunkMap, State
+from blocksync_tui.tui.widgets.block_cells import (
+    EMPTY,
+    PRIORITY,
+    CellLayout,
+    LinePainter,
+    cell_state,
+    chunks_per_cell,
+    describe_range,
+)
+
+StripKey = tuple[int, int, int, int, int, int, int]
+"""(line, line stamp, width, first chunk, last chunk, chunks per cell, cursor position in line)."""
+
+_CURSOR_BLEND = 0.7
+"""How far the cursor cell moves from its state colour towards the cursor colour."""
+
+_MOVES = (("left", -1, 0, "cell"), ("right", 1, 0, "cell"), ("up", 0, -1, "cell row"),
+          ("down", 0, 1, "cell row"))  # fmt: skip
+
+
+class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
+    """The whole device (or a zoomed window of it) as a grid of coloured half-block cells.
+
+    Each terminal character shows two cells ("▀": foreground = top cell, background = bottom
+    cell). Each cell covers `layout.per_cell` consecutive chunks and shows the most significant
+    state among them (see `PRIORITY`), so one differing chunk among thousands still shows.
+    Terminals report the mouse per character, not per half: clicking the cursor's own character
+    again moves the cursor to the other half.
+    """
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        *(f"block-map--{name}" for name in STATE_NAMES.values()),
+        "block-map--cursor",
+    }
+    """One class per `State` (its `background` is the cell colour), plus the cursor tint."""
+
+    DEFAULT_CSS = """
+    BlockMap {
+        height: 1fr;
+        min-height: 2;
+        overflow: hidden hidden;
+        background: $background;
+        & > .block-map--pending { background: $foreground 30%; }
+        & > .block-map--zero { background: $foreground 12%; }
+        & > .block-map--same { background: $success 40%; }
+        & > .block-map--differs { background: $warning; }
+        & > .block-map--written { background: $success; }
+        & > .block-map--updated { background: #A66BE0; }
+        & > .block-map--error { background: $error; }
+        & > .block-map--cursor { background: $foreground; }
+    }
+    """
+    """Greys for unknown/all-zero chunks, greens for in sync (bright: written by this run), amber
+    for to-be-written, violet for synced again, red for errors: theme variables where a theme has
+    the meaning (light and dark both work), a fixed violet where no theme variable is distinct."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("plus,equals_sign", "zoom_in", "Zoom in", id="block-map.zoom-in",
+                tooltip="Zoom in 2x around the cursor"),
+        Binding("minus", "zoom_out", "Zoom out", id="block-map.zoom-out",
+                tooltip="Zoom out 2x around the cursor"),
+        Binding("0", "zoom_reset", "Whole device", id="block-map.zoom-reset",
+                tooltip="Show the whole device again"),
+        *(Binding(key, f"move_cursor({dx}, {dy})", key.title(), show=False,
+                  id=f"block-map.cursor-{key}", tooltip=f"Move the cursor one {unit} {key}")
+          for key, dx, dy, unit in _MOVES),
+    ]  # fmt: skip
+    """Zoom and cursor keys; the ids let a user keymap rebind them."""
+
+    @dataclass(eq=False)
+    class CellHighlighted(Message):
+        """The cell under the cursor or the mouse, and what it covers."""
+
+        first_chunk: int
+        """First chunk of the cell."""
+        last_chunk: int
+        """One past the last chunk of the cell."""
+        byte_start: int
+        """Device offset of the first byte of the cell."""
+        byte_end: int
+        """Device offset one past the last byte of the cell."""
+        counts: dict[State, int]
+        """Chunks per state in the cell, most significant first (states with none left out)."""
+        block_map: BlockMap
+        """The map that posted it."""
+        cell: int
+        """Index of the cell on screen."""
+        description: str
+        """One line saying the above, ready for a label (see `BlockMap.describe_cell`)."""
+        is_cursor: bool = True
+        """True for the keyboard cursor, False for the cell under the mouse."""
+
+        @property
+        def control(self) -> BlockMap:
+            """The map that posted it (for `@on(..., "#id")` selectors)."""
+            return self.block_map
+
+        def can_replace(self, message: Message) -> bool:
+            """A newer highlight from the same map supersedes a queued older one."""
+            return (
+                isinstance(message, BlockMap.CellHighlighted)
+                and message.block_map is self.block_map
+            )
+
+    def __init__(
+        self,
+        chunk_map: ChunkMap | None = None,
+        chunk_size: int = 1 << 20,
+        device_size: int = 0,
+        *,
+        poll_interval: float | None = 1 / 15,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        """Create a block map.
+
+        Args:
+            chunk_map: The states to show (None: nothing yet, see `set_map`).
+            chunk_size: Bytes per chunk.
+            device_size: Bytes of the device (0: `total * chunk_size`); the last chunk may be short.
+            poll_interval: Seconds between the map's own polls once mounted with a map; None
+                leaves polling to the owner.
+            name: The name of the widget.
+            id: The ID of the widget in the DOM.
+            classes: The CSS classes of the widget.
+        """
+        super().__init__(name=name, id=id, classes=classes)
+        self._chunk_map = chunk_map
+        self.chunk_size = chunk_size
+        """Bytes per chunk."""
+        self.device_size = device_size
+        """Bytes of the device (0: a whole number of chunks)."""
+        self.poll_interval = poll_interval
+        """Seconds between automatic polls (None: the owner calls `poll`)."""
+        self.counts_changed: Signal[dict[State, int]] = Signal(self, "counts-changed")
+        """Published with `ChunkMap.counts()` by each poll that saw a change (the legend's feed)."""
+        self._zoom = 0
+        self._first = 0  # wanted first chunk of the window; the layout clamps it
+        self._cursor = 0  # a chunk, not a cell, so that it survives zooms and resizes
+        self._layout = CellLayout.empty()
+        self._seen_generation = -1
+        self._stamp = 0  # bumped to invalidate cached strips of the lines it is given to
+        self._line_stamps: list[int] = []
+        self._strip_cache: LRUCache[StripKey, Strip] = LRUCache(1024)
+        self._painter: LinePainter | None = None
+        self._highlighted: tuple[int, bool] | None = None
+        self._hover: int | None = None
+        self._timer: Timer | None = None
+
+    # -- public API ------------------------------------------------------------------------
+
+    @property
+    def chunk_map(self) -> ChunkMap | None:
+        """The states shown."""
+        return self._chunk_map
+
+    @property
+    def cell_layout(self) -> CellLayout:
+        """The current cell layout (window, chunks per cell, cell states)."""
+        return self._layout
+
+    @property
+    def zoom(self) -> int:
+        """Zoom level: 0 shows the whole device, each level halves the chunks per cell."""
+        return self._zoom
+
+    @property
+    def cursor_cell(self) -> int:
+        """The cell under the keyboard cursor."""
+        return self._layout.cell_of(self._cursor) if self._layout.used else 0
+
+    @property
+    def device_bytes(self) -> int:
+        """Size of the device in bytes."""
+        total = self._chunk_map.total if self._chunk_map is not None else 0
+        return self.device_size or total * self.chunk_size
+
+    def set_map(
+        self, chunk_map: ChunkMap | None, chunk_size: int = 1 << 20, device_size: int = 0
+    ) -> None:
+        """Show another map (or none); resets zoom and cursor.
+
+        Args:
+            chunk_map: The states to show.
+            chunk_size: Bytes per chunk.
+            device_size: Bytes of the device (0: `total * chunk_size`).
+        """
+        self._chunk_map, self.chunk_size, self.device_size = chunk_map, chunk_size, device_size
+        self._zoom = self._first = self._cursor = 0
+        self._seen_generation = -1
+        if chunk_map is not None:
+            self.counts_changed.publish(chunk_map.counts())
+        if self.is_mounted:
+            self._rebuild()
+            self._start_polling()
+
+    def poll(self) -> None:
+        """Repaint the lines whose cells changed since the last poll; cheap when nothing did."""
+        chunk_map = self._chunk_map
+        if chunk_map is None or chunk_map.generation == self._seen_generation:
+            return
+        # Read the generation before taking the dirty set: a change made in between bumps it
+        # past what we store, so the next poll still sees it.
+        self._seen_generation = chunk_map.generation
+        dirty = chunk_map.take_dirty()
+        self.counts_changed.publish(chunk_map.counts())
+        layout = self._layout
+        if dirty is None or len(dirty) > len(layout.cells):
+            self._rebuild()  # one aggregation pass beats a slice per dirty chunk
+            return
+        first, last, per_cell = layout.first, layout.last, layout.per_cell
+        touched = {(chunk - first) // per_cell for chunk in dirty if first <= chunk < last}
+        states, cells, lines = chunk_map.states, layout.cells, set()
+        for cell in touched:
+            start, end = layout.chunks(cell)
+            value = cell_state(states[start:end])
+            if value != cells[cell]:
+                cells[cell] = value
+                lines.add(cell // (2 * layout.width))
+        self._refresh_map_lines(lines)
+        if self._highlighted is not None and self._highlighted[0] in touched:
+            self._post_highlight(*self._highlighted)  # its counts changed, if not its colour
+
+    def cell_facts(self, cell: int) -> tuple[int, int, int, int, dict[State, int]] | None:
+        """What one cell covers: `(first_chunk, last_chunk, byte_start, byte_end, counts)`.
+
+        Args:
+            cell: Index of the cell on screen.
+
+        Returns:
+            The facts (counts most significant first), or None for a cell showing no chunk.
+        """
+        layout, chunk_map = self._layout, self._chunk_map
+        if chunk_map is None or not 0 <= cell < layout.used:
+            return None
+        first, last = layout.chunks(cell)
+        data = chunk_map.states[first:last]
+        counts = {state: n for state in PRIORITY if (n := data.count(state))}
+        byte_end = min(last * self.chunk_size, self.device_bytes)
+        return first, last, first * self.chunk_size, byte_end, counts
+
+    def describe_cell(self, cell: int) -> str:
+        """One line about a cell: `offset 0x… – 0x… (12.0 MiB – 13.0 MiB): 3 differs, 1 same`.
+
+        Args:
+            cell: Index of the cell on screen.
+
+        Returns:
+            The text, or "" for a cell showing no chunk.
+        """
+        facts = self.cell_facts(cell)
+        if facts is None:
+            return ""
+        return describe_range(facts[2], facts[3], facts[4], self.device_bytes)
+
+    def state_color(self, state: int) -> Color:
+        """The colour of a cell in `state` (from the component classes), e.g. for a legend."""
+        return self._state_colors()[state]
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def action_zoom_in(self) -> None:
+        """Zoom in 2x around the cursor."""
+        self._zoom_around(self._zoom + 1, self.cursor_cell, self._cursor, centre=False)
+
+    def action_zoom_out(self) -> None:
+        """Zoom out 2x around the cursor."""
+        self._zoom_around(self._zoom - 1, self.cursor_cell, self._cursor, centre=False)
+
+    def action_zoom_reset(self) -> None:
+        """Show the whole device."""
+        self._zoom_around(0, self.cursor_cell, self._cursor, centre=False)
+
+    def zoom_to(self, first: int, count: int) -> None:
+        """Zoom in as far as chunks `[first, first + count)` still fit, with the cursor on `first`.
+
+        Args:
+            first: The first chunk of the region (e.g. a run of changes).
+            count: How many chunks it spans.
+        """
+        layout, chunk_map = self._layout, self._chunk_map
+        if chunk_map is None or not layout.cells or not 0 <= first < chunk_map.total:
+            return
+        cells = len(layout.cells)
+        zoom = 0
+        # Deepest level whose window still holds the region with a quarter of context around it.
+        while (
+            chunks_per_cell(chunk_map.total, cells, zoom + 1) * cells >= count + count // 2
+            and chunks_per_cell(chunk_map.total, cells, zoom) > 1
+        ):
+            zoom += 1
+        per_cell = chunks_per_cell(chunk_map.total, cells, zoom)
+        self._zoom = zoom
+        self._cursor = first
+        self._first = first - max(0, (per_cell * cells - count) // 4)
+        self._rebuild()
+        if self._layout.used:
+            self._move_cursor_to(self._layout.cell_of(first))
+
+    def action_move_cursor(self, columns: int, rows: int) -> None:
+        """Move the cursor by cells; past the edge of a zoomed window, pan it by a cell row.
+
+        Args:
+            columns: Cells to the right (negative: left).
+            rows: Cell rows down (negative: up).
+        """
+        layout, chunk_map = self._layout, self._chunk_map
+        if chunk_map is None or not layout.used:
+            return
+        cell = self.cursor_cell + columns + rows * layout.width
+        target = layout.first + cell * layout.per_cell
+        if target < 0 and layout.first > 0:
+            target = 0
+        if not 0 <= target < chunk_map.total:
+            return
+        if layout.first <= target < layout.last:
+            self._move_cursor_to(cell)
+            return
+        # Pan by whole cell rows, so that the picture scrolls instead of re-binning.
+        self._cursor = target
+        row = layout.width * layout.per_cell
+        self._first = layout.first + (row if target >= layout.last else -row)
+        self._rebuild()
+
+    # -- events ----------------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        """Lay out the map and start polling it."""
+        self._rebuild()
+        self._start_polling()
+
+    def on_resize(self, event: events.Resize) -> None:
+        """Re-lay out the cells: chunks per cell follow the size."""
+        self._rebuild(follow_cursor=True)
+
+    def notify_style_update(self) -> None:
+        """Forget colours and strips: the theme or the CSS changed."""
+        super().notify_style_update()
+        self._painter = None
+        self._strip_cache.clear()
+
+    def on_click(self, event: events.Click) -> None:
+        """Move the cursor to the clicked cell."""
+        cell = self._cell_at(event)
+        if cell is None:
+            return
+        if cell == self.cursor_cell and event.pointer_y == int(event.pointer_y):
+            # No sub-character mouse position: a second click flips to the bottom half.
+            below = cell + self._layout.width
+            cell = below if below < self._layout.used else cell
+        self._move_cursor_to(cell)
+
+    def on_mouse_move(self, event: events.MouseMove) -> None:
+        """Describe the cell under the mouse when it changes."""
+        cell = self._cell_at(event)
+        if cell != self._hover:
+            self._hover = cell
+            if cell is not None:
+                self._post_highlight(cell, is_cursor=False)
+
+    def on_leave(self, event: events.Leave) -> None:
+        """Go back to describing the cursor cell."""
+        self._hover = None
+        if self._layout.used:
+            self._post_highlight(self.cursor_cell, is_cursor=True)
+
+    def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        """Zoom in around the mouse (the map always fits, so there is nothing to scroll)."""
+        event.prevent_default()
+        event.stop()
+        self._zoom_at_mouse(event, +1)
+
+    def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
+        """Zoom out around the mouse."""
+        event.prevent_default()
+        event.stop()
+        self._zoom_at_mouse(event, -1)
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def render_line(self, y: int) -> Strip:
+        """Render one terminal line (two cell rows), from the strip cache when possible."""
+        layout = self._layout
+        line = y + self.scroll_offset.y
+        if line >= len(self._line_stamps) or not layout.width:
+            return Strip.blank(self.size.width, self.rich_style)
+        cursor = self.cursor_cell - 2 * line * layout.width if layout.used else -1
+        if not 0 <= cursor < 2 * layout.width:
+            cursor = -1
+        key = (line, self._line_stamps[line], layout.width, layout.first, layout.last,
+               layout.per_cell, cursor)  # fmt: skip
+        strip = self._strip_cache.get(key)
+        if strip is None:
+            strip = Strip(self._get_painter().paint(layout, line, cursor), layout.width)
+            self._strip_cache.set(key, strip)
+        return strip
+
+    def _state_colors(self) -> list[Color]:
+        """Colours by cell state value; EMPTY is the widget background."""
+        background = Color.from_rich_color(self.rich_style.bgcolor)
+        colors = [background] * (EMPTY + 1)
+        for state in State:
+            style = self.get_component_rich_style(f"block-map--{STATE_NAMES[state]}")
+            color = style.bgcolor or style.color
+            colors[state] = background if color is None else Color.from_rich_color(color)
+        return colors
+
+    def _get_painter(self) -> LinePainter:
+        """The painter in the current colours (rebuilt after a style change)."""
+        if self._painter is None:
+            colors = self._state_colors()
+            cursor = self.get_component_rich_style("block-map--cursor")
+            tint_color = cursor.bgcolor or cursor.color
+            tint = colors[EMPTY] if tint_color is None else Color.from_rich_color(tint_color)
+            self._painter = LinePainter(
+                [color.rich_color for color in colors],
+                [color.blend(tint, _CURSOR_BLEND).rich_color for color in colors],
+            )
+        return self._painter
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _rebuild(self, follow_cursor: bool = False) -> None:
+        """Recompute the layout and every cell state, then repaint everything.
+
+        Args:
+            follow_cursor: If the cursor is outside a zoomed window (after a resize), centre the
+                window on it; otherwise (zooming at the mouse) the cursor moves into the window.
+        """
+        chunk_map = self._chunk_map
+        size = self.scrollable_content_region.size
+        layout = CellLayout.empty()
+        if chunk_map is not None:
+            # Everything is drawn from the states read below: the changes so far are moot.
+            self._seen_generation = chunk_map.generation
+            chunk_map.take_dirty()
+        if chunk_map is not None and size.width and size.height:
+            args = (chunk_map.states, chunk_map.total, size.width, 2 * size.height, self._zoom)
+            layout = CellLayout.build(*args, self._first)
+            if follow_cursor and self._zoom and not layout.first <= self._cursor < layout.last:
+                layout = CellLayout.build(*args, self._cursor - (layout.last - layout.first) // 2)
+        self._layout = layout
+        self._first = layout.first
+        if layout.used and self._cursor < layout.first:
+            self._cursor = layout.first
+        elif layout.used and self._cursor >= layout.last:
+            self._cursor = layout.chunks(layout.used - 1)[0]
+        self._stamp += 1
+        self._line_stamps = [self._stamp] * size.height
+        self._strip_cache.clear()  # every old key is stale now; free the memory
+        self.refresh()
+        if layout.used:
+            self._post_highlight(self.cursor_cell, is_cursor=True)
+
+    def _refresh_map_lines(self, lines: set[int]) -> None:
+        """Give `lines` a new stamp (so their cached strips are not reused) and repaint them."""
+        self._stamp += 1
+        for line in sorted(lines):
+            if line < len(self._line_stamps):
+                self._line_stamps[line] = self._stamp
+                self.refresh_lines(line)
+
+    def _move_cursor_to(self, cell: int) -> None:
+        """Put the cursor on a cell of the current window and repaint the two lines involved."""
+        line_cells = 2 * self._layout.width
+        old_line = self.cursor_cell // line_cells
+        self._cursor = self._layout.chunks(cell)[0]
+        # The cursor position is part of the strip key: no restamp needed, only a repaint.
+        self.refresh_lines(old_line)
+        self.refresh_lines(cell // line_cells)
+        self._post_highlight(cell, is_cursor=True)
+
+    def _zoom_around(self, zoom: int, cell: int, anchor: int, centre: bool) -> None:
+        """Change the zoom level, keeping chunk `anchor` in screen cell `cell`.
+
+        Args:
+            zoom: The new level (clamped at 0).
+            cell: The screen cell to keep the anchor in.
+            anchor: The chunk to keep there.
+            centre: Put the anchor mid-cell (mouse) rather than at the cell start (cursor).
+        """
+        layout, chunk_map = self._layout, self._chunk_map
+        zoom = max(0, zoom)
+        if chunk_map is None or not layout.used or zoom == self._zoom:
+            return
+        if zoom > self._zoom and layout.per_cell == 1:
+            return  # every cell is one chunk already
+        per_cell = chunks_per_cell(chunk_map.total, len(layout.cells), zoom)
+        self._zoom = zoom
+        self._first = anchor - cell * per_cell - (per_cell // 2 if centre else 0)
+        self._rebuild()
+
+    def _zoom_at_mouse(self, event: events.MouseEvent, direction: int) -> None:
+        """Zoom one level in (`+1`) or out (`-1`), keeping the chunk under the mouse in place."""
+        cell = self._cell_at(event)
+        if cell is not None:
+            start, end = self._layout.chunks(cell)
+            self._zoom_around(self._zoom + direction, cell, (start + end) // 2, centre=True)
+
+    def _cell_at(self, event: events.MouseEvent) -> int | None:
+        """The cell under the mouse, or None off the map (pixel mouse modes pick the half)."""
+        offset = event.get_content_offset(self)
+        layout = self._layout
+        if offset is None or not layout.used or not 0 <= offset.x < layout.width:
+            return None
+        half = 1 if event.pointer_y % 1 >= 0.5 else 0
+        cell = (2 * offset.y + half) * layout.width + offset.x
+        return cell if cell < layout.used else None
+
+    def _post_highlight(self, cell: int, is_cursor: bool) -> None:
+        """Post `CellHighlighted` for a cell (nothing for a cell showing no chunk)."""
+        facts = self.cell_facts(cell)
+        if facts is None:
+            return
+        self._highlighted = (cell, is_cursor)
+        description = describe_range(facts[2], facts[3], facts[4], self.device_bytes)
+        self.post_message(self.CellHighlighted(*facts, self, cell, description, is_cursor))
+
+    def _start_polling(self) -> None:
+        """Start the map's own poll timer, once, when there is a map to poll."""
+        if self._timer is None and self.poll_interval and self._chunk_map is not None:
+            self._timer = self.set_interval(self.poll_interval, self.poll)

@@ -1,0 +1,103 @@
+"""Provides BlockMapLegend: each chunk state's colour, name and count, beside a BlockMap."""
+
+from __future__ import annotations
+
+from rich.style import Style
+from rich.text import Text
+from textual.widget import Widget
+
+from blocksync_tui.engine.chunkmap import STATE_NAMES, State
+from blocksync_tui.tui.widgets.block_map import BlockMap
+
+LEGEND_ORDER: tuple[State, ...] = (
+    State.PENDING,
+    State.ZERO,
+    State.SAME,
+    State.DIFFERS,
+    State.WRITTEN,
+    State.UPDATED,
+    State.ERROR,
+)
+"""Reading order: from not yet known, through in sync, to what needed (or needs) attention."""
+
+
+class BlockMapLegend(Widget):
+    """A swatch, name and chunk count per state, in the colours of a given BlockMap.
+
+    It follows the map's `counts_changed` signal, so it repaints exactly when the map's poll
+    saw a change, and takes its colours from the map, so that a theme styles both at once.
+    """
+
+    DEFAULT_CSS = """
+    BlockMapLegend {
+        height: auto;
+        padding: 0 1;
+    }
+    """
+    """One line when there is room; items wrap as whole words when there is not."""
+
+    def __init__(
+        self,
+        block_map: BlockMap | str,
+        *,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        """Create a legend.
+
+        Args:
+            block_map: The map (or a selector for it, resolved on mount in this screen).
+            name: The name of the widget.
+            id: The ID of the widget in the DOM.
+            classes: The CSS classes of the widget.
+        """
+        super().__init__(name=name, id=id, classes=classes)
+        self._map_or_selector = block_map
+        self._block_map: BlockMap | None = block_map if isinstance(block_map, BlockMap) else None
+        self.counts: dict[State, int] = {}
+        """The counts shown."""
+        self._length = 0
+
+    @property
+    def block_map(self) -> BlockMap | None:
+        """The map this legend describes (None before mount when given a selector)."""
+        return self._block_map
+
+    def on_mount(self) -> None:
+        """Find the map, take its current counts and follow its changes."""
+        if self._block_map is None:
+            assert isinstance(self._map_or_selector, str)
+            self._block_map = self.screen.query_one(self._map_or_selector, BlockMap)
+        chunk_map = self._block_map.chunk_map
+        if chunk_map is not None:
+            self.counts = chunk_map.counts()
+        self._block_map.counts_changed.subscribe(self, self.update_counts)
+
+    def update_counts(self, counts: dict[State, int]) -> None:
+        """Show new counts (the map's `counts_changed` callback).
+
+        Args:
+            counts: Chunks per state.
+        """
+        if counts == self.counts:
+            return
+        self.counts = counts
+        # A relayout only when the text grew or shrank (it may wrap differently): counting
+        # up at 15 Hz must not relayout the screen each time.
+        length = len(self.render().plain)
+        self.refresh(layout=length != self._length)
+        self._length = length
+
+    def render(self) -> Text:
+        """One swatch, name and count per state."""
+        text = Text(no_wrap=False, overflow="fold")
+        for index, state in enumerate(LEGEND_ORDER):
+            if index:
+                text.append("  ")
+            if self._block_map is not None:
+                color = self._block_map.state_color(state).rich_color
+                text.append("██", Style(color=color))
+            # Non-breaking spaces keep an item on one line when the legend wraps.
+            text.append(f"\u00a0{STATE_NAMES[state]}\u00a0{self.counts.get(state, 0):,}")
+        return text

@@ -1,0 +1,194 @@
+"""Provides EndpointPanel: one side's host, path and key, with a browser of that host's devices."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Button, DataTable, Input, Label, Static
+
+from blocksync_tui.endpoint import Endpoint
+from blocksync_tui.engine.errors import UsageError
+from blocksync_tui.engine.inventory import Device
+from blocksync_tui.progress import human_bytes
+
+
+class EndpointPanel(Vertical):
+    """Where one end of the sync lives: this machine or an SSH host, and a file or device path."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(
+            "ctrl+r",
+            "refresh_devices",
+            "Devices",
+            id="refresh-devices",
+            tooltip="List the block devices of this side's host",
+        ),
+    ]
+
+    class DevicesWanted(Message):
+        """The panel wants its host's devices listed."""
+
+        def __init__(self, panel: EndpointPanel, host: str) -> None:
+            super().__init__()
+            self.panel = panel
+            self.host = host
+
+    def __init__(
+        self, side: str, title: str, endpoint: str = "", key: str = "", *, list_devices: bool = True
+    ) -> None:
+        """Create a panel.
+
+        Args:
+            side: "source" or "destination".
+            title: The panel's border title.
+            endpoint: An initial endpoint ("/path" or "user@host:/path").
+            key: An initial private key file.
+            list_devices: List the host's devices as soon as the panel is mounted.
+        """
+        super().__init__(id=side, classes="endpoint-panel")
+        self.list_on_mount = list_devices
+        self.side = side
+        """"source" or "destination"."""
+        self.border_title = title
+        parsed = Endpoint.parse(endpoint) if endpoint else Endpoint("")
+        self._initial_host = _host_text(parsed)
+        self._initial_path = parsed.path
+        self._initial_key = key
+        self.devices: list[Device] = []
+        """The devices listed for the current host."""
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(classes="field"):
+            yield Label("Host", classes="field-label")
+            yield Input(
+                self._initial_host,
+                placeholder="this machine  (or user@host:port)",
+                id=f"{self.side}-host",
+            )
+        with Horizontal(classes="field"):
+            yield Label("Key", classes="field-label")
+            yield Input(
+                self._initial_key,
+                placeholder="SSH key file (optional: agent, ~/.ssh/config)",
+                id=f"{self.side}-key",
+            )
+        with Horizontal(classes="field"):
+            yield Label("Path", classes="field-label")
+            yield Input(
+                self._initial_path,
+                placeholder="/dev/sdX or /path/to/image.img",
+                id=f"{self.side}-path",
+            )
+        yield Static("", id=f"{self.side}-error", classes="field-error")
+        with Horizontal(classes="devices-bar"):
+            yield Label("Block devices", classes="devices-title")
+            yield Button("List devices", id=f"{self.side}-list", compact=True)
+        table: DataTable[str] = DataTable(
+            id=f"{self.side}-devices", cursor_type="row", zebra_stripes=True
+        )
+        table.add_columns("device", "size", "model", "in use")
+        yield table
+
+    def on_mount(self) -> None:
+        if self.list_on_mount:
+            self.action_refresh_devices()
+
+    # -- values
+
+    @property
+    def host(self) -> str:
+        """The host field ("" for this machine)."""
+        return self.query_one(f"#{self.side}-host", Input).value.strip()
+
+    @property
+    def path(self) -> str:
+        """The path field."""
+        return self.query_one(f"#{self.side}-path", Input).value.strip()
+
+    @property
+    def key(self) -> str:
+        """The key file field."""
+        return self.query_one(f"#{self.side}-key", Input).value.strip()
+
+    def endpoint_text(self) -> str:
+        """The endpoint in CLI syntax.
+
+        Raises:
+            UsageError: the path is empty or the host field cannot be parsed.
+        """
+        path, host = self.path, self.host
+        if not path:
+            raise UsageError("enter a path: a block device (pick one below) or an image file")
+        if ":" in path and not path.startswith("/"):
+            Endpoint.parse(path)  # the whole endpoint typed into the path field
+            return path
+        if not host:
+            return path
+        endpoint = Endpoint.parse(f"{host}:{path}")
+        if not endpoint.is_remote:
+            raise UsageError(f"{host!r} is not a host (user@host or user@host:port)")
+        return str(endpoint)
+
+    def show_error(self, text: str) -> None:
+        """Show a validation error beside the fields (empty text clears it)."""
+        error = self.query_one(f"#{self.side}-error", Static)
+        error.update(text)
+        error.set_class(bool(text), "-visible")
+        self.set_class(bool(text), "-invalid")
+
+    # -- devices
+
+    def action_refresh_devices(self) -> None:
+        """Ask for this host's devices (the app lists them in a thread)."""
+        self.query_one(f"#{self.side}-devices", DataTable).loading = True
+        self.post_message(self.DevicesWanted(self, self.host))
+
+    def show_devices(self, devices: list[Device], error: str = "") -> None:
+        """Fill the device table."""
+        table = self.query_one(f"#{self.side}-devices", DataTable)
+        table.loading = False
+        table.clear()
+        self.devices = devices
+        if error:
+            self.show_error(error)
+            return
+        for device in devices:
+            for entry, indent in [(device, ""), *((p, "  ") for p in device.partitions)]:
+                use = ", ".join(entry.mounted or entry.holders) or (
+                    "partitions in use" if entry.in_use else ""
+                )
+                if entry.readonly:
+                    use = (use + ", read-only").lstrip(", ")
+                table.add_row(
+                    indent + entry.path, human_bytes(entry.size), entry.model, use, key=entry.path
+                )
+
+    @on(Button.Pressed)
+    def _list_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == f"{self.side}-list":
+            event.stop()
+            self.action_refresh_devices()
+
+    @on(Input.Submitted)
+    def _host_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == f"{self.side}-host":
+            event.stop()
+            self.action_refresh_devices()
+
+    @on(DataTable.RowSelected)
+    def _device_picked(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        if event.row_key.value:
+            self.query_one(f"#{self.side}-path", Input).value = event.row_key.value
+            self.show_error("")
+
+
+def _host_text(endpoint: Endpoint) -> str:
+    if not endpoint.is_remote:
+        return ""
+    return str(Endpoint("", endpoint.host, endpoint.user, endpoint.port))[:-1]

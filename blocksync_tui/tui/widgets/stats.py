@@ -1,0 +1,92 @@
+"""Provides StatsPanel: the numbers beside the block map (bytes, throughput, elapsed, ETA)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from rich.table import Table
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Label, Sparkline, Static
+
+from blocksync_tui.engine.chunkmap import State
+from blocksync_tui.engine.report import Progress
+from blocksync_tui.progress import human_bytes
+
+_HISTORY = 60
+"""Throughput samples kept for the sparkline."""
+
+
+def format_duration(seconds: float | None) -> str:
+    """3725 -> "1:02:05"; None -> "–"."""
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class StatsPanel(Vertical):
+    """Live figures of a run, updated from engine `Progress` snapshots."""
+
+    def __init__(self, source: str, destination: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.source = source
+        self.destination = destination
+        self.rates: deque[float] = deque([0.0], maxlen=_HISTORY)
+        """Recent scan throughput samples, bytes per second."""
+        self._last: tuple[float, int] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="stats-table")
+        yield Label("throughput", classes="stats-caption")
+        yield Sparkline(list(self.rates), id="throughput")
+
+    def show(self, progress: Progress) -> None:
+        """Show one snapshot; the throughput sample is taken between two snapshots."""
+        if self._last is not None:
+            then, scanned = self._last
+            dt = progress.elapsed - then
+            if dt >= 0.2:
+                self.rates.append(max(0.0, (progress.scanned - scanned) / dt))
+                self._last = (progress.elapsed, progress.scanned)
+                self.query_one(Sparkline).data = list(self.rates)
+        else:
+            self._last = (progress.elapsed, progress.scanned)
+        self.query_one("#stats-table", Static).update(self.table(progress))
+
+    def table(self, p: Progress) -> Table:
+        """The figures as a two-column table."""
+        counts = p.counts
+        table = Table.grid(padding=(0, 1))
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")
+        rows = [
+            ("Mode", "dry run (writes nothing)" if p.dry_run else "sync"),
+            ("Phase", p.phase + ("  [paused]" if p.paused else "")),
+            ("Source", self.source),
+            ("Destination", self.destination),
+            ("Size", f"{human_bytes(p.size)} in {p.total_chunks:,} chunks of {human_bytes(p.chunk_size)}"),
+            ("Scanned src", f"{human_bytes(p.scanned_source)}  {100 * _frac(p.scanned_source, p.size):.0f}%"),
+            ("Scanned dst", f"{human_bytes(p.scanned_destination)}  {100 * _frac(p.scanned_destination, p.size):.0f}%"),
+            ("Differing", f"{counts[State.DIFFERS] + counts[State.WRITTEN] + counts[State.ERROR]:,} chunks, "
+                          f"{human_bytes(p.bytes_differing)}"),
+        ]
+        if not p.dry_run:
+            rows.append(("Written", f"{counts[State.WRITTEN]:,} chunks"))
+            rows.append(("Sent", human_bytes(p.bytes_sent)))
+        rows += [
+            ("On the wire", human_bytes(p.wire_bytes)),
+            ("Throughput", f"{human_bytes(self.rates[-1])}/s now, {human_bytes(p.rate)}/s average"),
+            ("Elapsed", format_duration(p.elapsed)),
+            ("ETA", format_duration(p.eta)),
+        ]
+        if counts[State.ERROR]:
+            rows.append(("Errors", f"[red]{counts[State.ERROR]:,} chunks[/]"))
+        for name, value in rows:
+            table.add_row(name, value)
+        return table
+
+
+def _frac(part: int, whole: int) -> float:
+    return 1.0 if whole == 0 else min(1.0, part / whole)

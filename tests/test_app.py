@@ -1,0 +1,216 @@
+"""The app driven like a user would, with Pilot: real engine, real workers, real files."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from blocksync_tui.engine.chunkmap import State
+from blocksync_tui.tui.app import BlocksyncApp
+from blocksync_tui.tui.request import RunRequest
+from blocksync_tui.tui.screens.confirm import ConfirmSyncScreen
+from blocksync_tui.tui.screens.dialogs import ErrorScreen, YesNoScreen
+from blocksync_tui.tui.screens.help import HelpScreen
+from blocksync_tui.tui.screens.review import ReviewScreen
+from blocksync_tui.tui.screens.run import RunScreen
+from blocksync_tui.tui.widgets.endpoint_panel import EndpointPanel
+from helpers import run_engine
+
+SIZE = (140, 44)
+
+
+def _pair(tmp_path: Path, size: int = 3 << 20, seed: int = 1) -> tuple[Path, Path]:
+    rnd = random.Random(seed)
+    data = rnd.randbytes(size)
+    changed = bytearray(data)
+    for at in range(5000, size, size // 7):
+        changed[at : at + 100] = rnd.randbytes(100)
+    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
+    src.write_bytes(data)
+    dst.write_bytes(bytes(changed))
+    return src, dst
+
+
+async def _wait_for(pilot, condition, timeout: float = 90.0) -> None:
+    """Let the app run until `condition()` holds (the engine works in a thread)."""
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"the app did not get there in time: {pilot.app.screen_stack}")
+
+
+async def _click(pilot, selector: str) -> None:
+    """Click a widget once the screen that holds it has been laid out."""
+    await _wait_for(pilot, lambda: bool(pilot.app.screen.query(selector)) and pilot.app.screen.query_one(selector).region.area > 0)
+    await pilot.pause()
+    assert await pilot.click(selector)
+
+
+async def _type(pilot, selector: str, text: str) -> None:
+    await _click(pilot, selector)
+    await pilot.press("home", "ctrl+k")  # clear the field: start of line, delete to its end
+    await pilot.press(*text)
+
+
+async def test_dry_run_from_keys_matches_the_engine_then_sync(tmp_path: Path) -> None:
+    src, dst = _pair(tmp_path)
+    app = BlocksyncApp(list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await _type(pilot, "#source-path", str(src))
+        await _type(pilot, "#destination-path", str(dst))
+        await pilot.press("ctrl+d")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        review = app.screen
+        assert isinstance(review, ReviewScreen)
+        headless = run_engine(src, dst, dry_run=True)
+        for field in ("outcome", "chunks_differing", "bytes_differing", "change_runs", "total_chunks"):
+            assert getattr(review.report, field) == getattr(headless, field), field
+        assert review.report.outcome == "differs"
+        assert dst.read_bytes() != src.read_bytes(), "a dry run wrote"
+
+        await pilot.press("ctrl+s")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen))
+        await _click(pilot, "#go")
+        await _wait_for(
+            pilot, lambda: isinstance(app.screen, ReviewScreen) and app.screen.report.mode == "sync"
+        )
+        assert app.screen.report.outcome == "synced"
+        assert dst.read_bytes() == src.read_bytes()
+
+
+async def test_cancel_mid_sync_says_what_it_left(tmp_path: Path) -> None:
+    rnd = random.Random(2)
+    size = 96 << 20
+    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
+    src.write_bytes(rnd.randbytes(size))
+    dst.write_bytes(b"")
+    request = RunRequest(str(src), str(dst))
+    request.options.chunk_size = 64 << 10
+    app = BlocksyncApp(request, list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+s")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen))
+        await _click(pilot, "#go")
+        await _wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+        run_screen = app.screen
+        assert isinstance(run_screen, RunScreen)
+        engine = run_screen.engine
+        # Hold it mid-way so that the cancel lands mid-sync: let it run in short bursts until
+        # something is written (under load the pause can come before the first write).
+        engine.pause()
+        for _ in range(500):
+            if engine.chunk_map.count(State.WRITTEN):
+                break
+            engine.resume()
+            await pilot.pause(0.01)
+            engine.pause()
+            await pilot.pause(0.1)
+        await pilot.press("escape")
+        await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
+        assert "partly updated" in str(app.screen.question)
+        await _click(pilot, "#yes")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        report = app.screen.report
+        assert report.outcome == "cancelled" and "partly updated" in report.message
+        assert 0 < report.chunks["written"] < report.total_chunks
+    run_engine(src, dst, chunk_size=64 << 10)
+    assert dst.read_bytes() == src.read_bytes()
+
+
+async def test_missing_source_shows_an_error_dialog_and_marks_the_field(tmp_path: Path) -> None:
+    app = BlocksyncApp(RunRequest(str(tmp_path / "missing.img"), str(tmp_path / "d.img")), list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+d")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        assert "no such file" in app.screen.message
+        await pilot.press("enter")
+        panel = app.screen.query_one("#source", EndpointPanel)
+        assert panel.has_class("-invalid")
+        assert "no such file" in str(panel.query_one("#source-error").render())
+    assert not (tmp_path / "d.img").exists()
+
+
+async def test_empty_path_is_flagged_beside_its_field(tmp_path: Path) -> None:
+    app = BlocksyncApp(RunRequest(str(tmp_path / "s.img"), ""), list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+d")
+        await pilot.pause()
+        panel = app.screen.query_one("#destination", EndpointPanel)
+        assert panel.has_class("-invalid")
+        assert not app.screen.query_one("#source", EndpointPanel).has_class("-invalid")
+
+
+async def test_block_device_needs_its_name_typed(tmp_path: Path, loop_device) -> None:
+    src, image = _pair(tmp_path, size=2 << 20)
+    device = loop_device(image)
+    before = image.read_bytes()
+    app = BlocksyncApp(RunRequest(str(src), device), list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+s")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen))
+        go = app.screen.query_one("#go")
+        assert go.disabled
+        await pilot.press(*"/dev/loopX")
+        assert go.disabled
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmSyncScreen)
+        with open(device, "rb") as f:
+            assert f.read(len(before)) == before, "written without confirmation"
+        await pilot.press("ctrl+s")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen))
+        await pilot.press(*device, "enter")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        assert app.screen.report.outcome == "synced"
+    with open(device, "rb") as f:
+        assert f.read(src.stat().st_size) == src.read_bytes()
+
+
+async def test_export_writes_json_and_svg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    src, dst = _pair(tmp_path)
+    app = BlocksyncApp(RunRequest(str(src), str(dst)), autostart=True, list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await pilot.press("ctrl+e")
+        await pilot.pause()
+    report = json.loads((tmp_path / "blocksync-report.json").read_text())
+    assert report["outcome"] == "differs" and report["mode"] == "compare"
+    svg = (tmp_path / "blocksync-report.svg").read_text()
+    assert svg.startswith("<svg") and "differs: " in svg
+    assert dst.read_bytes() != src.read_bytes()
+
+
+async def test_help_and_theme(tmp_path: Path) -> None:
+    app = BlocksyncApp(list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        dark = app.current_theme.dark
+        await pilot.press("ctrl+t")
+        assert app.current_theme.dark != dark
+        await pilot.press("f1")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_local_devices_are_listed() -> None:
+    """The device table shows what this host's kernel lists (empty loop devices and RAM disks aside)."""
+    import os
+
+    expected = set()
+    for name in os.listdir("/sys/block"):
+        size = int(open(f"/sys/block/{name}/size").read()) * 512
+        if not name.startswith(("ram", "zram")) and not (name.startswith("loop") and size == 0):
+            expected.add(f"/dev/{name}")
+    app = BlocksyncApp(list_devices=True)
+    async with app.run_test(size=SIZE) as pilot:
+        panel = app.screen.query_one("#source", EndpointPanel)
+        table = panel.query_one("#source-devices")
+        await _wait_for(pilot, lambda: not table.loading and panel.devices)
+        assert {device.path for device in panel.devices} == expected
+        keys = {row.value for row in table.rows}
+        assert expected <= keys
