@@ -114,6 +114,8 @@ class SyncEngine:
         self.warnings: list[str] = []
         self.errors: list[str] = []
         self.algorithm = ""
+        self.sub_algorithm = ""
+        """Digest of 4 KiB sub-blocks (truncated): xxh3-64 when both ends have xxhash."""
         self.compression = "none"
         self.size = 0
         self.phase = "connecting"
@@ -275,6 +277,7 @@ class SyncEngine:
             self.algorithm = wanted
         else:
             self.algorithm = both[0]
+        self.sub_algorithm = "xxh64" if "xxh128" in both else self.algorithm
         codecs = [c for c in src["compressors"] if c in dst["compressors"]]
         choice = self.options.compress
         if choice == "auto":
@@ -461,7 +464,7 @@ class SyncEngine:
         offset, length = self._chunk_geometry(index)
         codec = "" if self.compression == "none" else self.compression
         return wire.pack_chunk_request(
-            index, offset, length, self.options.sub_block, mode, self.algorithm, codec, tail
+            index, offset, length, self.options.sub_block, mode, self.sub_algorithm, codec, tail
         )
 
     def _start_chunk(self, index: int) -> None:

@@ -89,6 +89,9 @@ ZERO_REQ = struct.Struct("!QIQ")  # chunk index, length, offset
 WRITE_HEAD = struct.Struct("!Q")  # offset of the chunk, followed by its pieces
 ACK_ITEM = struct.Struct("!QB")  # chunk index, status (0 ok, else errno)
 
+READ_SIZE = 128 << 10
+"""Bytes per read request."""
+
 _MOUNTINFO = "/proc/self/mountinfo"
 _BLKSSZGET = 0x1268
 
@@ -167,7 +170,11 @@ def hasher(algo: str):
     if algo == "xxh128":
         import xxhash
 
-        return lambda data: xxhash.xxh3_128_digest(data)
+        return xxhash.xxh3_128_digest
+    if algo == "xxh64":  # sub-block digests only: 8 bytes are all that is kept of any of them
+        import xxhash
+
+        return xxhash.xxh3_64_digest
     if algo == "blake2b":
         return lambda data: hashlib.blake2b(data, digest_size=32).digest()
     hashlib.new(algo)  # raises ValueError for an unknown name
@@ -184,10 +191,8 @@ def is_zero(data, _zero: "list[bytes]" = [b""]) -> bool:
 def sub_digests(algo_fn, data, sub_size: int) -> bytes:
     """The truncated digests of each sub-block of a chunk, concatenated."""
     view = memoryview(data)
-    return b"".join(
-        algo_fn(view[off : off + sub_size])[:SUB_DIGEST_SIZE]
-        for off in range(0, len(view), sub_size)
-    )
+    d = SUB_DIGEST_SIZE
+    return b"".join([algo_fn(view[off : off + sub_size])[:d] for off in range(0, len(view), sub_size)])
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -447,6 +452,10 @@ class Worker:
         self.source_sha = hashlib.sha256(source).hexdigest()
         self.out_lock = threading.Lock()
         self.fd = -1
+        self.scan_fd = -1
+        """A second descriptor of the same file for the sequential scan alone: Linux keeps the
+        readahead state per open file, and the random reads and writes of differing chunks on a
+        shared one cut a cold scan to a third of its speed (measured)."""
         self.path = ""
         self.size = 0
         self.is_block = False
@@ -490,6 +499,8 @@ class Worker:
         self._write_all(BANNER)
         threads = [
             threading.Thread(target=self._drain, args=(self.scan_queue,), daemon=True),
+            # Two service threads: hashing and os.pread release the GIL, so DELTA work overlaps.
+            threading.Thread(target=self._drain, args=(self.service_queue,), daemon=True),
             threading.Thread(target=self._drain, args=(self.service_queue,), daemon=True),
             threading.Thread(target=self._writer, daemon=True),
         ]
@@ -606,10 +617,19 @@ class Worker:
             if exc.errno == errno.EBUSY:
                 raise WorkerError("%s is busy (mounted or claimed): refusing to write" % path)
             raise WorkerError(_os_error_text(exc, path))
-        if self.fd >= 0:
-            os.close(self.fd)
+        for old in (self.fd, self.scan_fd):
+            if old >= 0:
+                os.close(old)
         self.fd = fd
         self.writable = write
+        try:  # the same file, never a file that replaced it at that path meanwhile
+            self.scan_fd = os.open("/proc/self/fd/%d" % fd, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            self.scan_fd = fd
+        try:  # the scan reads front to back: ask for a larger readahead
+            os.posix_fadvise(self.scan_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except (OSError, AttributeError):
+            pass
         st = os.fstat(fd)
         self.is_block = stat.S_ISBLK(st.st_mode)
         if write and not self.is_block and req.get("truncate") is not None:
@@ -642,21 +662,21 @@ class Worker:
         except (OSError, ImportError):
             return 512
 
-    def _read(self, offset: int, length: int) -> bytes:
-        """Read `length` bytes; past the end of the file reads as zeros."""
-        data = os.pread(self.fd, length, offset)
-        if len(data) < length:
-            parts = [data]
-            got = len(data)
-            while got < length:
-                more = os.pread(self.fd, length - got, offset + got)
-                if not more:
-                    parts.append(bytes(length - got))
-                    break
-                parts.append(more)
-                got += len(more)
-            data = b"".join(parts)
-        return data
+    def _read(self, offset: int, length: int, fd: int = -1) -> bytearray:
+        """Read `length` bytes; past the end of the file reads as zeros.
+
+        Read in READ_SIZE requests, like `cat`: on the virtual disks measured here, 1 MiB requests
+        from two files at once were erratic (0.8-2.3 s per GiB pair) where 128 KiB ones were not.
+        """
+        buf = bytearray(length)
+        view = memoryview(buf)
+        pos = 0
+        while pos < length:
+            n = os.preadv(self.fd if fd < 0 else fd, [view[pos : pos + READ_SIZE]], offset + pos)
+            if n == 0:
+                break  # end of file: the rest stays zero
+            pos += n
+        return buf
 
     def _need_open(self) -> None:
         if self.fd < 0:
@@ -665,7 +685,9 @@ class Worker:
     def hash_chunks(self, rid: int, req: dict) -> None:
         """Stream the digests of chunk ranges, in order, in batches; then DONE.
 
-        Reading and hashing run on two threads; os.pread and the hash functions release the GIL.
+        This thread reads strictly in order (interleaved reads from several threads defeat the
+        kernel's readahead: 2.5x slower from a cold disk, measured); two pool threads hash, as
+        hashlib and xxhash release the GIL.
         """
         self._need_open()
         chunk_size = int(req["chunk_size"])
@@ -676,31 +698,32 @@ class Worker:
         dsize = len(digest(b""))
         entry = struct.Struct("!B%ds" % dsize)
 
-        def one(index: int) -> bytes:
-            offset = index * chunk_size
-            length = min(chunk_size, size - offset)
-            try:
-                data = self._read(offset, length)
-            except OSError as exc:
-                return entry.pack(FLAG_ERROR, exc.strerror.encode()[:dsize] if exc.strerror else b"")
+        def judge(data: bytes) -> bytes:
             if is_zero(data):
                 return entry.pack(FLAG_ZERO, b"")
             return entry.pack(FLAG_DATA, digest(data))
 
         batch_chunks = max(1, min(1024, (8 << 20) // chunk_size))
         for first, count in req["ranges"]:
-            pending = []
+            pending: "list" = []  # futures of digests, or entries already known (read errors)
             batch: "list[bytes]" = []
             batch_first = first
             last_send = time.monotonic()
             index = first
             end = first + count
             while index < end or pending:
-                # Keep a few chunks in flight so both threads stay busy without unbounded memory.
+                # A few chunks in flight keep both hashing threads busy with bounded memory.
                 while index < end and len(pending) < 4:
-                    pending.append(self.pool.submit(one, index))
+                    offset = index * chunk_size
+                    try:
+                        data = self._read(offset, min(chunk_size, size - offset), self.scan_fd)
+                        pending.append(self.pool.submit(judge, data))
+                    except OSError as exc:
+                        reason = (exc.strerror or "").encode()[:dsize]
+                        pending.append(entry.pack(FLAG_ERROR, reason))
                     index += 1
-                batch.append(pending.pop(0).result())
+                done = pending.pop(0)
+                batch.append(done if isinstance(done, bytes) else done.result())
                 now = time.monotonic()
                 if len(batch) >= batch_chunks or now - last_send > 0.05:
                     self._send_digests(rid, batch_first, batch, dsize)
