@@ -49,7 +49,8 @@ def launch(argv: Sequence[str]) -> int:
         workdir = Path(tempfile.mkdtemp(prefix="blocksync-demo-"))
         print(f"blocksync-tui: writing two {args.demo_size} MiB demo images to {workdir} ...", file=sys.stderr)
         source, destination = make_pair(workdir, size=args.demo_size << 20)
-        request = RunRequest(str(source), str(destination), SyncOptions(), ssh)
+        # 64 KiB chunks: thousands of them, so that the demo's map is finely grained.
+        request = RunRequest(str(source), str(destination), SyncOptions(chunk_size=64 << 10), ssh)
     app = BlocksyncApp(request, autostart=args.demo)
     app.run()
     return app.return_code or 0
