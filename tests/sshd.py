@@ -140,17 +140,17 @@ class SshServer:
         if binary is None:
             raise RuntimeError("OpenSSH sshd is not installed")
         # sshd refuses to start without its privilege separation directory.
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        with contextlib.suppress(OSError):  # not root: sshd itself will say what it misses
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         self._make_files()
         for _attempt in range(5):  # the free port may be taken between probe and bind
             self.port = _free_port()
             self._write_config()
-            self.process = subprocess.Popen(
-                [binary, "-D", "-e", "-f", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=open(self.log, "ab"),  # noqa: SIM115 - sshd owns it from here
-            )
+            with open(self.log, "ab") as log:  # sshd keeps its own copy of the descriptor
+                self.process = subprocess.Popen(
+                    [binary, "-D", "-e", "-f", str(self.config)],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                )
             if self._wait_ready(10.0):
                 self._write_known_hosts()
                 return
@@ -185,10 +185,11 @@ class SshServer:
         sudo = fakebin / "sudo"
         sudo.write_text("#!/bin/sh\necho 'sudo: a password is required' >&2\nexit 1\n")
         sudo.chmod(0o755)
-        # environment= needs PermitUserEnvironment; it puts the fake sudo first for that key only.
-        path = f"{fakebin}:/usr/local/bin:/usr/bin:/bin"
+        # A forced command for that key only: after the login shell's own start-up files (which
+        # may set PATH), put the fake sudo first and run what the client asked for.
+        forced = f'PATH={fakebin}:$PATH; eval \\"$SSH_ORIGINAL_COMMAND\\"'
         (self.directory / "authorized_keys").write_text(
-            f"{accepted}\nenvironment=\"PATH={path}\" {fake_sudo}\n"
+            f'{accepted}\ncommand="{forced}" {fake_sudo}\n'
         )
         self.ssh_config.write_text("")
 
@@ -206,7 +207,6 @@ class SshServer:
             "KbdInteractiveAuthentication no\n"
             "UsePAM no\n"
             "PermitRootLogin prohibit-password\n"
-            "PermitUserEnvironment yes\n"
             "MaxStartups 64\n"
             "MaxSessions 64\n"
             "LogLevel INFO\n"

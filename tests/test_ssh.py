@@ -1,0 +1,373 @@
+"""SSH endpoints against a real OpenSSH sshd on 127.0.0.1 (see sshd.py): sync, errors, breakage."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import expected_states
+from sshd import SshServer
+
+from blocksync_tui.cli import main
+from blocksync_tui.demo import RandomStream
+from blocksync_tui.endpoint import Endpoint
+from blocksync_tui.engine.chunkmap import State
+from blocksync_tui.engine.errors import ConnectError, ConnectionLost, EndpointError, UsageError
+from blocksync_tui.engine.report import Report
+from blocksync_tui.engine.sync import SyncEngine, SyncOptions
+from blocksync_tui.engine.transports import SshOptions, transport_factory
+
+pytestmark = pytest.mark.ssh
+
+REPO = Path(__file__).resolve().parent.parent
+CHUNK = 64 * 1024
+SIZE = 40 * CHUNK + 12345
+"""Not a multiple of the chunk size (nor of the 4 KiB sub-block)."""
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sshd: SshServer):
+    """Never read the real ~/.ssh or agent; after each test, nothing may run on the 'remote'."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    yield
+    assert sshd.wait_sessions_gone(timeout=10) == [], "a remote worker outlived its connection"
+
+
+def make_pair(directory: Path, size: int = SIZE, seed: int = 1) -> tuple[Path, Path]:
+    """A random source and a destination with scattered changes, a zero run and a changed tail."""
+    data = bytearray(RandomStream(seed, 1 << 20).read(size))
+    data[5 * CHUNK : 8 * CHUNK] = bytes(3 * CHUNK)
+    src = directory / "src.img"
+    src.write_bytes(data)
+    for offset in (0, 3 * CHUNK + 100, 6 * CHUNK, 17 * CHUNK + 4095, size - 7):
+        data[offset : offset + 5] = b"XXXXX"
+    dst = directory / "dst.img"
+    dst.write_bytes(data)
+    return src, dst
+
+
+def settle() -> None:
+    """Wait for the reader threads of finished runs to end before the next run starts.
+
+    Works around a race in LocalTransport: close() closes the stdout fd that the connection's
+    reader thread may be about to read again by number; a new worker's pipe can get that number
+    and the old thread then steals its banner (the next run hangs in the handshake).
+    """
+    for thread in threading.enumerate():
+        if thread.name.startswith(("reader-", "stderr-")):
+            thread.join(5)
+
+
+def sync(src: str, dst: str, options: SshOptions, **sync_options: object) -> Report:
+    engine = SyncEngine(
+        Endpoint.parse(src), Endpoint.parse(dst),
+        SyncOptions(chunk_size=CHUNK, **sync_options), transport_factory(options),  # type: ignore[arg-type]
+    )
+    try:
+        engine.prepare()
+        return engine.run()
+    finally:
+        settle()
+
+
+# -- moving data
+
+
+def test_push_local_to_remote(sshd: SshServer, tmp_path: Path) -> None:
+    src, dst = make_pair(tmp_path)
+    report = sync(str(src), sshd.endpoint(dst), sshd.ssh_options(), verify=True)
+    assert report.outcome == "synced" and report.verified and not report.errors
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_pull_remote_to_local(sshd: SshServer, tmp_path: Path) -> None:
+    src, dst = make_pair(tmp_path, seed=2)
+    report = sync(sshd.endpoint(src), str(dst), sshd.ssh_options())
+    assert report.outcome == "synced"
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_pull_into_a_new_file(sshd: SshServer, tmp_path: Path) -> None:
+    src, _ = make_pair(tmp_path, seed=3)
+    new = tmp_path / "new.img"
+    sync(sshd.endpoint(src), str(new), sshd.ssh_options())
+    assert new.read_bytes() == src.read_bytes()
+
+
+def test_remote_to_remote_on_one_host(sshd: SshServer, tmp_path: Path) -> None:
+    src, dst = make_pair(tmp_path, seed=4)
+    report = sync(sshd.endpoint(src), sshd.endpoint(dst), sshd.ssh_options())
+    assert report.outcome == "synced" and report.chunks_differing > 0
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_the_same_remote_file_twice_is_refused(sshd: SshServer, tmp_path: Path) -> None:
+    src, _ = make_pair(tmp_path)
+    with pytest.raises(UsageError, match="same file"):
+        sync(sshd.endpoint(src), sshd.endpoint(src), sshd.ssh_options())
+
+
+def test_cli_compare_then_sync_over_ssh(sshd: SshServer, tmp_path: Path, capsys) -> None:
+    src, dst = make_pair(tmp_path, seed=5)
+    expected = expected_states(src.read_bytes(), dst.read_bytes(), CHUNK)
+    report_path = tmp_path / "report.json"
+    args = [*sshd.cli_args(), "-q", "--chunk-size", "64K", sshd.endpoint(src), sshd.endpoint(dst)]
+    before = dst.read_bytes()
+    assert main(["compare", "--json", str(report_path), *args]) == 1
+    settle()
+    assert dst.read_bytes() == before  # a dry run writes nothing
+    chunks = json.loads(report_path.read_text())["chunks"]
+    for state in ("differs", "same", "zero"):
+        assert chunks.get(state, 0) == expected.count(state), state
+    assert main(["sync", *args]) == 0
+    settle()
+    assert dst.read_bytes() == src.read_bytes()
+    assert main(["compare", *args]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+# -- where the host is: ssh_config, ports, jumps
+
+
+def write_config(sshd: SshServer, tmp_path: Path, body: str) -> SshOptions:
+    config = tmp_path / "ssh_config"
+    config.write_text(body)
+    return sshd.ssh_options(config_file=str(config), identity_files=[])
+
+
+def test_host_user_port_and_key_from_ssh_config(sshd: SshServer, tmp_path: Path) -> None:
+    options = write_config(
+        sshd, tmp_path,
+        f"Host blocktest\n  HostName {sshd.host}\n  Port {sshd.port}\n  User {sshd.user}\n"
+        f"  IdentityFile {sshd.key}\n",
+    )
+    src, dst = make_pair(tmp_path, seed=6)
+    sync(str(src), f"blocktest:{dst}", options)
+    assert dst.read_bytes() == src.read_bytes()
+    # The endpoint's own port wins over the config's.
+    with pytest.raises(ConnectError, match="connection refused"):
+        sync(str(src), f"blocktest:1:{dst}", options)
+
+
+def test_proxy_jump_through_a_direct_tcpip_channel(sshd: SshServer, tmp_path: Path) -> None:
+    options = write_config(
+        sshd, tmp_path,
+        f"Host target\n  HostName {sshd.host}\n  Port {sshd.port}\n"
+        f"  ProxyJump {sshd.user}@{sshd.host}:{sshd.port}\n"
+        f"Host *\n  IdentityFile {sshd.key}\n",
+    )
+    src, dst = make_pair(tmp_path, seed=7)
+    sync(str(src), f"target:{dst}", options)
+    assert dst.read_bytes() == src.read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="the OpenSSH client is not installed")
+def test_proxy_command(sshd: SshServer, tmp_path: Path) -> None:
+    ssh = " ".join(sshd.openssh_argv()[:-1])  # everything but user@host
+    options = write_config(
+        sshd, tmp_path,
+        f"Host viaproxy\n  HostName {sshd.host}\n  Port {sshd.port}\n  IdentityFile {sshd.key}\n"
+        f"  ProxyCommand {ssh} -W %h:%p {sshd.user}@{sshd.host}\n",
+    )
+    src, dst = make_pair(tmp_path, seed=8)
+    sync(sshd.endpoint(src).replace(f"{sshd.host}:{sshd.port}", "viaproxy"), str(dst), options)
+    assert dst.read_bytes() == src.read_bytes()
+
+
+# -- refusals: each a one-line ConnectError that says what to do
+
+
+def connect_error(sshd: SshServer, tmp_path: Path, options: SshOptions) -> str:
+    src = tmp_path / "src.img"
+    src.write_bytes(b"x" * 5000)
+    with pytest.raises(ConnectError) as info:
+        sync(str(src), sshd.endpoint(tmp_path / "dst.img"), options)
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert not (tmp_path / "dst.img").exists()
+    return message
+
+
+def test_refused_key(sshd: SshServer, tmp_path: Path) -> None:
+    message = connect_error(sshd, tmp_path, sshd.ssh_options(identity_files=[str(sshd.other_key)]))
+    assert f"{sshd.user}@{sshd.host}:{sshd.port}: authentication refused" in message
+    assert f"tried keys: {sshd.other_key}" in message
+
+
+def test_missing_identity_file(sshd: SshServer, tmp_path: Path) -> None:
+    message = connect_error(sshd, tmp_path, sshd.ssh_options(identity_files=["/nonexistent/key"]))
+    assert "identity file /nonexistent/key does not exist" in message
+
+
+def test_unknown_host_key_is_refused_then_accepted_on_request(sshd: SshServer, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    message = connect_error(sshd, tmp_path, sshd.ssh_options(known_hosts=str(known)))
+    assert f"host key for [{sshd.host}]:{sshd.port}" in message
+    assert "is not in" in message and "--accept-new-host-key" in message and "SHA256:" in message
+    assert known.read_text() == ""
+
+    src, dst = make_pair(tmp_path)
+    sync(str(src), sshd.endpoint(dst), sshd.ssh_options(known_hosts=str(known), accept_new_host_key=True))
+    assert dst.read_bytes() == src.read_bytes()
+    assert known.read_text() == sshd.known_hosts_line() + "\n"
+    # Remembered: the next run needs no flag.
+    sync(str(src), sshd.endpoint(dst), sshd.ssh_options(known_hosts=str(known)))
+
+
+def test_accept_new_host_key_creates_the_default_known_hosts(sshd: SshServer, tmp_path: Path) -> None:
+    src, dst = make_pair(tmp_path)
+    sync(str(src), sshd.endpoint(dst), sshd.ssh_options(known_hosts=None, accept_new_host_key=True))
+    saved = Path(os.environ["HOME"]) / ".ssh" / "known_hosts"
+    assert saved.read_text() == sshd.known_hosts_line() + "\n"
+    assert saved.stat().st_mode & 0o077 == 0
+
+
+def test_changed_host_key_is_refused_even_with_accept_new(sshd: SshServer, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd.known_hosts_line(key_file=sshd.other_key) + "\n")  # an impostor's key
+    before = known.read_text()
+    for accept in (False, True):
+        options = sshd.ssh_options(known_hosts=str(known), accept_new_host_key=accept)
+        message = connect_error(sshd, tmp_path, options)
+        assert "has CHANGED" in message and "ssh-keygen -R" in message and "SHA256:" in message
+    assert known.read_text() == before
+
+
+def test_connection_refused_and_unknown_host(sshd: SshServer, tmp_path: Path) -> None:
+    src = tmp_path / "src.img"
+    src.write_bytes(b"x" * 100)
+    with pytest.raises(ConnectError, match=r"root@127\.0\.0\.1:1: connection refused by 127\.0\.0\.1 port 1"):
+        sync(str(src), f"root@127.0.0.1:1:{tmp_path}/d", sshd.ssh_options())
+    with pytest.raises(ConnectError, match="cannot resolve host name 'no-such-host.invalid'"):
+        sync(str(src), f"no-such-host.invalid:{tmp_path}/d", sshd.ssh_options())
+
+
+def test_a_port_that_never_speaks_ssh(sshd: SshServer, tmp_path: Path) -> None:
+    with socket.socket() as silent:  # accepts connections, never sends a banner
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        src = tmp_path / "src.img"
+        src.write_bytes(b"x" * 100)
+        with pytest.raises(ConnectError) as info:
+            sync(str(src), f"root@127.0.0.1:{port}:/d", sshd.ssh_options(connect_timeout=0.5))
+        message = str(info.value)
+    assert message == f"root@127.0.0.1:{port}: 127.0.0.1 port {port} does not answer like an SSH server"
+
+
+def test_missing_remote_python(sshd: SshServer, tmp_path: Path, capsys) -> None:
+    src, dst = make_pair(tmp_path)
+    code = main(["sync", *sshd.cli_args(), "-q", "--remote-python", "/nonexistent/python3",
+                 str(src), sshd.endpoint(dst)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"{sshd.user}@{sshd.host}:{sshd.port}: /nonexistent/python3 not found" in err
+
+
+def test_missing_remote_paths(sshd: SshServer, tmp_path: Path) -> None:
+    src, dst = make_pair(tmp_path)
+    with pytest.raises(EndpointError, match="no such file"):
+        sync(sshd.endpoint(tmp_path / "absent.img"), str(dst), sshd.ssh_options())
+    target = tmp_path / "no-such-dir" / "dst.img"
+    with pytest.raises(EndpointError, match="no-such-dir"):
+        sync(str(src), sshd.endpoint(target), sshd.ssh_options())
+    assert not target.parent.exists()
+
+
+@pytest.mark.skipif(shutil.which("sudo") is None, reason="sudo is not installed")
+def test_sudo_as_root(sshd: SshServer, tmp_path: Path) -> None:
+    if sshd.user != "root":
+        pytest.skip("sudo -n needs a password for a non-root user")
+    src, dst = make_pair(tmp_path)
+    report = sync(str(src), sshd.endpoint(dst), sshd.ssh_options(sudo=True))
+    assert report.outcome == "synced" and dst.read_bytes() == src.read_bytes()
+
+
+def test_sudo_that_wants_a_password(sshd: SshServer, tmp_path: Path) -> None:
+    # This key's sessions have a `sudo` first on PATH that answers like sudo -n without NOPASSWD.
+    options = sshd.ssh_options(sudo=True, identity_files=[str(sshd.fake_sudo_key)])
+    message = connect_error(sshd, tmp_path, options)
+    assert f"sudo on {sshd.host} needs a password: allow NOPASSWD" in message
+
+
+# -- breakage
+
+
+def big_pair(directory: Path, size: int) -> tuple[Path, Path]:
+    """Two unrelated random files: every chunk differs, so the sync writes all along.
+
+    Larger than the engine's 32 MiB in flight, so that a paused run cannot finish.
+    """
+    src, dst = directory / "big-src.img", directory / "big-dst.img"
+    src.write_bytes(RandomStream(11).read(size))
+    dst.write_bytes(RandomStream(12).read(size))
+    return src, dst
+
+
+def test_connection_killed_mid_sync_then_rerun(
+    sshd: SshServer, tmp_path: Path, kill_ssh_connections, capfd
+) -> None:
+    src, dst = big_pair(tmp_path, 48 * 1024 * 1024 + 777)
+    engine = SyncEngine(
+        Endpoint.parse(str(src)), Endpoint.parse(sshd.endpoint(dst)),
+        SyncOptions(chunk_size=CHUNK), transport_factory(sshd.ssh_options()),
+    )
+    engine.prepare()
+    orphans: list[int] = []
+
+    def cut_when_writing() -> None:
+        deadline = time.monotonic() + 30
+        while engine.chunk_map.count(State.WRITTEN) == 0 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        engine.pause()  # so the run cannot finish before the cut
+        orphans.extend(kill_ssh_connections())
+
+    cutter = threading.Thread(target=cut_when_writing)
+    cutter.start()
+    with pytest.raises(ConnectionLost) as info:
+        engine.run()
+    cutter.join()
+    settle()
+    message = str(info.value)
+    assert message.startswith(f"{sshd.user}@{sshd.host}:{sshd.port}: ")
+    assert "connection" in message and "Traceback" not in message and "\n" not in message
+    noise = capfd.readouterr().err  # paramiko's log and dying reader threads must stay quiet
+    assert "Traceback" not in noise and "Socket exception" not in noise, noise
+    assert orphans, "no remote worker was running when the connection was cut"
+    assert sshd.wait_sessions_gone(orphans) == [], "the orphaned remote worker did not exit"
+
+    report = sync(str(src), sshd.endpoint(dst), sshd.ssh_options())
+    assert report.outcome == "synced"
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_killed_client_leaves_no_remote_worker(sshd: SshServer, tmp_path: Path) -> None:
+    src, dst = big_pair(tmp_path, 64 * 1024 * 1024)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    client = subprocess.Popen(
+        [sys.executable, "-m", "blocksync_tui", "sync", *sshd.cli_args(), "-q",
+         "--chunk-size", "64K", str(src), sshd.endpoint(dst)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not sshd.worker_pids() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        workers = sshd.worker_pids()
+        assert workers, "the remote worker never started"
+        time.sleep(0.2)  # let the sync get going
+    finally:
+        client.send_signal(signal.SIGKILL)
+        client.wait()
+    assert sshd.wait_sessions_gone(workers) == [], "a remote worker outlived its killed client"
