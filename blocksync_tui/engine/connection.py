@@ -127,11 +127,13 @@ class Connection:
         status = self.transport.exit_status(5.0)
         where = self.transport.label
         python = getattr(self.transport, "python", "python3")
+        tail = self.transport.stderr_tail().strip().splitlines()
         if status == bootstrap.EXIT_COMMAND_NOT_FOUND:
+            if tail and tail[-1].startswith("sudo:"):
+                return ConnectError(f"{where}: {tail[-1]}")  # e.g. "sudo: command not found"
             return ConnectError(f"{where}: {python} not found (is Python 3 installed there?)")
         if status == bootstrap.EXIT_PYTHON_TOO_OLD:
             return ConnectError(f"{where}: {python} is older than 3.8")
-        tail = self.transport.stderr_tail().strip().splitlines()
         reason = tail[-1] if tail else f"exit status {status}"
         return ConnectError(f"{where}: the worker did not start: {reason}")
 
@@ -215,6 +217,8 @@ class Connection:
             reason = f"{self.transport.label}: {exc}"
         except OSError as exc:
             reason = f"{self.transport.label}: connection lost ({exc})"
+        except Exception as exc:  # whatever it was, the engine must hear that this side ended
+            reason = f"{self.transport.label}: connection lost ({type(exc).__name__}: {exc})"
         tail = self.transport.stderr_tail().strip().splitlines()
         if tail and "Traceback" in self.transport.stderr_tail():
             reason += f" ({tail[-1]})"

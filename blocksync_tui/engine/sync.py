@@ -616,7 +616,7 @@ class SyncEngine:
         differing = sum(
             p.counts[s] for s in (State.DIFFERS, State.WRITTEN, State.ERROR, State.UPDATED)
         )
-        if self.errors:
+        if self.errors or self.phase == "failed":
             outcome = "failed"
         elif self.phase == "cancelled":
             outcome = "cancelled"

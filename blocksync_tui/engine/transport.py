@@ -7,7 +7,6 @@ bootstrap payload and the handshake belong to `connection.Connection`.
 from __future__ import annotations
 
 import collections
-import os
 import subprocess
 import sys
 import threading
@@ -91,28 +90,29 @@ class LocalTransport(Transport):
             )
         except OSError as exc:
             raise ConnectError(f"cannot start {self.python}: {exc.strerror}") from exc
-        assert self.process.stderr is not None
-        self._stdin_fd = self.process.stdin.fileno()  # type: ignore[union-attr]
-        self._stdout_fd = self.process.stdout.fileno()  # type: ignore[union-attr]
-        stderr_fd = self.process.stderr.fileno()
-        self._drain_stderr(lambda n: os.read(stderr_fd, n))
+        assert self.process.stderr is not None and self.process.stdout is not None
+        self._drain_stderr(self.process.stderr.read)
 
     def send(self, data: bytes | memoryview) -> None:
+        assert self.process is not None and self.process.stdin is not None
         view = memoryview(data)
         while view:
-            view = view[os.write(self._stdin_fd, view) :]
+            view = view[self.process.stdin.write(view) :]
 
     def recv(self, size: int) -> bytes:
-        return os.read(self._stdout_fd, size)
+        # Through the file object, never a bare fd number: once closed it raises ValueError,
+        # where a reused number could belong to the next run's worker and steal its banner.
+        assert self.process is not None and self.process.stdout is not None
+        return self.process.stdout.read(size) or b""
 
     def close(self) -> None:
+        """Close stdin: the worker exits on EOF. Its stdout is left to the reader, which ends at EOF."""
         if self.process is None:
             return
-        for stream in (self.process.stdin, self.process.stdout):
-            try:
-                stream.close()  # type: ignore[union-attr]
-            except OSError:
-                pass
+        try:
+            self.process.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
         if self.exit_status(2.0) is None:
             self.process.kill()
             self.process.wait()
