@@ -84,9 +84,9 @@ async def test_dry_run_from_keys_matches_the_engine_then_sync(tmp_path: Path) ->
 
 async def test_cancel_mid_sync_says_what_it_left(tmp_path: Path) -> None:
     rnd = random.Random(2)
-    size = 96 << 20
+    mib = 256  # several times what is in flight at once (32 MiB), so a cancel lands mid-way
     src, dst = tmp_path / "src.img", tmp_path / "dst.img"
-    src.write_bytes(rnd.randbytes(size))
+    src.write_bytes(b"".join(rnd.randbytes(1 << 20) for _ in range(mib)))
     dst.write_bytes(b"")
     request = RunRequest(str(src), str(dst))
     request.options.chunk_size = 64 << 10
@@ -99,16 +99,9 @@ async def test_cancel_mid_sync_says_what_it_left(tmp_path: Path) -> None:
         run_screen = app.screen
         assert isinstance(run_screen, RunScreen)
         engine = run_screen.engine
-        # Hold it mid-way so that the cancel lands mid-sync: let it run in short bursts until
-        # something is written (under load the pause can come before the first write).
+        # Let it write something, then hold it so that the cancel lands mid-sync.
+        await _wait_for(pilot, lambda: engine.chunk_map.count(State.WRITTEN) > 0)
         engine.pause()
-        for _ in range(500):
-            if engine.chunk_map.count(State.WRITTEN):
-                break
-            engine.resume()
-            await pilot.pause(0.01)
-            engine.pause()
-            await pilot.pause(0.1)
         await pilot.press("escape")
         await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
         assert "partly updated" in str(app.screen.question)

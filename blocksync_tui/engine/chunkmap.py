@@ -7,6 +7,7 @@ state; the dirty set is swapped under a lock.
 
 from __future__ import annotations
 
+import mmap
 import re
 import threading
 from collections.abc import Iterable
@@ -53,10 +54,17 @@ class Run:
 class ChunkMap:
     """Per-chunk states of one device, readable from another thread while being written."""
 
-    def __init__(self, total_chunks: int) -> None:
+    def __init__(self, total_chunks: int, buffer: bytearray | mmap.mmap | None = None) -> None:
+        """Create a map of `total_chunks` PENDING chunks.
+
+        Args:
+            total_chunks: How many chunks the device has.
+            buffer: Where to keep the states (zero-filled, at least `total_chunks` bytes): shared
+                memory lets another process read them (see engine.process). Default: private.
+        """
         self.total = total_chunks
         """How many chunks the device has."""
-        self.states = bytearray(total_chunks)
+        self.states = buffer if buffer is not None else bytearray(total_chunks)
         """One State per chunk (all PENDING at first)."""
         self._counts = [0] * len(State)
         self._counts[State.PENDING] = total_chunks
@@ -111,7 +119,7 @@ class ChunkMap:
 
     def snapshot(self) -> bytes:
         """An immutable copy of all states (for rendering or reports)."""
-        return bytes(self.states)
+        return bytes(self.states[: self.total])
 
     def changed_runs(self) -> list[Run]:
         """Runs of consecutive chunks that differed before the run, in device order."""

@@ -8,21 +8,21 @@ from textual.message import Message
 
 from blocksync_tui.engine.inventory import Device
 from blocksync_tui.engine.report import Report
-from blocksync_tui.engine.sync import SyncEngine
+from blocksync_tui.engine.process import Engine
 
 
 @dataclass
 class RunPrepared(Message):
     """Both workers are up and both ends opened read-only; nothing written yet."""
 
-    engine: SyncEngine
+    engine: Engine
 
 
 @dataclass
 class RunFinished(Message):
     """The engine ended: with a report, or cancelled or failed (then `error` says why)."""
 
-    engine: SyncEngine
+    engine: Engine
     report: Report
     error: str = ""
     cancelled: bool = False

@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
-from blocksync_tui.engine.sync import SyncEngine
+from blocksync_tui.engine.process import Engine
 from blocksync_tui.progress import human_bytes
 
 
@@ -20,7 +20,7 @@ class ConfirmSyncScreen(ModalScreen[bool]):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="cancel-sync")]
 
-    def __init__(self, engine: SyncEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         super().__init__(classes="dialog-screen")
         self.engine = engine
         info = engine.destination_info

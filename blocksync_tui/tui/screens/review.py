@@ -15,7 +15,7 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.report import Report
-from blocksync_tui.engine.sync import SyncEngine
+from blocksync_tui.engine.process import Engine
 from blocksync_tui.progress import human_bytes
 from blocksync_tui.tui.map_svg import map_svg
 from blocksync_tui.tui.request import RunRequest
@@ -41,7 +41,7 @@ class ReviewScreen(Screen[None]):
         Binding("escape", "back", "Back", id="back", tooltip="Back to the setup screen"),
     ]
 
-    def __init__(self, engine: SyncEngine, report: Report, request: RunRequest) -> None:
+    def __init__(self, engine: Engine, report: Report, request: RunRequest) -> None:
         super().__init__()
         self.engine = engine
         self.report = report

@@ -1,0 +1,348 @@
+"""Provides EngineProcess: a SyncEngine in a child process, with the same API as SyncEngine.
+
+A UI that runs the engine in one of its own threads slows it down: both share one GIL, and the
+engine's reader threads wait behind the UI's event loop (measured: a sync ran 1.6-1.8x slower
+inside the app, even with nothing repainting). In its own process the engine keeps its speed.
+Chunk states live in a shared memory-mapped file that the UI reads directly; progress snapshots
+and the result come over a pipe. Nothing here knows about Textual.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from blocksync_tui.endpoint import Endpoint
+from blocksync_tui.engine import errors
+from blocksync_tui.engine.chunkmap import ChunkMap, Run, State
+from blocksync_tui.engine.errors import BlocksyncError, Cancelled
+from blocksync_tui.engine.report import Progress, Report
+from blocksync_tui.engine.sync import SyncEngine, SyncOptions
+from blocksync_tui.engine.transports import SshOptions, transport_factory
+
+PROGRESS_INTERVAL = 0.1
+"""Seconds between the progress snapshots the child sends."""
+_DIRTY_BLOCK = 4096
+"""The shared map is compared in blocks this large to find what changed between two polls."""
+_DIRTY_BLOCKS_LIMIT = 64
+"""Past this many changed blocks, the reader is told to redraw everything."""
+
+
+class SharedChunkView:
+    """The read side of a ChunkMap whose states live in shared memory (another process writes).
+
+    It offers what a map widget polls: `total`, `states`, `get`, `counts`, `generation` and
+    `take_dirty`, the last two by comparing with the copy taken at the previous poll.
+    """
+
+    def __init__(self, states: mmap.mmap | bytearray, total: int) -> None:
+        self.total = total
+        self.states = states
+        """One State byte per chunk, written by the engine's process."""
+        self._seen = bytes(total)
+        self._generation = 0
+        self._lock = threading.Lock()
+        self._pending_dirty: set[int] | None = set()
+
+    def snapshot(self) -> bytes:
+        """An immutable copy of all states."""
+        return bytes(self.states[: self.total])
+
+    def get(self, index: int) -> State:
+        """The state of one chunk."""
+        return State(self.states[index])
+
+    def count(self, state: State) -> int:
+        """How many chunks are in `state` now."""
+        return self.snapshot().count(bytes([state]))
+
+    def counts(self) -> dict[State, int]:
+        """Chunk counts per state (a C-speed count over the states)."""
+        now = self.snapshot()
+        return {s: now.count(bytes([s])) for s in State}
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever the states changed since the last look."""
+        self._refresh()
+        return self._generation
+
+    def take_dirty(self) -> set[int] | None:
+        """The chunks changed since the last call, or None when everything should be redrawn."""
+        self._refresh()
+        with self._lock:
+            dirty, self._pending_dirty = self._pending_dirty, set()
+        return dirty
+
+    def _refresh(self) -> None:
+        now = self.snapshot()
+        with self._lock:
+            if now == self._seen:
+                return
+            changed = [
+                start
+                for start in range(0, self.total, _DIRTY_BLOCK)
+                if now[start : start + _DIRTY_BLOCK] != self._seen[start : start + _DIRTY_BLOCK]
+            ]
+            if self._pending_dirty is not None:
+                if len(changed) > _DIRTY_BLOCKS_LIMIT:
+                    self._pending_dirty = None
+                else:
+                    old = self._seen
+                    for start in changed:
+                        end = min(self.total, start + _DIRTY_BLOCK)
+                        self._pending_dirty.update(i for i in range(start, end) if now[i] != old[i])
+            self._seen = now
+            self._generation += 1
+
+    def runs(self, states: bytes) -> list[Run]:
+        """Runs of consecutive chunks in one of `states`."""
+        pattern = re.compile(b"[" + re.escape(bytes(states)) + b"]+")
+        return [Run(m.start(), m.end() - m.start()) for m in pattern.finditer(self.snapshot())]
+
+
+@dataclass
+class _Prepared:
+    size: int
+    total: int
+    warnings: list[str]
+    source_info: dict
+    destination_info: dict
+    algorithm: str
+    compression: str
+
+
+class _Duplex:
+    """One Connection to read (our stdin) and one to write (our stdout), used as one."""
+
+    def __init__(self, reader: Connection, writer: Connection) -> None:
+        self.recv, self.send = reader.recv, writer.send
+
+
+def _child_main() -> None:
+    """The engine's process: prepare, wait for "run" or "close", run, report.
+
+    Messages are pickled between this process and its parent, on the same machine and user;
+    the wire protocol to workers never is.
+    """
+    out = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 1)  # the pipe carries messages; a stray print must not go into it
+    conn = _Duplex(Connection(0, writable=False), Connection(out, readable=False))
+    _, source, destination, options, ssh = conn.recv()
+    engine = SyncEngine(source, destination, options, transport_factory(ssh))
+    try:
+        engine.prepare()
+    except BlocksyncError as exc:
+        conn.send(("error", type(exc).__name__, str(exc), exc.side))
+        return
+    conn.send(("prepared", _Prepared(engine.size, engine.chunk_map.total, engine.warnings,
+                                     engine.source_info, engine.destination_info,
+                                     engine.algorithm, engine.compression)))
+    command = conn.recv()
+    if command[0] != "run":
+        engine.close()
+        return
+    with open(command[1], "r+b") as f:
+        shared = mmap.mmap(f.fileno(), max(1, engine.chunk_map.total))
+    engine.chunk_map = ChunkMap(engine.chunk_map.total, buffer=shared)
+    send_lock = threading.Lock()
+    done = threading.Event()
+
+    def listen() -> None:  # pause, resume and cancel arrive while run() blocks
+        while not done.is_set():
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                engine.cancel()  # the UI is gone: stop writing at the next chunk
+                return
+            getattr(engine, message[0])()
+
+    def report_progress() -> None:
+        while not done.wait(PROGRESS_INTERVAL):
+            with send_lock:
+                conn.send(("progress", engine.progress()))
+
+    threading.Thread(target=listen, daemon=True).start()
+    threading.Thread(target=report_progress, daemon=True).start()
+    outcome: tuple = ("finished",)
+    try:
+        engine.run()
+    except Cancelled as exc:
+        outcome = ("cancelled", str(exc))
+    except BlocksyncError as exc:
+        outcome = ("failed", type(exc).__name__, str(exc))
+    except Exception as exc:  # reported, never lost in a process nobody watches
+        outcome = ("failed", "BlocksyncError", f"unexpected error: {type(exc).__name__}: {exc}")
+    done.set()
+    with send_lock:
+        conn.send(("progress", engine.progress()))
+        conn.send((*outcome, engine.report()))
+
+
+class EngineProcess:
+    """SyncEngine's API, with the engine in a child process. See SyncEngine for each method."""
+
+    def __init__(
+        self, source: Endpoint, destination: Endpoint, options: SyncOptions | None = None,
+        ssh: SshOptions | None = None,
+    ) -> None:
+        self.source = source
+        self.destination = destination
+        self.options = options or SyncOptions()
+        self.options.check()
+        self.ssh = ssh or SshOptions()
+        self.size = 0
+        self.warnings: list[str] = []
+        self.source_info: dict = {}
+        self.destination_info: dict = {}
+        self.algorithm = ""
+        self.compression = ""
+        self.chunk_map: SharedChunkView = SharedChunkView(bytearray(), 0)
+        self._conn = None
+        self._process = None
+        self._progress: Progress | None = None
+        self._report: Report | None = None
+        self._cancelled = False
+        self._paused = False
+        self._map_file: str | None = None
+
+    def prepare(self) -> None:
+        """Start the engine's process and prepare there; raises what SyncEngine.prepare raises."""
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+        self._process = subprocess.Popen(
+            # Imported, not run as __main__: what it pickles must name this module.
+            [sys.executable, "-c", "from blocksync_tui.engine.process import _child_main; _child_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+        )
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._conn = _Duplex(
+            Connection(os.dup(self._process.stdout.fileno()), writable=False),
+            Connection(os.dup(self._process.stdin.fileno()), readable=False),
+        )
+        self._process.stdin.close()
+        self._process.stdout.close()
+        self._conn.send(("start", self.source, self.destination, self.options, self.ssh))
+        message = self._receive()
+        if message[0] == "error":
+            self.close()
+            raise _rebuild(message[1], message[2], message[3])
+        info: _Prepared = message[1]
+        self.size, self.warnings = info.size, info.warnings
+        self.source_info, self.destination_info = info.source_info, info.destination_info
+        self.algorithm, self.compression = info.algorithm, info.compression
+        fd, self._map_file = tempfile.mkstemp(prefix="blocksync-map-", dir=_shm_dir())
+        os.ftruncate(fd, max(1, info.total))
+        states = mmap.mmap(fd, max(1, info.total))
+        os.close(fd)
+        self.chunk_map = SharedChunkView(states, info.total)
+
+    def run(self) -> Report:
+        """Run in the child; returns its Report or raises Cancelled / BlocksyncError."""
+        if self._process is None:
+            self.prepare()
+        assert self._conn is not None
+        self._conn.send(("run", self._map_file))
+        while True:
+            message = self._receive()
+            if message[0] == "progress":
+                self._progress = message[1]
+                continue
+            break
+        self._report = message[-1]
+        self.close()
+        if message[0] == "cancelled":
+            raise Cancelled(message[1])
+        if message[0] == "failed":
+            raise _rebuild(message[1], message[2], None)
+        return self._report
+
+    def _receive(self) -> tuple:
+        assert self._conn is not None
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            code = self._process.poll() if self._process else None
+            return ("failed", "ConnectionLost", f"the engine's process ended (exit status {code})", None)
+
+    def _command(self, name: str) -> None:
+        if self._conn is not None and self._report is None:
+            try:
+                self._conn.send((name,))
+            except OSError:
+                pass
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._command("cancel")
+
+    def pause(self) -> None:
+        self._paused = True
+        self._command("pause")
+
+    def resume(self) -> None:
+        self._paused = False
+        self._command("resume")
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def progress(self) -> Progress:
+        """The latest snapshot from the child (at most PROGRESS_INTERVAL old)."""
+        if self._progress is None:
+            counts = self.chunk_map.counts()
+            return Progress("connecting" if not self.size else "scanning", self.options.dry_run, 0.0,
+                            self.size, self.options.chunk_size, self.chunk_map.total, 0, 0, 0, 0, 0,
+                            counts, self._paused)
+        p = self._progress
+        return Progress(**{**p.__dict__, "paused": self._paused or p.paused})
+
+    def report(self) -> Report:
+        """The child's report once it finished."""
+        if self._report is None:
+            raise BlocksyncError("the run has not finished")
+        return self._report
+
+    def close(self) -> None:
+        """Stop the child (it closes its workers) and remove the shared map's file."""
+        if self._conn is not None and self._report is None:
+            self._command("close")
+        if self._process is not None:
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        if self._map_file:
+            try:
+                os.unlink(self._map_file)
+            except FileNotFoundError:
+                pass
+            self._map_file = None
+
+
+Engine = SyncEngine | EngineProcess
+"""What the UI drives: the same API in this process or in a child one."""
+
+
+def _shm_dir() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def _rebuild(kind: str, message: str, side: str | None) -> BlocksyncError:
+    cls = getattr(errors, kind, BlocksyncError)
+    if not (isinstance(cls, type) and issubclass(cls, BlocksyncError)):
+        cls = BlocksyncError
+    error = cls(message)
+    return error.on(side) if side else error
+
