@@ -366,6 +366,22 @@ def key_ratios(rows: list[dict], changed: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; with --ssh --start-sshd, inside a private sshd's lifetime."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--start-sshd" not in argv:
+        return _main(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from sshd import SshServer
+
+    with tempfile.TemporaryDirectory(prefix="blocksync-bench-sshd-") as work:
+        with SshServer.running(Path(work)) as server:
+            return _main([
+                *argv, "--ssh-port", str(server.port), "--ssh-user", server.user,
+                "--ssh-key", str(server.key), "--ssh-known-hosts", str(server.known_hosts),
+            ])
+
+
+def _main(argv: list[str]) -> int:
     """Run the benchmark; return the exit status (1 if a contender produced a wrong result)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=parse_size, default=1 << 30, help="image size (default 1G)")
@@ -396,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         "ssh mode: the destination on an ssh host (normally this machine)"
     )
     ssh.add_argument("--ssh", action="store_true", help="run the ssh contenders")
+    ssh.add_argument(
+        "--start-sshd", action="store_true",
+        help="with --ssh: start a private sshd on 127.0.0.1 (tests/sshd.py) and use it",
+    )
     ssh.add_argument("--ssh-host", default="127.0.0.1")
     ssh.add_argument("--ssh-port", type=int, default=22)
     ssh.add_argument("--ssh-user", default="root")

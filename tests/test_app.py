@@ -207,3 +207,23 @@ async def test_local_devices_are_listed() -> None:
         assert {device.path for device in panel.devices} == expected
         keys = {row.value for row in table.rows}
         assert expected <= keys
+
+
+@pytest.mark.ssh
+async def test_remote_destination_in_the_app(tmp_path: Path, sshd, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dry run with the destination over SSH; the panel lists that host's devices via its worker."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # never the real ~/.ssh or agent
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    src, dst = _pair(tmp_path)
+    request = RunRequest(str(src), sshd.endpoint(dst), ssh=sshd.ssh_options())
+    app = BlocksyncApp(request, autostart=True, list_devices=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        report = app.screen.report
+        assert report.outcome == "differs" and report.destination == sshd.endpoint(dst)
+        assert report.chunks_differing == run_engine(src, dst, dry_run=True).chunks_differing
+        await pilot.press("escape")
+        panel = app.screen.query_one("#destination", EndpointPanel)
+        assert panel.host.endswith(f"127.0.0.1:{sshd.port}")
+        await _wait_for(pilot, lambda: bool(panel.devices))
+    assert dst.read_bytes() != src.read_bytes()

@@ -63,27 +63,15 @@ class EndpointPanel(Vertical):
         """The devices listed for the current host."""
 
     def compose(self) -> ComposeResult:
-        with Horizontal(classes="field"):
-            yield Label("Host", classes="field-label")
-            yield Input(
-                self._initial_host,
-                placeholder="this machine  (or user@host:port)",
-                id=f"{self.side}-host",
-            )
-        with Horizontal(classes="field"):
-            yield Label("Key", classes="field-label")
-            yield Input(
-                self._initial_key,
-                placeholder="SSH key file (optional: agent, ~/.ssh/config)",
-                id=f"{self.side}-key",
-            )
-        with Horizontal(classes="field"):
-            yield Label("Path", classes="field-label")
-            yield Input(
-                self._initial_path,
-                placeholder="/dev/sdX or /path/to/image.img",
-                id=f"{self.side}-path",
-            )
+        fields = [
+            ("Host", "host", self._initial_host, "this machine  (or user@host:port)"),
+            ("Key", "key", self._initial_key, "SSH key file (optional: agent, ~/.ssh/config)"),
+            ("Path", "path", self._initial_path, "/dev/sdX or /path/to/image.img"),
+        ]
+        for label, name, value, placeholder in fields:
+            with Horizontal(classes="field"):
+                yield Label(label, classes="field-label")
+                yield Input(value, placeholder=placeholder, id=f"{self.side}-{name}")
         yield Static("", id=f"{self.side}-error", classes="field-error")
         with Horizontal(classes="devices-bar"):
             yield Label("Block devices", classes="devices-title")
