@@ -11,7 +11,7 @@ mix and device size:
 - poll: `poll()` after 1000 random chunks changed, and `poll()` when nothing changed.
 Mixes: random (uniform per chunk), worst (a random state per cell: the most segments), sparse
 (1 chunk in 1000 differs), in-progress (runs of states, the second half pending). Times are the
-median of the rounds.
+median of the rounds. A device with fewer chunks than cells shows "1/k": k cells per chunk.
 
     python3 bench/bench_blockmap.py
     python3 bench/bench_blockmap.py --size 240x70 --chunks 10000000 --rounds 20
@@ -114,13 +114,14 @@ async def bench_one(chunks: int, mix: str, size: tuple[int, int], rounds: int) -
         rng = random.Random(2)
         poll_times = []
         for _ in range(rounds):
-            for index in rng.sample(range(chunks), 1000):
+            for index in rng.sample(range(chunks), min(1000, chunks)):
                 chunk_map.set(index, State(rng.choice([State.WRITTEN, State.ERROR, State.SAME])))
             start = time.perf_counter()
             block_map.poll()
             poll_times.append(time.perf_counter() - start)
         result = {
             "per_cell": layout.per_cell,
+            "cells_per_chunk": layout.cells_per_chunk,
             "aggregate": median_ms(aggregate, rounds),
             "render": median_ms(render_cold, rounds),
             "render_warm": median_ms(render_warm, rounds),
@@ -148,8 +149,13 @@ def main() -> None:
     for chunks in args.chunks:
         for mix in args.mix:
             r = asyncio.run(bench_one(chunks, mix, (width, height), args.rounds))
+            ratio = (
+                f"{r['per_cell']:.0f}"
+                if r["cells_per_chunk"] == 1
+                else f"1/{r['cells_per_chunk']:.0f}"
+            )
             print(
-                f"| {chunks:,} | {mix} | {r['per_cell']:.0f} | {r['aggregate']:.2f} "
+                f"| {chunks:,} | {mix} | {ratio} | {r['aggregate']:.2f} "
                 f"| {r['render']:.2f} | {r['render'] / r['lines']:.3f} | {r['render_warm']:.3f} "
                 f"| {r['frame']:.2f} | {r['poll_1000']:.2f} | {r['poll_idle'] * 1000:.1f} us |"
             )

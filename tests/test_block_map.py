@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 from typing import Any
@@ -21,6 +22,8 @@ from blocksync_tui.tui.widgets.block_cells import (
     PRIORITY,
     CellLayout,
     LinePainter,
+    Scale,
+    cell_scale,
     cell_state,
     cell_states,
     chunks_per_cell,
@@ -58,6 +61,26 @@ def pattern_map() -> ChunkMap:
     states[2000] = State.ERROR
     states[2777] = State.ERROR
     chunk_map = ChunkMap(total)
+    for index, value in enumerate(states):
+        chunk_map.set(index, State(value))
+    chunk_map.take_dirty()
+    return chunk_map
+
+
+def small_pattern_map() -> ChunkMap:
+    """A deterministic map of 360 chunks with every state: fewer chunks than a map has cells."""
+    states = bytearray([State.SAME]) * 360
+    states[0:20] = bytes([State.ZERO]) * 20
+    for index in (37, 52, 99, 262):
+        states[index] = State.DIFFERS  # lone differing chunks
+    states[120:150] = bytes([State.DIFFERS]) * 30
+    states[150:180] = bytes([State.WRITTEN]) * 30
+    states[180:195] = bytes([State.UPDATED]) * 15
+    states[210:240] = bytes([State.ZERO]) * 30
+    states[200] = State.ERROR
+    states[251] = State.ERROR
+    states[270:] = bytes([State.PENDING]) * 90
+    chunk_map = ChunkMap(len(states))
     for index, value in enumerate(states):
         chunk_map.set(index, State(value))
     chunk_map.take_dirty()
@@ -109,6 +132,88 @@ def test_cell_states_match_the_naive_reference(data: bytes, per_cell: int) -> No
 )  # fmt: skip
 def test_chunks_per_cell(total: int, cells: int, zoom: int, expected: int) -> None:
     assert chunks_per_cell(total, cells, zoom) == expected
+
+
+@pytest.mark.parametrize(
+    ("total", "cells", "zoom", "expected"),
+    [(1000, 100, 0, (10, 1, 1000)), (100, 100, 0, (1, 1, 100)), (150, 100, 1, (1, 1, 100)),
+     (10, 37, 0, (1, 3, 10)), (10, 37, 1, (1, 7, 5)), (10, 37, 2, (1, 18, 2)),
+     (10, 37, 3, (1, 37, 1)), (10, 37, 9, (1, 37, 1)), (1025, 8000, 0, (1, 7, 1025)),
+     (1, 8000, 0, (1, 8000, 1)), (0, 10, 0, (1, 1, 0)), (5, 0, 0, (1, 1, 0))],
+)  # fmt: skip
+def test_cell_scale(total: int, cells: int, zoom: int, expected: tuple[int, int, int]) -> None:
+    # With fewer chunks than cells, each chunk gets the most cells that fit; each zoom level
+    # halves the window, down to one chunk on every cell.
+    assert cell_scale(total, cells, zoom) == Scale(*expected)
+
+
+def test_layout_of_fewer_chunks_than_cells_stretches_each_chunk() -> None:
+    states = bytes([State.SAME, State.DIFFERS, State.ZERO, State.SAME, State.ERROR]) * 2
+    layout = CellLayout.build(states, 10, width=37, rows=1)
+    assert (layout.per_cell, layout.cells_per_chunk, layout.used) == (1, 3, 30)
+    assert (layout.first, layout.last, layout.row_chunks) == (0, 10, 12)
+    assert (
+        layout.cells
+        == bytearray(value for value in states for _ in range(3)) + bytearray([EMPTY]) * 7
+    )
+    for chunk in range(10):
+        first_cell = layout.cell_of(chunk)
+        assert first_cell == 3 * chunk
+        assert layout.group(first_cell + 2) == range(first_cell, first_cell + 3)
+        for cell in layout.group(first_cell):
+            assert layout.chunks(cell) == (chunk, chunk + 1)
+    assert layout.chunk_at(-1) == -1 and layout.chunk_at(31) == 10  # off the window
+    assert layout.groups_of([1, 4, 1, 10, -1]) == {3, 12}  # changed chunks -> their cells
+    zoomed = CellLayout.build(states, 10, width=37, rows=1, zoom=1, first=4)
+    assert (zoomed.first, zoomed.last, zoomed.cells_per_chunk, zoomed.used) == (4, 9, 7, 35)
+    assert zoomed.cells[:7] == bytes([State.ERROR]) * 7
+
+
+def test_refresh_recomputes_every_cell_of_a_changed_chunk() -> None:
+    states = bytearray([State.SAME]) * 3
+    layout = CellLayout.build(states, 3, width=5, rows=8)  # 4 lines of 10 cells
+    assert (layout.cells_per_chunk, layout.used) == (13, 39)
+    states[1] = State.ERROR
+    touched, lines = layout.refresh(states, [1, 7, -1])
+    assert touched == {13}  # chunk 1: cells 13 .. 25, on lines 1 and 2
+    assert lines == {1, 2}
+    assert layout.cells[12:27] == bytes([State.SAME, *[State.ERROR] * 13, State.SAME])
+    assert layout.refresh(states, [1]) == ({13}, set())  # nothing new to paint
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    total=st.integers(min_value=1, max_value=3000),
+    width=st.integers(min_value=1, max_value=50),
+    rows=st.integers(min_value=1, max_value=40),
+    zoom=st.integers(min_value=0, max_value=14),
+    first=st.integers(min_value=-100, max_value=3000),
+    seed=st.integers(min_value=0, max_value=1000),
+)
+def test_layout_groups_cover_the_window_in_order(
+    total: int, width: int, rows: int, zoom: int, first: int, seed: int
+) -> None:
+    # Both regimes: cells of `per_cell` chunks, or chunks of `cells_per_chunk` cells.
+    states = random.Random(seed).randbytes(total).translate(bytes(b % 7 for b in range(256)))
+    layout = CellLayout.build(states, total, width, rows, zoom, first)
+    assert min(layout.per_cell, layout.cells_per_chunk) == 1
+    assert 0 <= layout.first < layout.last <= total
+    assert layout.used <= width * rows
+    if zoom == 0:
+        assert layout.last - layout.first == total  # the whole device...
+    if total < width * rows and zoom == 0:
+        assert layout.used + total > width * rows  # ...filling the cells: k is the most
+    expected = layout.first
+    for cell in range(0, layout.used, layout.cells_per_chunk):
+        start, end = layout.chunks(cell)
+        assert start == expected < end  # consecutive, gapless, in order
+        assert layout.cell_of(start) == cell and layout.cell_of(end - 1) == cell
+        group = layout.group(cell)
+        assert all(layout.chunks(other) == (start, end) for other in group)
+        assert set(layout.cells[group.start : group.stop]) == {cell_state(states[start:end])}
+        expected = end
+    assert expected == layout.last
+    assert set(layout.cells[layout.used :]) <= {EMPTY}
 
 
 def test_layout_of_a_non_divisible_total_has_a_partial_last_cell() -> None:
@@ -226,16 +331,190 @@ async def test_keys_zoom_in_out_and_reset_around_the_cursor() -> None:
         assert block_map.cell_layout.per_cell == whole
 
 
-async def test_zoom_stops_at_one_chunk_per_cell_and_at_the_whole_device() -> None:
+async def test_zoom_goes_past_one_chunk_per_cell_down_to_one_chunk_and_back() -> None:
     app = MapApp(ChunkMap(5000), poll_interval=None)
-    async with app.run_test(size=(40, 12)):
+    async with app.run_test(size=(40, 12)) as pilot:
         block_map = app.query_one(BlockMap)
         block_map.action_zoom_out()
         assert block_map.zoom == 0
+        await pilot.press(*["right"] * 7, "down")
+        cell = block_map.cursor_cell
+        chunk = block_map.cell_layout.chunks(cell)[0]
+        cells = len(block_map.cell_layout.cells)
+        spans, stretches = [], []
         for _ in range(20):
             block_map.action_zoom_in()
-        assert block_map.cell_layout.per_cell == 1
-        assert block_map.zoom <= 4
+            layout = block_map.cell_layout
+            spans.append(layout.last - layout.first)
+            stretches.append(layout.cells_per_chunk)
+            assert layout.first <= chunk < layout.last  # the cursor's chunk stays in view...
+            assert block_map.cursor_cell == layout.cell_of(chunk)  # ...under the cursor
+            assert layout.used > cells // 2  # the window fills the map at every level
+        assert spans[-1] == 1 and stretches[-1] == cells  # one chunk on every cell
+        deepest = spans.index(1)
+        assert block_map.zoom == deepest + 1  # zooming in further did nothing
+        for before, after in itertools.pairwise(spans[: deepest + 1]):
+            assert after <= before // 2 + 1  # each level halves the window...
+        stretched = [k for k in stretches[: deepest + 1] if k > 1]
+        assert len(stretched) >= 4  # ...well past one chunk per cell
+        assert all(b >= 2 * a for a, b in itertools.pairwise(stretched))
+        block_map.action_zoom_out()
+        assert block_map.cell_layout.last - block_map.cell_layout.first == spans[deepest - 1]
+        await pilot.press("0")
+        layout = block_map.cell_layout
+        assert (block_map.zoom, layout.first, layout.last, layout.cells_per_chunk) == (
+            0,
+            0,
+            5000,
+            1,
+        )
+        assert (
+            layout.chunks(block_map.cursor_cell)[0]
+            <= chunk
+            < layout.chunks(block_map.cursor_cell)[1]
+        )
+
+
+async def test_small_device_fills_the_map_and_each_cell_describes_its_chunk() -> None:
+    chunk_map = ChunkMap(1025)  # the report: it used to fill a seventh of the map
+    chunk_map.set(520, State.DIFFERS)
+    app = MapApp(chunk_map, chunk_size=MiB, poll_interval=None)
+    async with app.run_test(size=(100, 42)) as pilot:
+        block_map = app.query_one(BlockMap)
+        layout = block_map.cell_layout
+        assert (layout.width, layout.rows) == (100, 80)
+        assert (layout.per_cell, layout.cells_per_chunk, layout.used) == (1, 7, 1025 * 7)
+        cell = layout.cell_of(520) + 3  # the middle cell of chunk 520
+        assert layout.cells[cell] == State.DIFFERS
+        assert block_map.cell_facts(cell) == (520, 521, 520 * MiB, 521 * MiB, {State.DIFFERS: 1})
+        expected = "offset 0x20800000 – 0x20900000 (520.0 MiB – 521.0 MiB): 1 differs"
+        assert block_map.describe_cell(cell) == expected
+        x, y = cell % 100, cell // 200  # cell 3643: line 18, top half
+        await pilot.hover(block_map, offset=(x, y))
+        assert (app.highlights[-1].cell, app.highlights[-1].description) == (cell, expected)
+        await pilot.click(block_map, offset=(x, y))
+        assert block_map.cursor_cell == layout.cell_of(520)  # the chunk's first cell
+        assert app.highlights[-1].description == expected
+        await pilot.click(block_map, offset=(x, y))  # the cursor's chunk again: the half below
+        assert block_map.cursor_cell == layout.cell_of(layout.chunks(cell + 100)[0])
+        assert block_map.cursor_cell == 534 * 7
+        assert block_map.describe_cell(layout.used) == ""
+
+
+async def test_poll_repaints_every_line_of_a_chunk_spanning_several() -> None:
+    chunk_map = ChunkMap(3)
+    app = MapApp(chunk_map, poll_interval=None)
+    async with app.run_test(size=(40, 12)):
+        block_map = app.query_one(BlockMap)
+        layout = block_map.cell_layout
+        assert (layout.width, layout.rows, layout.cells_per_chunk) == (40, 16, 213)
+        refreshed: list[int] = []
+        original = block_map.refresh_lines
+
+        def spy(y_start: int, line_count: int = 1) -> None:
+            refreshed.extend(range(y_start, y_start + line_count))
+            original(y_start, line_count)
+
+        block_map.refresh_lines = spy  # type: ignore[method-assign]
+        before = [block_map.render_line(y) for y in range(8)]
+        chunk_map.set(1, State.ERROR)  # cells 213 .. 425: lines 2 (bottom half) .. 5
+        block_map.poll()
+        assert refreshed == [2, 3, 4, 5]
+        assert layout.cells[213:426] == bytes([State.ERROR]) * 213
+        assert layout.cells[212] == layout.cells[426] == State.PENDING
+        after = [block_map.render_line(y) for y in range(8)]
+        assert [a is b for a, b in zip(before, after, strict=True)] == [True] * 2 + [False] * 4 + [
+            True
+        ] * 2
+
+
+async def test_cursor_moves_chunk_by_chunk_when_chunks_span_cells() -> None:
+    app = MapApp(small_pattern_map(), poll_interval=None)
+    async with app.run_test(size=(60, 15)) as pilot:
+        block_map = app.query_one(BlockMap)
+        layout = block_map.cell_layout
+        assert (layout.width, layout.cells_per_chunk, layout.used) == (60, 4, 1440)
+
+        def chunk() -> int:
+            return block_map.cell_layout.chunks(block_map.cursor_cell)[0]
+
+        await pilot.press("right")
+        assert (chunk(), block_map.cursor_cell) == (1, 4)  # the next chunk, not the next cell
+        await pilot.press("right", "right", "left")
+        assert (chunk(), block_map.cursor_cell) == (2, 8)
+        await pilot.press("down")  # 15 chunks to a row: the chunk right below
+        assert (chunk(), block_map.cursor_cell) == (17, 68)
+        await pilot.press("up", "left", "left", "left")
+        assert chunk() == 0
+        await pilot.press("left", "up")  # at the start of the device: nowhere to go
+        assert chunk() == 0
+        assert app.highlights[-1].first_chunk == 0 and app.highlights[-1].last_chunk == 1
+
+    app = MapApp(ChunkMap(3), poll_interval=None)
+    async with app.run_test(size=(40, 12)) as pilot:
+        block_map = app.query_one(BlockMap)
+        assert block_map.cell_layout.cells_per_chunk == 213  # over five cell rows
+        await pilot.press("down")  # the cell below is still chunk 0: go to chunk 1
+        assert block_map.cursor_cell == 213
+        await pilot.press("down", "down")
+        assert block_map.cursor_cell == 426  # the last chunk: it stays
+        await pilot.press("up")
+        assert block_map.cursor_cell == 213
+
+
+async def test_cursor_pans_a_zoomed_window_of_chunks_spanning_cells() -> None:
+    app = MapApp(ChunkMap(5000), poll_interval=None)
+    async with app.run_test(size=(40, 12)) as pilot:
+        block_map = app.query_one(BlockMap)
+        for _ in range(7):
+            block_map.action_zoom_in()
+        layout = block_map.cell_layout
+        # 40 chunks of 16 cells: 2.5 chunks to a cell row, so chunks wrap across rows.
+        assert (layout.first, layout.last, layout.cells_per_chunk) == (0, 40, 16)
+
+        def chunk() -> int:
+            return block_map.cell_layout.chunks(block_map.cursor_cell)[0]
+
+        await pilot.press(*["down"] * 19)  # each cell row down is two chunks on
+        assert (chunk(), block_map.cursor_cell) == (38, 608)
+        await pilot.press("down")  # past the end: the window pans by (about) a cell row
+        assert (block_map.cell_layout.first, block_map.cell_layout.last) == (2, 42)
+        assert (chunk(), block_map.cursor_cell) == (40, 608)
+        await pilot.press("right", "right")
+        assert (block_map.cell_layout.first, block_map.cell_layout.last) == (4, 44)
+        assert (chunk(), block_map.cursor_cell) == (42, 608)
+        await pilot.press(*["up"] * 30)
+        assert (block_map.cell_layout.first, chunk(), block_map.cursor_cell) == (0, 0, 0)
+
+
+async def test_zoom_to_in_both_regimes() -> None:
+    app = MapApp(ChunkMap(100_000), poll_interval=None)
+    async with app.run_test(size=(40, 12)):
+        block_map = app.query_one(BlockMap)
+        block_map.zoom_to(50_000, 2000)  # many chunks per cell: zooms in with context
+        layout = block_map.cell_layout
+        assert block_map.zoom > 0 and layout.first < 50_000 and 52_000 + 500 <= layout.last
+        assert (
+            layout.chunks(block_map.cursor_cell)[0]
+            <= 50_000
+            < layout.chunks(block_map.cursor_cell)[1]
+        )
+        block_map.zoom_to(70_000, 1)  # one chunk: no further than a chunk per cell
+        layout = block_map.cell_layout
+        assert (layout.per_cell, layout.cells_per_chunk) == (1, 1)
+        assert layout.chunks(block_map.cursor_cell) == (70_000, 70_001)
+
+    app = MapApp(ChunkMap(300), poll_interval=None)
+    async with app.run_test(size=(40, 12)):
+        block_map = app.query_one(BlockMap)
+        for _ in range(4):
+            block_map.action_zoom_in()  # far in at the start of the device
+        assert block_map.cell_layout.last < 250
+        block_map.zoom_to(250, 10)  # fewer chunks than cells: the whole device, cursor on 250
+        layout = block_map.cell_layout
+        assert (block_map.zoom, layout.first, layout.last) == (0, 0, 300)
+        assert layout.cells_per_chunk == 2
+        assert layout.chunks(block_map.cursor_cell) == (250, 251)
 
 
 def scroll_event(block_map: BlockMap, up: bool, x: int, y: int) -> events.MouseEvent:
@@ -452,6 +731,29 @@ def test_snapshot_light(snap_compare: Any) -> None:
     the same amber, bright green, violet and red marks.
     """
     assert snap_compare(snapshot_app("textual-light"), terminal_size=SNAPSHOT_SIZE)
+
+
+def test_snapshot_small_device_fills_the_map(snap_compare: Any) -> None:
+    """360 chunks on a 60x12 map (1440 cells): each chunk is four cells wide, 15 to a cell row.
+
+    You should see the map fill all 12 lines, with no background below it: near-black (zero)
+    over the first line except the right two thirds of its bottom half, with the pale cursor in
+    it (column 12, bottom half: chunk 18, after three `right` and one `down`); dim green (same)
+    with four amber dashes four cells wide (lone differing chunks); a whole amber line (a run of
+    differing chunks), a bright green line (written), a violet half line (updated) with a red
+    dot just below it, a near-black zero line, a red dot and an amber dash in more dim green,
+    then three mid-grey lines of pending chunks. The info line describes the cursor's one
+    chunk: "offset 0x01200000 – 0x01300000 (18.0 MiB – 19.0 MiB): 1 zero".
+    """
+
+    async def run_before(pilot: Any) -> None:
+        await pilot.pause()
+        block_map = pilot.app.query_one(BlockMap)
+        assert block_map.size == (60, 12) and block_map.cell_layout.cells_per_chunk == 4
+
+    app = MapApp(small_pattern_map(), chunk_size=MiB)
+    keys = ["right"] * 3 + ["down"]
+    assert snap_compare(app, terminal_size=(60, 15), press=keys, run_before=run_before)
 
 
 def test_snapshot_zoomed_with_cursor(snap_compare: Any) -> None:

@@ -4,13 +4,21 @@ Pure code over the engine's state bytes (Rich, but no Textual), so that it is un
 benchmarked on its own. Every loop here runs per *cell* or per *run of equal cells* (a few
 thousand per frame), never per *chunk* (millions): the per-chunk work is done in C by
 `bytes.translate`, `in`, slicing, `re` and big-int operations.
+
+A map has two regimes (see `Scale`): with more chunks than cells, each cell covers several
+chunks; with fewer (a small device, or zoomed in far), each chunk spans several consecutive
+cells, so that the device still fills the map. `CellLayout` hides which one applies: go
+through its methods (`chunks`, `cell_of`, `group`, `refresh`...) rather than dividing by
+`per_cell`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from mmap import mmap
+from typing import NamedTuple
 
 from rich.color import Color
 from rich.segment import Segment
@@ -60,6 +68,47 @@ _OR_MAX_PER_CELL = 40
 """Up to this many chunks per cell, the strided OR beats one `in` scan per cell (measured)."""
 
 
+class Scale(NamedTuple):
+    """How the chunks of a window map to cells: one of the two ratios is always 1."""
+
+    per_cell: int
+    """Chunks per cell (the last cell of the window may cover fewer)."""
+    cells_per_chunk: int
+    """Consecutive cells each chunk spans (a chunk may wrap onto the next cell row)."""
+    span: int
+    """Chunks in the window (the whole device at zoom 0)."""
+
+    def offset(self, cell: int) -> int:
+        """Chunks before the first chunk of `cell` in the window (for any cell, even off it)."""
+        return cell // self.cells_per_chunk * self.per_cell
+
+
+def cell_scale(total: int, cells: int, zoom: int = 0) -> Scale:
+    """The scale at which a window of `total` chunks fits `cells` cells.
+
+    Zoom level 0 shows the whole device, and each level halves the window: first by halving
+    the chunks per cell, then, once a cell is one chunk, by about doubling the cells per chunk,
+    down to a window of one chunk filling every cell. Cells per chunk are the most that fit,
+    so a device with fewer chunks than cells still fills the map.
+
+    Args:
+        total: Chunks of the whole device.
+        cells: Cells available on screen (width x 2 x height).
+        zoom: Zoom level.
+
+    Returns:
+        The scale.
+    """
+    if total <= 0 or cells <= 0:
+        return Scale(1, 1, 0)
+    room = cells << max(0, zoom)  # the cells the whole device gets at this zoom
+    if room < total:
+        per_cell = -(-total // room)
+        return Scale(per_cell, 1, min(total, per_cell * cells))
+    span = min(total, cells // min(cells, room // total))
+    return Scale(1, cells // span, span)
+
+
 def chunks_per_cell(total: int, cells: int, zoom: int = 0) -> int:
     """How many chunks each cell covers so that `total` chunks fit in `cells` cells.
 
@@ -69,12 +118,10 @@ def chunks_per_cell(total: int, cells: int, zoom: int = 0) -> int:
         zoom: Zoom level; each level halves the chunks per cell.
 
     Returns:
-        The chunks per cell, at least 1. Every cell covers this many, except the last, which
-        covers what is left.
+        The chunks per cell, at least 1 (see `cell_scale` for the cells per chunk). Every cell
+        covers this many, except the last, which covers what is left.
     """
-    if total <= 0 or cells <= 0:
-        return 1
-    return max(1, -(-total // (cells << max(0, zoom))))
+    return cell_scale(total, cells, zoom).per_cell
 
 
 def cell_state(data: bytes | bytearray) -> int:
@@ -144,11 +191,27 @@ def cell_states(data: bytes | bytearray, per_cell: int) -> bytearray:
     return _cell_states_scan(data, per_cell, count)
 
 
+def _stretch(states: bytearray, times: int) -> bytearray:
+    """Repeat each state `times` times: the cells of chunks that span several cells each."""
+    if times == 1:
+        return states
+    out = bytearray(len(states) * times)
+    if times <= len(states):
+        for k in range(times):  # the k-th cell of every chunk at once, in C
+            out[k::times] = states
+    else:
+        for index, value in enumerate(states):
+            out[index * times : (index + 1) * times] = bytes((value,)) * times
+    return out
+
+
 @dataclass
 class CellLayout:
     """Where each chunk of the shown range lands on screen, and the state of every cell.
 
-    Cells run left to right, then top to bottom; a terminal line holds two cell rows.
+    Cells run left to right, then top to bottom; a terminal line holds two cell rows. A *group*
+    is the cells showing the same chunks: one cell of `per_cell` chunks, or the
+    `cells_per_chunk` cells of one chunk.
     """
 
     width: int
@@ -160,19 +223,21 @@ class CellLayout:
     last: int
     """One past the last chunk shown."""
     per_cell: int
-    """Chunks per cell."""
+    """Chunks per cell (1 when a chunk spans several cells)."""
+    cells_per_chunk: int
+    """Cells per chunk (1 when a cell covers several chunks)."""
     cells: bytearray
     """One state byte per cell (`width * rows` of them), EMPTY past the last chunk."""
 
     @classmethod
     def empty(cls) -> CellLayout:
         """A layout with nothing to show (no map, or no room)."""
-        return cls(0, 0, 0, 0, 1, bytearray())
+        return cls(0, 0, 0, 0, 1, 1, bytearray())
 
     @classmethod
     def build(
         cls,
-        states: bytes | bytearray,
+        states: bytes | bytearray | mmap,
         total: int,
         width: int,
         rows: int,
@@ -194,27 +259,86 @@ class CellLayout:
         """
         if total <= 0 or width <= 0 or rows <= 0:
             return cls.empty()
-        per_cell = chunks_per_cell(total, width * rows, zoom)
-        span = min(total, per_cell * width * rows)
-        first = min(max(0, first), total - span)
+        scale = cell_scale(total, width * rows, zoom)
+        first = min(max(0, first), total - scale.span)
         cells = bytearray([EMPTY]) * (width * rows)
-        shown = cell_states(states[first : first + span], per_cell)
+        shown = cell_states(states[first : first + scale.span], scale.per_cell)
+        shown = _stretch(shown, scale.cells_per_chunk)
         cells[: len(shown)] = shown
-        return cls(width, rows, first, first + span, per_cell, cells)
+        last, per_cell, cells_per_chunk = first + scale.span, scale.per_cell, scale.cells_per_chunk
+        return cls(width, rows, first, last, per_cell, cells_per_chunk, cells)
+
+    @property
+    def scale(self) -> Scale:
+        """The scale of the layout."""
+        return Scale(self.per_cell, self.cells_per_chunk, self.last - self.first)
 
     @property
     def used(self) -> int:
         """How many cells hold chunks (the rest, at the end, are EMPTY)."""
-        return -(-(self.last - self.first) // self.per_cell)
+        return -(-(self.last - self.first) // self.per_cell) * self.cells_per_chunk
+
+    @property
+    def row_chunks(self) -> int:
+        """Chunks in about one cell row (at least one chunk): how far the window pans."""
+        return max(1, self.width // self.cells_per_chunk) * self.per_cell
+
+    def chunk_at(self, cell: int) -> int:
+        """The first chunk of a cell; off the window (even negative), where it would be."""
+        return self.first + cell // self.cells_per_chunk * self.per_cell  # see Scale.offset
 
     def chunks(self, cell: int) -> tuple[int, int]:
         """The chunk range `[first, last)` of one cell."""
-        start = self.first + cell * self.per_cell
+        start = self.chunk_at(cell)
         return start, min(start + self.per_cell, self.last)
 
     def cell_of(self, chunk: int) -> int:
-        """The cell that shows `chunk` (which must be in the window)."""
-        return (chunk - self.first) // self.per_cell
+        """The (first) cell that shows `chunk` (which must be in the window)."""
+        return (chunk - self.first) // self.per_cell * self.cells_per_chunk
+
+    def groups_of(self, chunks: Iterable[int]) -> set[int]:
+        """The first cell of every group showing one of `chunks` (those in the window)."""
+        first, last = self.first, self.last
+        per_cell, cells_per_chunk = self.per_cell, self.cells_per_chunk
+        return {
+            (chunk - first) // per_cell * cells_per_chunk
+            for chunk in chunks
+            if first <= chunk < last
+        }
+
+    def group(self, cell: int) -> range:
+        """The cells showing the same chunks as `cell` (just `cell`, unless chunks span cells)."""
+        start = cell - cell % self.cells_per_chunk
+        return range(start, start + self.cells_per_chunk)
+
+    def refresh(
+        self, states: bytes | bytearray | mmap, chunks: Iterable[int]
+    ) -> tuple[set[int], set[int]]:
+        """Recompute the cells showing `chunks` (changed chunks of the device) from `states`.
+
+        Args:
+            states: One state byte per chunk of the device.
+            chunks: The changed chunks; those outside the window are ignored.
+
+        Returns:
+            The first cell of every group showing a changed chunk, and the terminal lines whose
+            cells changed state.
+        """
+        touched = self.groups_of(chunks)
+        first, last, per_cell, size = self.first, self.last, self.per_cell, self.cells_per_chunk
+        cells, line_cells, lines = self.cells, 2 * self.width, set()
+        for cell in touched:  # `chunks(cell)` and `group(cell)`, inlined: this loop is hot
+            start = first + cell // size * per_cell
+            value = cell_state(states[start : min(start + per_cell, last)])
+            if value == cells[cell]:
+                continue
+            if size == 1:
+                cells[cell] = value
+                lines.add(cell // line_cells)
+            else:
+                cells[cell : cell + size] = bytes((value,)) * size
+                lines.update(range(cell // line_cells, (cell + size - 1) // line_cells + 1))
+        return touched, lines
 
 
 UPPER_HALF = "▀"

@@ -21,19 +21,20 @@ from blocksync_tui.tui.widgets.block_cells import (
     PRIORITY,
     CellLayout,
     LinePainter,
-    cell_state,
-    chunks_per_cell,
+    cell_scale,
     describe_range,
 )
 
-StripKey = tuple[int, int, int, int, int, int, int]
-"""(line, line stamp, width, first chunk, last chunk, chunks per cell, cursor position in line)."""
+StripKey = tuple[int, int, int, int, int, int, int, int]
+"""(line, line stamp, width, first chunk, last chunk, chunks per cell, cells per chunk, cursor
+position in line)."""
 
 _CURSOR_BLEND = 0.7
 """How far the cursor cell moves from its state colour towards the cursor colour."""
 
 _MOVES = (("left", -1, 0, "cell"), ("right", 1, 0, "cell"), ("up", 0, -1, "cell row"),
           ("down", 0, 1, "cell row"))  # fmt: skip
+"""(key, columns, cell rows, unit) of each cursor key."""
 
 
 class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
@@ -41,9 +42,12 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
 
     Each terminal character shows two cells ("▀": foreground = top cell, background = bottom
     cell). Each cell covers `layout.per_cell` consecutive chunks and shows the most significant
-    state among them (see `PRIORITY`), so one differing chunk among thousands still shows.
-    Terminals report the mouse per character, not per half: clicking the cursor's own character
-    again moves the cursor to the other half.
+    state among them (see `PRIORITY`), so one differing chunk among thousands still shows. With
+    fewer chunks than cells (a small device, or zoomed in far), each chunk spans
+    `layout.cells_per_chunk` consecutive cells instead, so the device always fills the map; the
+    cursor is then on the chunk's first cell and moves chunk by chunk. Terminals report the mouse
+    per character, not per half: clicking the cursor's own character again moves the cursor to
+    the other half.
     """
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
@@ -180,12 +184,12 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
 
     @property
     def zoom(self) -> int:
-        """Zoom level: 0 shows the whole device, each level halves the chunks per cell."""
+        """Zoom level: 0 shows the whole device, each level halves the chunks shown."""
         return self._zoom
 
     @property
     def cursor_cell(self) -> int:
-        """The cell under the keyboard cursor."""
+        """The cell under the keyboard cursor (the first cell of its chunk)."""
         return self._layout.cell_of(self._cursor) if self._layout.used else 0
 
     @property
@@ -224,21 +228,14 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         dirty = chunk_map.take_dirty()
         self.counts_changed.publish(chunk_map.counts())
         layout = self._layout
-        if dirty is None or len(dirty) > len(layout.cells):
+        if dirty is None or len(dirty) > min(len(layout.cells), layout.last - layout.first):
             self._rebuild()  # one aggregation pass beats a slice per dirty chunk
             return
-        first, last, per_cell = layout.first, layout.last, layout.per_cell
-        touched = {(chunk - first) // per_cell for chunk in dirty if first <= chunk < last}
-        states, cells, lines = chunk_map.states, layout.cells, set()
-        for cell in touched:
-            start, end = layout.chunks(cell)
-            value = cell_state(states[start:end])
-            if value != cells[cell]:
-                cells[cell] = value
-                lines.add(cell // (2 * layout.width))
+        touched, lines = layout.refresh(chunk_map.states, dirty)
         self._refresh_map_lines(lines)
-        if self._highlighted is not None and self._highlighted[0] in touched:
-            self._post_highlight(*self._highlighted)  # its counts changed, if not its colour
+        highlighted = self._highlighted
+        if highlighted is not None and layout.group(highlighted[0]).start in touched:
+            self._post_highlight(*highlighted)  # its counts changed, if not its colour
 
     def cell_facts(self, cell: int) -> tuple[int, int, int, int, dict[State, int]] | None:
         """What one cell covers: `(first_chunk, last_chunk, byte_start, byte_end, counts)`.
@@ -293,6 +290,9 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
     def zoom_to(self, first: int, count: int) -> None:
         """Zoom in as far as chunks `[first, first + count)` still fit, with the cursor on `first`.
 
+        It zooms no deeper than one chunk per cell, where every chunk of the region shows on
+        its own: a device with fewer chunks than cells shows whole (zoom 0).
+
         Args:
             first: The first chunk of the region (e.g. a run of changes).
             count: How many chunks it spans.
@@ -300,24 +300,26 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         layout, chunk_map = self._layout, self._chunk_map
         if chunk_map is None or not layout.cells or not 0 <= first < chunk_map.total:
             return
-        cells = len(layout.cells)
+        total, cells = chunk_map.total, len(layout.cells)
         zoom = 0
         # Deepest level whose window still holds the region with a quarter of context around it.
         while (
-            chunks_per_cell(chunk_map.total, cells, zoom + 1) * cells >= count + count // 2
-            and chunks_per_cell(chunk_map.total, cells, zoom) > 1
+            cell_scale(total, cells, zoom).per_cell > 1
+            and cell_scale(total, cells, zoom + 1).span >= count + count // 2
         ):
             zoom += 1
-        per_cell = chunks_per_cell(chunk_map.total, cells, zoom)
         self._zoom = zoom
         self._cursor = first
-        self._first = first - max(0, (per_cell * cells - count) // 4)
+        self._first = first - max(0, (cell_scale(total, cells, zoom).span - count) // 4)
         self._rebuild()
         if self._layout.used:
             self._move_cursor_to(self._layout.cell_of(first))
 
     def action_move_cursor(self, columns: int, rows: int) -> None:
         """Move the cursor by cells; past the edge of a zoomed window, pan it by a cell row.
+
+        A move that would stay within the cursor's chunk (one spanning several cells) goes to
+        the next (or previous) chunk instead.
 
         Args:
             columns: Cells to the right (negative: left).
@@ -326,19 +328,26 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         layout, chunk_map = self._layout, self._chunk_map
         if chunk_map is None or not layout.used:
             return
-        cell = self.cursor_cell + columns + rows * layout.width
-        target = layout.first + cell * layout.per_cell
+        step = columns + rows * layout.width
+        cell, group = self.cursor_cell + step, layout.group(self.cursor_cell)
+        if step and cell in group:
+            cell = group.stop if step > 0 else group.start - 1
+        target = layout.chunk_at(cell)
         if target < 0 and layout.first > 0:
             target = 0
         if not 0 <= target < chunk_map.total:
             return
         if layout.first <= target < layout.last:
-            self._move_cursor_to(cell)
+            self._move_cursor_to(layout.cell_of(target))
             return
-        # Pan by whole cell rows, so that the picture scrolls instead of re-binning.
+        # Pan by about a cell row (whole rows but when a chunk spans cells of two rows), so
+        # that the picture scrolls instead of re-binning.
         self._cursor = target
-        row = layout.width * layout.per_cell
-        self._first = layout.first + (row if target >= layout.last else -row)
+        row = layout.row_chunks
+        if target >= layout.last:
+            self._first = layout.first + max(row, target + 1 - layout.last)
+        else:
+            self._first = layout.first - max(row, layout.first - target)
         self._rebuild()
 
     # -- events ----------------------------------------------------------------------------
@@ -363,10 +372,12 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         cell = self._cell_at(event)
         if cell is None:
             return
-        if cell == self.cursor_cell and event.pointer_y == int(event.pointer_y):
+        layout = self._layout
+        on_cursor = layout.chunks(cell) == layout.chunks(self.cursor_cell)
+        if on_cursor and event.pointer_y == int(event.pointer_y):
             # No sub-character mouse position: a second click flips to the bottom half.
-            below = cell + self._layout.width
-            cell = below if below < self._layout.used else cell
+            below = cell + layout.width
+            cell = below if below < layout.used else cell
         self._move_cursor_to(cell)
 
     def on_mouse_move(self, event: events.MouseMove) -> None:
@@ -407,7 +418,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         if not 0 <= cursor < 2 * layout.width:
             cursor = -1
         key = (line, self._line_stamps[line], layout.width, layout.first, layout.last,
-               layout.per_cell, cursor)  # fmt: skip
+               layout.per_cell, layout.cells_per_chunk, cursor)  # fmt: skip
         strip = self._strip_cache.get(key)
         if strip is None:
             strip = Strip(self._get_painter().paint(layout, line, cursor), layout.width)
@@ -480,14 +491,14 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
                 self.refresh_lines(line)
 
     def _move_cursor_to(self, cell: int) -> None:
-        """Put the cursor on a cell of the current window and repaint the two lines involved."""
+        """Put the cursor on the chunks of a cell of the window; repaint the two lines involved."""
         line_cells = 2 * self._layout.width
         old_line = self.cursor_cell // line_cells
         self._cursor = self._layout.chunks(cell)[0]
         # The cursor position is part of the strip key: no restamp needed, only a repaint.
         self.refresh_lines(old_line)
-        self.refresh_lines(cell // line_cells)
-        self._post_highlight(cell, is_cursor=True)
+        self.refresh_lines(self.cursor_cell // line_cells)
+        self._post_highlight(self.cursor_cell, is_cursor=True)
 
     def _zoom_around(self, zoom: int, cell: int, anchor: int, centre: bool) -> None:
         """Change the zoom level, keeping chunk `anchor` in screen cell `cell`.
@@ -502,11 +513,11 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         zoom = max(0, zoom)
         if chunk_map is None or not layout.used or zoom == self._zoom:
             return
-        if zoom > self._zoom and layout.per_cell == 1:
-            return  # every cell is one chunk already
-        per_cell = chunks_per_cell(chunk_map.total, len(layout.cells), zoom)
+        scale = cell_scale(chunk_map.total, len(layout.cells), zoom)
+        if zoom > self._zoom and scale == layout.scale:
+            return  # one chunk fills the map already
         self._zoom = zoom
-        self._first = anchor - cell * per_cell - (per_cell // 2 if centre else 0)
+        self._first = anchor - scale.offset(cell) - (scale.per_cell // 2 if centre else 0)
         self._rebuild()
 
     def _zoom_at_mouse(self, event: events.MouseEvent, direction: int) -> None:
