@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 from textual import on
@@ -34,8 +35,16 @@ class RunScreen(Screen[None]):
         Binding("escape,ctrl+c", "cancel", "Cancel", id="cancel", tooltip="Stop the run"),
     ]
 
-    def __init__(self, engine: Engine, poll: bool = True) -> None:
+    def __init__(self, engine: Engine, poll: bool = True, on_ready: Callable[[], object] | None = None) -> None:
+        """Create the screen.
+
+        Args:
+            engine: The engine to watch.
+            poll: Poll it on a timer (off only to show a fixed snapshot).
+            on_ready: Called once the screen has been drawn (the app starts the engine there).
+        """
         super().__init__()
+        self._on_ready = on_ready
         self.engine = engine
         """The engine being watched (running in a thread worker of the app)."""
         self.poll = poll
@@ -61,6 +70,8 @@ class RunScreen(Screen[None]):
         if self.poll:
             self.set_interval(1 / REFRESH_HZ, self.refresh_figures)
             self.refresh_figures()
+        if self._on_ready is not None:
+            self.call_after_refresh(self._on_ready)
         for warning in self.engine.warnings:
             self.notify(warning, title="Warning", severity="warning", timeout=8)
 
