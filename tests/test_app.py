@@ -227,3 +227,36 @@ async def test_remote_destination_in_the_app(tmp_path: Path, sshd, monkeypatch: 
         assert panel.host.endswith(f"127.0.0.1:{sshd.port}")
         await _wait_for(pilot, lambda: bool(panel.devices))
     assert dst.read_bytes() != src.read_bytes()
+
+
+async def test_demo_opens_on_a_dry_run_of_generated_images(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`blocksync-tui --demo`: two images in a temp dir, and a dry run that finds their differences."""
+    from blocksync_tui.tui.launch import make_app
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # let TMPDIR apply
+    app = make_app(["--demo", "--demo-size", "16"])
+    source, destination = Path(app.request.source), Path(app.request.destination)
+    assert source.parent.parent == tmp_path and source.exists() and destination.exists()
+    async with app.run_test(size=SIZE) as pilot:
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        report = app.screen.report
+        assert report.mode == "compare" and report.outcome == "differs" and report.change_runs > 3
+    assert source.read_bytes() != destination.read_bytes(), "the demo's dry run wrote"
+
+
+async def test_endpoints_on_the_command_line_fill_the_setup() -> None:
+    from blocksync_tui.tui.launch import make_app
+
+    app = make_app(["/dev/sdz", "backup@nas:2222:/images/sdz.img", "-i", "/keys/id"])
+    assert app.request.ssh.identity_files == ["/keys/id"] and not app.autostart
+    app.list_devices_on_start = False  # "nas" is not a host this test may reach
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        source = app.screen.query_one("#source", EndpointPanel)
+        destination = app.screen.query_one("#destination", EndpointPanel)
+        assert (source.host, source.path) == ("", "/dev/sdz")
+        assert (destination.host, destination.path, destination.key) == ("backup@nas:2222", "/images/sdz.img", "/keys/id")
+        assert destination.endpoint_text() == "backup@nas:2222:/images/sdz.img"

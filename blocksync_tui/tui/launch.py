@@ -7,10 +7,14 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from blocksync_tui.engine.sync import SyncOptions
 from blocksync_tui.engine.transports import SshOptions
 from blocksync_tui.tui.request import RunRequest
+
+if TYPE_CHECKING:
+    from blocksync_tui.tui.app import BlocksyncApp
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def launch(argv: Sequence[str]) -> int:
-    """Run the app until it quits; returns the exit status."""
+def make_app(argv: Sequence[str]) -> BlocksyncApp:
+    """The app for a command line: endpoints filled in, or demo images made and a dry run queued."""
     from blocksync_tui.tui.app import BlocksyncApp  # Textual loads only for the app
 
     args = build_parser().parse_args(list(argv))
@@ -51,6 +55,11 @@ def launch(argv: Sequence[str]) -> int:
         source, destination = make_pair(workdir, size=args.demo_size << 20)
         # 64 KiB chunks: thousands of them, so that the demo's map is finely grained.
         request = RunRequest(str(source), str(destination), SyncOptions(chunk_size=64 << 10), ssh)
-    app = BlocksyncApp(request, autostart=args.demo)
+    return BlocksyncApp(request, autostart=args.demo)
+
+
+def launch(argv: Sequence[str]) -> int:
+    """Run the app until it quits; returns the exit status."""
+    app = make_app(argv)
     app.run()
     return app.return_code or 0
