@@ -194,13 +194,7 @@ class SyncEngine:
         """
         self._started = time.monotonic()
         try:
-            for side, endpoint in ((SOURCE, self.source), (DESTINATION, self.destination)):
-                try:
-                    conn = Connection(self._factory(endpoint), side, self._events)
-                    self._sides[side] = _Side(conn, {})
-                    conn.start()
-                except BlocksyncError as exc:
-                    raise exc.on(side)
+            self._start_workers()
             src = self._open(SOURCE, {"path": self.source.path})
             if not src.get("exists"):
                 raise EndpointError(f"{self.source}: no such file or device").on(SOURCE)
@@ -213,6 +207,33 @@ class SyncEngine:
         self.size = src["size"]
         self.chunk_map = ChunkMap(-(-self.size // self.options.chunk_size))
         self._prepared = True
+
+    def _start_workers(self) -> None:
+        """Start both workers at once: two interpreters, or two SSH handshakes, side by side."""
+        failures: dict[str, BaseException] = {}
+        for side, endpoint in ((SOURCE, self.source), (DESTINATION, self.destination)):
+            try:
+                self._sides[side] = _Side(Connection(self._factory(endpoint), side, self._events), {})
+            except BlocksyncError as exc:
+                raise exc.on(side) from None
+
+        def start(side: str) -> None:
+            try:
+                self._sides[side].conn.start()
+            except BaseException as exc:  # handed to the calling thread below
+                failures[side] = exc
+
+        threads = [threading.Thread(target=start, args=(side,), daemon=True) for side in self._sides]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for side in (SOURCE, DESTINATION):  # the source's error first, as a user reads left to right
+            exc = failures.get(side)
+            if isinstance(exc, BlocksyncError):
+                raise exc.on(side)
+            if exc is not None:
+                raise exc
 
     def _open(self, side: str, request: dict) -> dict:
         conn = self._sides[side].conn
