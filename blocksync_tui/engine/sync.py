@@ -253,7 +253,7 @@ class SyncEngine:
             raise UsageError(f"{self.source} and {self.destination} are the same file or device")
         in_use = dst.get("mounted") or dst.get("holders") or dst.get("swap")
         if in_use:
-            usage = wire._usage(dst)
+            usage = wire.usage_text(dst)
             if not self.options.dry_run:
                 raise EndpointError(f"{self.destination} is in use ({usage}): refusing to write").on(
                     DESTINATION
@@ -534,12 +534,10 @@ class SyncEngine:
 
     def _differing_bytes(self, index: int, src: bytes, dst: bytes) -> int:
         _, length = self._chunk_geometry(index)
-        d, sub = wire.SUB_DIGEST_SIZE, self.options.sub_block
-        total = 0
-        for i, start in enumerate(range(0, length, sub)):
-            if src[i * d : (i + 1) * d] != dst[i * d : (i + 1) * d]:
-                total += min(sub, length - start)
-        return total
+        sub = self.options.sub_block
+        starts = range(0, length, sub)
+        differs = wire.differing_sub_blocks(src, dst, len(starts))
+        return sum(min(sub, length - start) for start, flag in zip(starts, differs) if flag)
 
     def _on_data(self, frame: Frame) -> None:
         index = self._requests.pop((frame.side, frame.rid))

@@ -262,6 +262,12 @@ def decode_pieces(payload) -> "tuple[int, int, list[tuple[int, int, bytes | None
     return index, chunk_len, pieces
 
 
+def differing_sub_blocks(mine: bytes, theirs: bytes, count: int) -> "list[bool]":
+    """Per sub-block, whether two concatenated sub-digest strings differ there."""
+    d = SUB_DIGEST_SIZE
+    return [mine[i * d : (i + 1) * d] != theirs[i * d : (i + 1) * d] for i in range(count)]
+
+
 def spans(flags: "list[bool]") -> "list[tuple[int, int]]":
     """Runs (first, count) of consecutive true flags."""
     runs: "list[tuple[int, int]]" = []
@@ -602,7 +608,7 @@ class Worker:
                 info["readonly"] = False
             in_use = info["mounted"] or info["holders"] or info["swap"]
             if write and in_use:
-                raise WorkerError("%s is in use (%s): refusing to write to it" % (path, _usage(info)))
+                raise WorkerError("%s is in use (%s): refusing to write to it" % (path, usage_text(info)))
         flags = os.O_RDONLY
         if write:
             if st is not None and stat.S_ISBLK(st.st_mode):
@@ -766,10 +772,7 @@ class Worker:
             runs = spans([not is_zero(block) for block in blocks])
         else:
             mine = sub_digests(hasher(algo), data, sub_size)
-            d = SUB_DIGEST_SIZE
-            runs = spans(
-                [mine[i * d : (i + 1) * d] != theirs[i * d : (i + 1) * d] for i in range(len(blocks))]
-            )
+            runs = spans(differing_sub_blocks(mine, theirs, len(blocks)))
         parts = [PIECES_HEAD.pack(index, length, len(runs))]
         for first, count in runs:
             start = first * sub_size
@@ -847,7 +850,8 @@ class Worker:
         self._send_acks(force=True)
 
 
-def _usage(info: dict) -> str:
+def usage_text(info: dict) -> str:
+    """How a device is in use, in words ("mounted on /mnt; held by dm-0")."""
     parts = []
     if info.get("mounted"):
         parts.append("mounted on " + ", ".join(info["mounted"]))
