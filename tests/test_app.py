@@ -260,3 +260,32 @@ async def test_endpoints_on_the_command_line_fill_the_setup() -> None:
         assert (source.host, source.path) == ("", "/dev/sdz")
         assert (destination.host, destination.path, destination.key) == ("backup@nas:2222", "/images/sdz.img", "/keys/id")
         assert destination.endpoint_text() == "backup@nas:2222:/images/sdz.img"
+
+
+async def test_quit_during_a_sync_asks_then_cancels(tmp_path: Path) -> None:
+    rnd = random.Random(3)
+    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
+    src.write_bytes(b"".join(rnd.randbytes(1 << 20) for _ in range(256)))
+    dst.write_bytes(b"")
+    request = RunRequest(str(src), str(dst))
+    request.options.chunk_size = 64 << 10
+    app = BlocksyncApp(request, list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+s")
+        await _click(pilot, "#go")
+        await _wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+        engine = app.screen.engine
+        await _wait_for(pilot, lambda: engine.chunk_map.count(State.WRITTEN) > 0)
+        engine.pause()
+        await pilot.press("ctrl+q")
+        await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
+        assert "partly updated" in app.screen.question
+        await _click(pilot, "#no")  # keep syncing
+        assert app.is_running and not engine.cancelled
+        await pilot.press("ctrl+q")
+        await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
+        await _click(pilot, "#yes")
+        await _wait_for(pilot, lambda: not app.is_running)
+        assert engine.cancelled
+    run_engine(src, dst, chunk_size=64 << 10)
+    assert dst.read_bytes() == src.read_bytes()

@@ -27,7 +27,7 @@ from blocksync_tui.engine.transports import SshOptions, transport_factory
 from blocksync_tui.tui.messages import DevicesListed, RunFailed, RunFinished, RunPrepared
 from blocksync_tui.tui.request import RunRequest
 from blocksync_tui.tui.screens.confirm import ConfirmSyncScreen
-from blocksync_tui.tui.screens.dialogs import ErrorScreen
+from blocksync_tui.tui.screens.dialogs import ErrorScreen, YesNoScreen
 from blocksync_tui.tui.screens.help import HelpScreen
 from blocksync_tui.tui.screens.review import ReviewScreen
 from blocksync_tui.tui.screens.run import RunScreen
@@ -83,6 +83,32 @@ class BlocksyncApp(App[int]):
         """Show the help screen."""
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        """Quit; during a sync, ask first and say what quitting leaves behind."""
+        run = next((s for s in self.screen_stack if isinstance(s, RunScreen)), None)
+        if run is None or run.finished or run.engine.options.dry_run:
+            if run is not None:
+                run.engine.cancel()  # a dry run writes nothing: stop it without asking
+            self.exit()
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                run.engine.cancel()  # the engine completes and flushes what is in flight
+                self.exit()
+
+        await self.push_screen(
+            YesNoScreen(
+                "Quit during a sync?",
+                "The sync is cancelled: chunks already written stay written and the ones in "
+                "flight are completed and flushed, so the destination is left partly updated. "
+                "Running the sync again finishes it.",
+                yes="Cancel and quit",
+                no="Keep syncing",
+            ),
+            answer,
+        )
 
     def action_toggle_theme(self) -> None:
         """Switch between the light and the dark theme."""
