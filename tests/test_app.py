@@ -144,7 +144,8 @@ async def test_block_device_needs_its_name_typed(tmp_path: Path, loop_device) ->
     app = BlocksyncApp(RunRequest(str(src), device), list_devices=False)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+s")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen))
+        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen) and bool(app.screen.query("#go")))
+        await pilot.pause()
         go = app.screen.query_one("#go")
         assert go.disabled
         await pilot.press(*"/dev/loopX")
@@ -155,7 +156,8 @@ async def test_block_device_needs_its_name_typed(tmp_path: Path, loop_device) ->
         with open(device, "rb") as f:
             assert f.read(len(before)) == before, "written without confirmation"
         await pilot.press("ctrl+s")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen))
+        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen) and bool(app.screen.query("#confirm-name")))
+        await pilot.pause()
         await pilot.press(*device, "enter")
         await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
         assert app.screen.report.outcome == "synced"

@@ -19,6 +19,8 @@ class ConfirmSyncScreen(ModalScreen[bool]):
     """Asks before the first write. For a block device, its name must be typed to go ahead."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="cancel-sync")]
+    AUTO_FOCUS = "#confirm-name, #cancel"
+    """The name field for a device, else Cancel: never the button that writes."""
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(classes="dialog-screen")
@@ -54,9 +56,6 @@ class ConfirmSyncScreen(ModalScreen[bool]):
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Sync", id="go", variant="error", disabled=self.is_device)
                 yield Button("Cancel", id="cancel", variant="primary")
-
-    def on_mount(self) -> None:
-        self.query_one("#confirm-name" if self.is_device else "#cancel").focus()
 
     @on(Input.Changed, "#confirm-name")
     def _typed(self, event: Input.Changed) -> None:
