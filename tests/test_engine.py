@@ -274,3 +274,47 @@ def test_many_hash_windows_with_changes_everywhere(tmp_path: Path, monkeypatch) 
     assert report.chunks["differs"] == len(range(1000, len(changed), 50_000))
     run_engine(src, dst, chunk_size=4 * KIB)
     assert dst.read_bytes() == data
+
+
+def test_source_changed_during_the_sync_is_sent_again(tmp_path: Path, monkeypatch) -> None:
+    """--verify finds a chunk whose source changed after it was compared, sends it again: UPDATED."""
+    chunk = 64 * KIB
+    rnd = random.Random(9)
+    src = _write(tmp_path / "src", rnd.randbytes(8 * chunk))
+    dst = _write(tmp_path / "dst", rnd.randbytes(8 * chunk))
+    start_chunk = SyncEngine._start_chunk
+    touched: list[int] = []
+
+    def start_after_a_live_write(self: SyncEngine, index: int) -> None:
+        if not touched:  # a writer on the source, between the compare and the transfer
+            with open(src, "r+b") as f:
+                f.seek(index * chunk + 100)
+                f.write(b"written while syncing")
+            touched.append(index)
+        start_chunk(self, index)
+
+    monkeypatch.setattr(SyncEngine, "_start_chunk", start_after_a_live_write)
+    report = run_engine(src, dst, chunk_size=chunk, verify=True)
+    assert report.chunks["updated"] == 1 and report.chunks["written"] == 7
+    assert report.verified and report.errors == [] and report.outcome == "synced"
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_verify_reports_a_destination_that_does_not_hold_what_was_written(tmp_path: Path, monkeypatch) -> None:
+    """A write that does not stick (simulated after the flush) is an error, not an update."""
+    chunk = 64 * KIB
+    rnd = random.Random(10)
+    src = _write(tmp_path / "src", rnd.randbytes(4 * chunk))
+    dst = _write(tmp_path / "dst", rnd.randbytes(4 * chunk))
+    flush = SyncEngine._flush
+
+    def flush_then_corrupt(self: SyncEngine) -> None:
+        flush(self)
+        with open(dst, "r+b") as f:
+            f.seek(2 * chunk + 5)
+            f.write(b"bit rot")
+
+    monkeypatch.setattr(SyncEngine, "_flush", flush_then_corrupt)
+    report = run_engine(src, dst, chunk_size=chunk, verify=True)
+    assert report.verified is False and report.outcome == "failed"
+    assert report.chunks["error"] == 1 and "chunk 2 failed verification" in report.errors[0]

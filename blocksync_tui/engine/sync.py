@@ -374,8 +374,15 @@ class SyncEngine:
         """Source and destination flags of a differing chunk until its pipeline starts."""
         self._pending_sub: dict[int, dict[str, bytes]] = {}
         """Dry run: the sub-block digests received so far per chunk."""
+        self._whole: set[int] = set()
+        """Chunks to send whole (re-sent after their source changed during the run)."""
         if self._dest_absent:
             self._sides[DESTINATION].windows_done = self._windows  # nothing to hash: all zero
+        self._pump()
+
+    def _pump(self) -> None:
+        """Issue work and handle replies until every chunk is settled and nothing is in flight."""
+        total = self.chunk_map.total
         while True:
             if self._resume.is_set() and not self.cancelled:
                 self._issue_hashes()
@@ -503,7 +510,10 @@ class SyncEngine:
                 self._requests[(side, rid)] = index
             self._pending_sub[index] = {}
             return
-        if src_flag == wire.FLAG_ZERO:
+        if index in self._whole:
+            rid = src.post(wire.OP_DELTA, self._chunk_request(index, wire.DELTA_WHOLE))
+            self._requests[(SOURCE, rid)] = index
+        elif src_flag == wire.FLAG_ZERO:
             self._bytes_differing += length  # at chunk granularity: it costs no wire bytes
             dst.post(wire.OP_ZERO, wire.ZERO_REQ.pack(index, length, offset))
         elif dst_flag == wire.FLAG_ZERO or length <= self.options.sub_block:
@@ -577,14 +587,10 @@ class SyncEngine:
         except RemoteError as exc:
             raise RemoteError(_where(self._sides[DESTINATION].conn, f"flush failed: {exc}"))
 
-    def _verify(self) -> None:
-        """Re-read every written chunk from the destination's disk and compare digests."""
-        written = [i for i in self._src_digest if self.chunk_map.get(i) == State.WRITTEN]
-        if not written:
-            self._verified = True
-            return
-        conn = self._sides[DESTINATION].conn
-        ranges = [[r.first, r.count] for r in self.chunk_map.runs({State.WRITTEN})]
+    def _digests_now(self, side: str, indexes: list[int], drop_cache: bool) -> dict[int, bytes]:
+        """Hash chunks on one side now (nothing else is in flight); a zero chunk's digest is b""."""
+        conn = self._sides[side].conn
+        ranges = [list(r) for r in wire.spans(_flags(indexes))]
         rid = conn.post(
             wire.OP_HASH,
             {
@@ -592,31 +598,67 @@ class SyncEngine:
                 "chunk_size": self.options.chunk_size,
                 "size": self.size,
                 "algo": self.algorithm,
-                "drop_cache": True,
+                "drop_cache": drop_cache,
             },
         )
-        expected = {i: self._src_digest[i] for i in written}
+        digests: dict[int, bytes] = {}
         while True:
             frame = self._events.get(timeout=600)
             if frame.op == EOF_OP:
                 raise ConnectionLost(frame.payload.decode())
-            if frame.rid != rid:
+            if (frame.side, frame.rid) != (side, rid):
                 continue
             if frame.op == wire.OP_DONE:
-                break
+                return digests
             if frame.op == wire.OP_ERROR:
                 raise RemoteError(_where(conn, wire.decode_json(frame.payload)["message"]))
             first, count, dsize = wire.DIGESTS_HEAD.unpack_from(frame.payload)
             pos = wire.DIGESTS_HEAD.size
             for index in range(first, first + count):
-                flag, digest = frame.payload[pos], frame.payload[pos + 1 : pos + 1 + dsize]
+                flag = frame.payload[pos]
+                digests[index] = frame.payload[pos + 1 : pos + 1 + dsize] if flag == wire.FLAG_DATA else b""
                 pos += 1 + dsize
-                want = expected.get(index)
-                got = b"" if flag == wire.FLAG_ZERO else digest
-                if want is not None and got != want:
-                    self.chunk_map.set(index, State.ERROR)
-                    self.errors.append(f"{self.destination}: chunk {index} failed verification")
+
+    def _verify(self) -> None:
+        """Re-read every written chunk from the destination's disk and compare digests.
+
+        A chunk that does not match is hashed again on the source: if the source changed while
+        the sync ran, the chunk is sent again, whole, and checked once more (state UPDATED);
+        otherwise the write itself failed (state ERROR).
+        """
+        written = [i for i in self._src_digest if self.chunk_map.get(i) == State.WRITTEN]
+        on_disk = self._digests_now(DESTINATION, written, drop_cache=True) if written else {}
+        bad = [i for i in written if on_disk.get(i) != self._src_digest[i]]
+        source_now = self._digests_now(SOURCE, bad, drop_cache=False) if bad else {}
+        moved = [i for i in bad if source_now[i] != self._src_digest[i]]
+        for index in sorted(set(bad) - set(moved)):
+            self.chunk_map.set(index, State.ERROR)
+            self.errors.append(f"{self.destination}: chunk {index} failed verification")
+        if moved:
+            self._resend(moved, source_now)
         self._verified = not any("failed verification" in e for e in self.errors)
+
+    def _resend(self, indexes: list[int], digests: dict[int, bytes]) -> None:
+        """Send chunks whose source changed during the run again, whole, then verify them."""
+        for index in indexes:
+            self._src_digest[index] = digests[index]
+            self._whole.add(index)
+            self._kind[index] = (wire.FLAG_DATA, wire.FLAG_DATA)
+            self.chunk_map.set(index, State.DIFFERS)
+            self._todo.append(index)
+        self._settled -= len(indexes)
+        self._pump()
+        self._flush()
+        on_disk = self._digests_now(DESTINATION, indexes, drop_cache=True)
+        for index in indexes:
+            if on_disk[index] == self._src_digest[index]:
+                self.chunk_map.set(index, State.UPDATED)
+            else:  # the source keeps changing: it must be quiesced to be copied
+                self.chunk_map.set(index, State.ERROR)
+                self.errors.append(
+                    f"{self.source}: chunk {index} changed during the sync and again while it was "
+                    "sent again (failed verification)"
+                )
 
     # -- results
 
@@ -690,3 +732,11 @@ def _same_object(a: dict, b: dict) -> bool:
     if a["kind"] == "block" and b["kind"] == "block":
         return ia[2] == ib[2]
     return ia[0] == ib[0] and ia[1] == ib[1]
+
+
+def _flags(indexes: list[int]) -> list[bool]:
+    """A flag per chunk up to the last of `indexes`, true for those in it (for wire.spans)."""
+    flags = [False] * (max(indexes) + 1 if indexes else 0)
+    for index in indexes:
+        flags[index] = True
+    return flags
