@@ -79,7 +79,7 @@ class EndpointPanel(Vertical):
         table: DataTable[str] = DataTable(
             id=f"{self.side}-devices", cursor_type="row", zebra_stripes=True
         )
-        table.add_columns("device", "size", "model", "in use")
+        table.add_columns("device", "size", "in use", "model")  # in use before the long model names
         yield table
 
     def on_mount(self) -> None:
@@ -146,15 +146,11 @@ class EndpointPanel(Vertical):
             self.show_error(error)
             return
         for device in devices:
-            for entry, indent in [(device, ""), *((p, "  ") for p in device.partitions)]:
-                use = ", ".join(entry.mounted or entry.holders) or (
-                    "partitions in use" if entry.in_use else ""
-                )
+            for entry, branch in [(device, ""), *((p, "└ ") for p in device.partitions)]:
+                use = ", ".join(entry.mounted or entry.holders) or ("partitions in use" if entry.in_use else "")
                 if entry.readonly:
                     use = (use + ", read-only").lstrip(", ")
-                table.add_row(
-                    indent + entry.path, human_bytes(entry.size), entry.model, use, key=entry.path
-                )
+                table.add_row(branch + entry.path, human_bytes(entry.size), use, entry.model, key=entry.path)
 
     @on(Button.Pressed)
     def _list_pressed(self, event: Button.Pressed) -> None:
