@@ -117,6 +117,15 @@ def test_the_same_remote_file_twice_is_refused(sshd: SshServer, tmp_path: Path) 
         sync(sshd.endpoint(src), sshd.endpoint(src), sshd.ssh_options())
 
 
+def test_the_same_file_by_path_and_over_ssh_is_refused(sshd: SshServer, tmp_path: Path) -> None:
+    """ssh to this very machine reaches the same file: the workers' boot ids tell."""
+    src, _ = make_pair(tmp_path)
+    before = src.read_bytes()
+    with pytest.raises(UsageError, match="same file"):
+        sync(str(src), sshd.endpoint(src), sshd.ssh_options())
+    assert src.read_bytes() == before
+
+
 def test_cli_compare_then_sync_over_ssh(sshd: SshServer, tmp_path: Path, capsys) -> None:
     src, dst = make_pair(tmp_path, seed=5)
     expected = expected_states(src.read_bytes(), dst.read_bytes(), CHUNK)

@@ -248,7 +248,10 @@ class SyncEngine:
         """Refuse what would be unsafe or pointless; collect warnings for the rest."""
         src_conn = self._sides[SOURCE].conn
         dst_conn = self._sides[DESTINATION].conn
-        same_host = src_conn.transport.host_key == dst_conn.transport.host_key
+        boot = src_conn.hello.get("boot_id")
+        same_host = src_conn.transport.host_key == dst_conn.transport.host_key or bool(
+            boot and boot == dst_conn.hello.get("boot_id")
+        )
         if same_host and dst.get("exists") and _same_object(src, dst):
             raise UsageError(f"{self.source} and {self.destination} are the same file or device")
         in_use = dst.get("mounted") or dst.get("holders") or dst.get("swap")

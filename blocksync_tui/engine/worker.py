@@ -573,6 +573,9 @@ class Worker:
             "uid": os.getuid(),
             "pid": os.getpid(),
             "host": os.uname()[1],
+            # Unique per boot of a machine: tells that two endpoints reached differently (a path,
+            # ssh to localhost) are on one machine, so the same-file check applies.
+            "boot_id": _read_text("/proc/sys/kernel/random/boot_id"),
         }
 
     def open(self, req: dict) -> dict:
