@@ -82,15 +82,20 @@ async def test_dry_run_from_keys_matches_the_engine_then_sync(tmp_path: Path) ->
         assert dst.read_bytes() == src.read_bytes()
 
 
-async def test_cancel_mid_sync_says_what_it_left(tmp_path: Path) -> None:
-    rnd = random.Random(2)
-    mib = 256  # several times what is in flight at once (32 MiB), so a cancel lands mid-way
+def _big_sync_app(tmp_path: Path, seed: int) -> tuple[BlocksyncApp, Path, Path]:
+    """An app set to sync 256 MiB into an empty file in 64 KiB chunks: several times what is in
+    flight at once (32 MiB), so that a cancel or a quit lands mid-way."""
+    rnd = random.Random(seed)
     src, dst = tmp_path / "src.img", tmp_path / "dst.img"
-    src.write_bytes(b"".join(rnd.randbytes(1 << 20) for _ in range(mib)))
+    src.write_bytes(b"".join(rnd.randbytes(1 << 20) for _ in range(256)))
     dst.write_bytes(b"")
     request = RunRequest(str(src), str(dst))
     request.options.chunk_size = 64 << 10
-    app = BlocksyncApp(request, list_devices=False)
+    return BlocksyncApp(request, list_devices=False), src, dst
+
+
+async def test_cancel_mid_sync_says_what_it_left(tmp_path: Path) -> None:
+    app, src, dst = _big_sync_app(tmp_path, seed=2)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+s")
         await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen))
@@ -265,13 +270,7 @@ async def test_endpoints_on_the_command_line_fill_the_setup() -> None:
 
 
 async def test_quit_during_a_sync_asks_then_cancels(tmp_path: Path) -> None:
-    rnd = random.Random(3)
-    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
-    src.write_bytes(b"".join(rnd.randbytes(1 << 20) for _ in range(256)))
-    dst.write_bytes(b"")
-    request = RunRequest(str(src), str(dst))
-    request.options.chunk_size = 64 << 10
-    app = BlocksyncApp(request, list_devices=False)
+    app, src, dst = _big_sync_app(tmp_path, seed=3)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+s")
         await _click(pilot, "#go")

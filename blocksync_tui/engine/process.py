@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from blocksync_tui.endpoint import Endpoint
 from blocksync_tui.engine import errors
-from blocksync_tui.engine.chunkmap import ChunkMap, Run, State
+from blocksync_tui.engine.chunkmap import ChunkMap, State
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled
 from blocksync_tui.engine.report import Progress, Report
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions
@@ -102,11 +101,6 @@ class SharedChunkView:
                         self._pending_dirty.update(i for i in range(start, end) if now[i] != old[i])
             self._seen = now
             self._generation += 1
-
-    def runs(self, states: bytes) -> list[Run]:
-        """Runs of consecutive chunks in one of `states`."""
-        pattern = re.compile(b"[" + re.escape(bytes(states)) + b"]+")
-        return [Run(m.start(), m.end() - m.start()) for m in pattern.finditer(self.snapshot())]
 
 
 @dataclass
