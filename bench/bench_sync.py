@@ -34,6 +34,9 @@ sys.path.insert(0, str(REPO))
 from blocksync_tui.demo import make_changed_pair
 
 NAIVE = REPO / "bench" / "naive_blocksync.py"
+CONTENDER_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+"""Python contenders run from compiled bytecode, as a pip install leaves them (run() compiles
+first): some sandboxes set PYTHONDONTWRITEBYTECODE, which would add compile time to each run."""
 
 
 @dataclass
@@ -96,7 +99,8 @@ class Contender:
 
     name: str
     role: str
-    """What the key ratios call it: "read", "ours", "naive", "rsync" or "dd"."""
+    """What the key ratios call it: "read", "ours", "ours-digests", "ours-direct", "naive",
+    "rsync" or "dd"."""
     command: Callable[[Context], str]
     wire: Callable[[Context, str], int | None] = lambda ctx, output: None
     """Bytes on the wire reported by the tool itself, from its output or report."""
@@ -130,6 +134,7 @@ def _rsync_wire(ctx: Context, output: str) -> int | None:
 
 
 def _ours(c: Context, destination: str, extra: list[str]) -> str:
+    """Our command line; `extra` adds options (--no-direct, ssh keys)."""
     argv = [sys.executable, "-m", "blocksync_tui", "sync", str(c.src), destination]
     return shlex.join([*argv, "--yes", "-q", "--json", str(c.report), *extra, *c.ours_extra])
 
@@ -155,6 +160,12 @@ def local_contenders() -> list[Contender]:
             writes=False,
         ),
         Contender("blocksync-tui", "ours", lambda c: _ours(c, str(c.dst), []), _ours_wire),
+        Contender(
+            "blocksync-tui --no-direct (digests)",
+            "ours-digests",
+            lambda c: _ours(c, str(c.dst), ["--no-direct"]),
+            _ours_wire,
+        ),
         Contender("naive lockstep", "naive", lambda c: _naive(c, []), _naive_wire),
         Contender("rsync --inplace", "rsync", lambda c: _rsync(c, str(c.dst), []), _rsync_wire),
         Contender(
@@ -169,8 +180,11 @@ def local_contenders() -> list[Contender]:
 def ssh_contenders() -> list[Contender]:
     """The same contenders with the destination reached over ssh (normally on this machine)."""
 
-    def ours(c: Context) -> str:
-        extra = ["-i", c.ssh_key] if c.ssh_key else []
+    def ours(c: Context, direct: bool = False) -> str:
+        # The ssh host is normally this machine, where the engine would compare directly on the
+        # host and send nothing over ssh: --no-direct measures the network path.
+        extra = [] if direct else ["--no-direct"]
+        extra += ["-i", c.ssh_key] if c.ssh_key else []
         extra += ["--known-hosts", c.ssh_known_hosts] if c.ssh_known_hosts else []
         return _ours(c, f"{c.remote}:{c.ssh_port}:{c.dst}", extra)
 
@@ -188,6 +202,12 @@ def ssh_contenders() -> list[Contender]:
     return [
         local_contenders()[0],
         Contender("blocksync-tui (ssh)", "ours", ours, _ours_wire),
+        Contender(
+            "blocksync-tui (ssh, same host: direct)",
+            "ours-direct",
+            lambda c: ours(c, direct=True),
+            _ours_wire,
+        ),
         Contender("naive lockstep (ssh)", "naive", naive, _naive_wire),
         Contender(
             "rsync --inplace (ssh)",
@@ -252,7 +272,8 @@ def run_once(ctx: Context, contender: Contender, measure_loopback: bool) -> dict
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(
-        command, shell=True, cwd=REPO, capture_output=True, text=True, check=False
+        command, shell=True, cwd=REPO, env=CONTENDER_ENV, capture_output=True, text=True,
+        check=False,
     )
     # dd and rsync leave dirty pages behind; timing until fsync treats every contender alike.
     fd = os.open(ctx.dst, os.O_RDONLY)
@@ -353,6 +374,12 @@ def key_ratios(rows: list[dict], changed: int) -> list[str]:
         ("rsync / blocksync-tui", "rsync", "ours"),
         ("dd / blocksync-tui", "dd", "ours"),
     ]
+    for role, label in (("ours-digests", "--no-direct"), ("ours-direct", "direct")):
+        if role in seconds:
+            pairs += [
+                (f"blocksync-tui {label} / read limit", role, "read"),
+                (f"naive / blocksync-tui {label}", "naive", role),
+            ]
     out = []
     for label, a, b in pairs:
         value = f"{seconds[a] / seconds[b]:.2f}" if a in seconds and b in seconds else "n/a"
@@ -402,7 +429,7 @@ def _main(argv: list[str]) -> int:
         "--only",
         action="append",
         metavar="ROLE",
-        choices=["ours", "naive", "rsync", "dd"],
+        choices=["ours", "ours-digests", "ours-direct", "naive", "rsync", "dd"],
         help="run only these contenders besides the read limit (repeatable)",
     )
     parser.add_argument(
@@ -460,6 +487,10 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict]:
         ssh_known_hosts=args.ssh_known_hosts,
         ssh_options=args.ssh_option,
         ours_extra=shlex.split(args.ours_extra),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(REPO / "blocksync_tui"), str(NAIVE)],
+        env=CONTENDER_ENV, check=True,
     )
     cold = not args.warm and drop_caches()
     cache = (

@@ -54,6 +54,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--compress", default="auto", choices=["auto", "none", "zlib", "lz4", "zstd"],
         help="compress chunk data on the wire (auto: zstd or lz4 if both ends have it)",
     )
+    parser.add_argument(
+        "--no-direct", dest="direct", action="store_false",
+        help="compare digests even when both ends are on one machine (by default the "
+        "destination's worker then reads the source itself and compares bytes)",
+    )
     parser.add_argument("--json", metavar="REPORT", help="write the report as JSON to this file")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ssh = parser.add_argument_group("SSH (remote endpoints)")
@@ -112,6 +117,7 @@ def run_headless(args: argparse.Namespace) -> int:
         compress=args.compress,
         verify=getattr(args, "verify", False),
         dry_run=dry_run,
+        direct=args.direct,
     )
     engine = SyncEngine(
         Endpoint.parse(args.source),

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import sys
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from typing import TYPE_CHECKING
 
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.report import Progress as EngineProgress
 from blocksync_tui.engine.report import Report
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 
 def human_bytes(n: float) -> str:
@@ -33,6 +27,18 @@ class ProgressDisplay:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
+        self._task: TaskID | None = None
+        if not enabled:
+            return  # rich takes 70 ms to import: not for the nightly job that shows nothing
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -45,7 +51,6 @@ class ProgressDisplay:
             transient=False,
             refresh_per_second=10,
         )
-        self._task: TaskID | None = None
 
     def __enter__(self) -> ProgressDisplay:
         if self.enabled:
@@ -81,7 +86,9 @@ class ProgressDisplay:
         text = (
             f"{report.outcome}: {report.chunks_differing} of {report.total_chunks} chunks differ "
             f"({human_bytes(report.bytes_differing)} in {report.change_runs} runs); "
-            f"{human_bytes(report.bytes_sent)} sent, {human_bytes(report.wire_bytes)} on the wire; "
+            f"{human_bytes(report.bytes_sent)} "
+            + ("copied on the host" if report.method == "direct" else "sent")
+            + f", {human_bytes(report.wire_bytes)} on the wire; "
             f"{human_bytes(report.size)} in {report.seconds:.2f} s ({human_bytes(rate)}/s)"
         )
         if report.verified is not None:

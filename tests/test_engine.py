@@ -59,10 +59,11 @@ def pairs(draw: st.DrawFn) -> tuple[bytes, bytes | None, int]:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(pair=pairs(), compress=st.sampled_from(["none", "zlib"]))
-@example(pair=(b"\x00", None, 4096), compress="none")  # found by hypothesis: zero vs absent
-def test_compare_then_sync_makes_identical(tmp_path: Path, pair: tuple, compress: str) -> None:
-    """For any sizes and edits: compare finds exactly the differing chunks; sync fixes them all."""
+@given(pair=pairs(), compress=st.sampled_from(["none", "zlib"]), direct=st.booleans())
+@example(pair=(b"\x00", None, 4096), compress="none", direct=False)  # found by hypothesis: zero vs absent
+def test_compare_then_sync_makes_identical(tmp_path: Path, pair: tuple, compress: str, direct: bool) -> None:
+    """For any sizes and edits, by digests or by a direct compare on this host: compare finds
+    exactly the differing chunks; sync fixes them all."""
     src_bytes, dst_bytes, chunk = pair
     case = tmp_path / hashlib.sha1(repr(pair).encode()).hexdigest()[:12]
     case.mkdir(exist_ok=True)
@@ -72,22 +73,25 @@ def test_compare_then_sync_makes_identical(tmp_path: Path, pair: tuple, compress
     if dst_bytes is not None:
         _write(dst, dst_bytes)
 
-    report = run_engine(src, dst, chunk_size=chunk, dry_run=True, compress=compress)
+    report = run_engine(src, dst, chunk_size=chunk, dry_run=True, compress=compress, direct=direct)
+    assert report.method == ("direct" if direct and dst_bytes is not None else "digests")
     want = expected_states(src_bytes, dst_bytes, chunk)
     assert report.chunks["differs"] == want.count("differs")
     assert report.chunks["same"] == want.count("same")
     assert report.chunks["zero"] == want.count("zero")
     assert (dst.read_bytes() if dst_bytes is not None else None) == dst_bytes, "compare wrote"
 
-    report = run_engine(src, dst, chunk_size=chunk, compress=compress, verify=True)
+    report = run_engine(src, dst, chunk_size=chunk, compress=compress, verify=True, direct=direct)
+    assert report.method == ("direct" if direct else "digests")
     assert dst.read_bytes() == src_bytes
     assert report.errors == []
     assert report.chunks["written"] == want.count("differs")
     assert report.verified is True
 
 
-def test_scattered_small_changes_cost_about_their_size(tmp_path: Path) -> None:
-    """4 KiB changes in 1 MiB chunks send about 4 KiB each, not 1 MiB."""
+@pytest.mark.parametrize("direct", [False, True])
+def test_scattered_small_changes_cost_about_their_size(tmp_path: Path, direct: bool) -> None:
+    """4 KiB changes in 1 MiB chunks send (or copy) about 4 KiB each, not 1 MiB."""
     rnd = random.Random(5)
     src = _write(tmp_path / "src", rnd.randbytes(32 << 20))
     data = bytearray(src.read_bytes())
@@ -95,7 +99,8 @@ def test_scattered_small_changes_cost_about_their_size(tmp_path: Path) -> None:
     for page in pages:
         data[page * 4096 : page * 4096 + 4096] = rnd.randbytes(4096)
     dst = _write(tmp_path / "dst", bytes(data))
-    report = run_engine(src, dst)
+    report = run_engine(src, dst, direct=direct)
+    assert report.method == ("direct" if direct else "digests")
     changed = 80 * 4096
     assert report.bytes_differing == changed
     assert changed <= report.bytes_sent <= 1.05 * changed
@@ -109,10 +114,14 @@ def test_zero_paths(tmp_path: Path) -> None:
     src_data = rnd.randbytes(4 * chunk) + bytes(4 * chunk) + rnd.randbytes(chunk + 5)
     dst_data = bytes(4 * chunk) + rnd.randbytes(4 * chunk) + rnd.randbytes(chunk + 5)
     src, dst = _write(tmp_path / "src", src_data), _write(tmp_path / "dst", dst_data)
-    report = run_engine(src, dst, chunk_size=chunk)
+    report = run_engine(src, dst, chunk_size=chunk, direct=False)
     assert dst.read_bytes() == src_data
     # Data for the first four chunks (dst was zero); only markers for the next four.
     assert 4 * chunk <= report.bytes_sent < 5 * chunk + 4096 + 1000
+    _write(dst, dst_data)
+    report = run_engine(src, dst, chunk_size=chunk, verify=True)  # direct: zeros copied as data
+    assert dst.read_bytes() == src_data and report.verified
+    assert report.chunks["written"] == 10 and report.bytes_differing == len(src_data)
 
 
 def test_source_is_never_modified(tmp_path: Path) -> None:
@@ -189,12 +198,14 @@ def test_every_hash_syncs(tmp_path: Path, algorithm: str) -> None:
     assert dst.read_bytes() == src.read_bytes()
 
 
-def test_cancel_stops_cleanly_and_rerun_finishes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct", [False, True])
+def test_cancel_stops_cleanly_and_rerun_finishes(tmp_path: Path, direct: bool) -> None:
     rnd = random.Random(6)
     size = 64 << 20
     src = _write(tmp_path / "src", rnd.randbytes(size))
     dst = _write(tmp_path / "dst", rnd.randbytes(size))
-    engine = SyncEngine(Endpoint(str(src)), Endpoint(str(dst)), SyncOptions(chunk_size=64 * KIB))
+    options = SyncOptions(chunk_size=64 * KIB, direct=direct)
+    engine = SyncEngine(Endpoint(str(src)), Endpoint(str(dst)), options)
     engine.prepare()
 
     def cancel_when_writing() -> None:
@@ -259,20 +270,22 @@ def test_engine_imports_no_textual() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_many_hash_windows_with_changes_everywhere(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("direct", [False, True])
+def test_many_hash_windows_with_changes_everywhere(tmp_path: Path, monkeypatch, direct: bool) -> None:
     """Regression: request ids are per connection; window bookkeeping must not mix the sides."""
     import blocksync_tui.engine.sync as sync
 
     monkeypatch.setattr(sync, "HASH_WINDOW_BYTES", 64 * KIB)  # many windows on a small file
+    monkeypatch.setattr(sync, "PAIR_WINDOW_BYTES", 64 * KIB)
     rnd = random.Random(8)
     data = rnd.randbytes(3 << 20)
     changed = bytearray(data)
     for at in range(1000, len(changed), 50_000):
         changed[at] ^= 0xFF
     src, dst = _write(tmp_path / "src", data), _write(tmp_path / "dst", bytes(changed))
-    report = run_engine(src, dst, chunk_size=4 * KIB, dry_run=True)
+    report = run_engine(src, dst, chunk_size=4 * KIB, dry_run=True, direct=direct)
     assert report.chunks["differs"] == len(range(1000, len(changed), 50_000))
-    run_engine(src, dst, chunk_size=4 * KIB)
+    run_engine(src, dst, chunk_size=4 * KIB, direct=direct)
     assert dst.read_bytes() == data
 
 
@@ -294,13 +307,17 @@ def test_source_changed_during_the_sync_is_sent_again(tmp_path: Path, monkeypatc
         start_chunk(self, index)
 
     monkeypatch.setattr(SyncEngine, "_start_chunk", start_after_a_live_write)
-    report = run_engine(src, dst, chunk_size=chunk, verify=True)
+    # Digests: a direct compare writes the very bytes it compared, so it has no such window.
+    report = run_engine(src, dst, chunk_size=chunk, verify=True, direct=False)
     assert report.chunks["updated"] == 1 and report.chunks["written"] == 7
     assert report.verified and report.errors == [] and report.outcome == "synced"
     assert dst.read_bytes() == src.read_bytes()
 
 
-def test_verify_reports_a_destination_that_does_not_hold_what_was_written(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("direct", [False, True])
+def test_verify_reports_a_destination_that_does_not_hold_what_was_written(
+    tmp_path: Path, monkeypatch, direct: bool
+) -> None:
     """A write that does not stick (simulated after the flush) is an error, not an update."""
     chunk = 64 * KIB
     rnd = random.Random(10)
@@ -315,6 +332,7 @@ def test_verify_reports_a_destination_that_does_not_hold_what_was_written(tmp_pa
             f.write(b"bit rot")
 
     monkeypatch.setattr(SyncEngine, "_flush", flush_then_corrupt)
-    report = run_engine(src, dst, chunk_size=chunk, verify=True)
+    report = run_engine(src, dst, chunk_size=chunk, verify=True, direct=direct)
+    assert report.method == ("direct" if direct else "digests")
     assert report.verified is False and report.outcome == "failed"
     assert report.chunks["error"] == 1 and "chunk 2 failed verification" in report.errors[0]

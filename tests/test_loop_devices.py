@@ -36,22 +36,25 @@ def _changed(data: bytes, seed: int) -> bytes:
     return bytes(out)
 
 
-def test_file_to_device(tmp_path: Path, loop_device) -> None:
+@pytest.mark.parametrize("direct", [False, True])
+def test_file_to_device(tmp_path: Path, loop_device, direct: bool) -> None:
     src = _image(tmp_path / "src.img", 6 * MIB + 4096 * 3, 1)  # not a multiple of the chunk size
     dev = loop_device(_image(tmp_path / "dev.img", 8 * MIB, 2))
-    report = run_engine(src, dev, verify=True)
+    report = run_engine(src, dev, verify=True, direct=direct)
+    assert report.method == ("direct" if direct else "digests")
     assert _device_bytes(dev, src.stat().st_size) == src.read_bytes()
     assert report.verified and any("larger than the source" in w for w in report.warnings)
 
 
-def test_device_to_device(tmp_path: Path, loop_device) -> None:
+@pytest.mark.parametrize("direct", [False, True])
+def test_device_to_device(tmp_path: Path, loop_device, direct: bool) -> None:
     a = _image(tmp_path / "a.img", 8 * MIB, 3)
     b = tmp_path / "b.img"
     b.write_bytes(_changed(a.read_bytes(), 4))
     src, dst = loop_device(a), loop_device(b)
-    report = run_engine(src, dst, dry_run=True)
+    report = run_engine(src, dst, dry_run=True, direct=direct)
     assert report.outcome == "differs"
-    run_engine(src, dst)
+    assert run_engine(src, dst, direct=direct).method == ("direct" if direct else "digests")
     assert _device_bytes(dst, 8 * MIB) == _device_bytes(src, 8 * MIB)
 
 

@@ -15,9 +15,9 @@ def test_opcodes_are_frozen() -> None:
     """Renumbering an opcode breaks every deployed controller/worker pair: never do it."""
     assert {name: value for value, name in wire.OP_NAMES.items()} == {
         "HELLO": 1, "OPEN": 2, "HASH": 3, "SUBHASH": 4, "DELTA": 5, "WRITE": 6, "ZERO": 7,
-        "FLUSH": 8, "DEVICES": 9, "EXIT": 10,
+        "FLUSH": 8, "DEVICES": 9, "EXIT": 10, "PAIR": 11,
         "REPLY": 64, "DIGESTS": 65, "SUBDIGESTS": 66, "DATA": 67, "WRITTEN": 68, "ERROR": 69,
-        "DONE": 70,
+        "DONE": 70, "PAIRED": 71,
     }
 
 
@@ -64,6 +64,24 @@ def test_chunk_request_round_trip() -> None:
 def test_spans() -> None:
     assert wire.spans([False, True, True, False, True]) == [(1, 2), (4, 1)]
     assert wire.spans([]) == []
+
+
+def test_differing_runs_merge_neighbours_and_shift_by_base() -> None:
+    a = bytearray(10 * 4096 + 100)
+    b = bytearray(a)
+    for at in (5, 4096 + 7, 3 * 4096, 10 * 4096 + 99):  # blocks 0, 1, 3 and the short tail
+        b[at] = 1
+    assert wire.differing_runs(a, b, 4096) == [(0, 2 * 4096), (3 * 4096, 4 * 4096), (10 * 4096, len(a))]
+    assert wire.differing_runs(a, b, 4096, base=1 << 20)[0] == (1 << 20, (1 << 20) + 2 * 4096)
+    assert wire.differing_runs(a, bytearray(a), 4096) == []
+
+
+def test_is_zero_takes_any_buffer() -> None:
+    data = bytearray(8192)
+    view = memoryview(data)
+    assert wire.is_zero(view) and wire.is_zero(bytes(data)) and wire.is_zero(data)
+    data[8191] = 1
+    assert not wire.is_zero(view[4096:]) and wire.is_zero(view[:4096])
 
 
 def test_worker_is_python38_syntax_and_stdlib_only() -> None:

@@ -69,6 +69,9 @@ def settle() -> None:
 
 
 def sync(src: str, dst: str, options: SshOptions, **sync_options: object) -> Report:
+    """One run; by digests unless `direct=True`: the sshd is on this machine, where the engine
+    would otherwise compare on the host and send nothing over SSH."""
+    sync_options.setdefault("direct", False)
     engine = SyncEngine(
         Endpoint.parse(src), Endpoint.parse(dst),
         SyncOptions(chunk_size=CHUNK, **sync_options), transport_factory(options),  # type: ignore[arg-type]
@@ -87,6 +90,7 @@ def test_push_local_to_remote(sshd: SshServer, tmp_path: Path) -> None:
     src, dst = make_pair(tmp_path)
     report = sync(str(src), sshd.endpoint(dst), sshd.ssh_options(), verify=True)
     assert report.outcome == "synced" and report.verified and not report.errors
+    assert report.method == "digests" and report.wire_bytes > report.bytes_sent > 0
     assert dst.read_bytes() == src.read_bytes()
 
 
@@ -104,11 +108,33 @@ def test_pull_into_a_new_file(sshd: SshServer, tmp_path: Path) -> None:
     assert new.read_bytes() == src.read_bytes()
 
 
-def test_remote_to_remote_on_one_host(sshd: SshServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct", [False, True])
+def test_remote_to_remote_on_one_host(sshd: SshServer, tmp_path: Path, direct: bool) -> None:
+    """Both ends on one remote host: by digests through this machine, or compared there."""
     src, dst = make_pair(tmp_path, seed=4)
-    report = sync(sshd.endpoint(src), sshd.endpoint(dst), sshd.ssh_options())
-    assert report.outcome == "synced" and report.chunks_differing > 0
+    report = sync(sshd.endpoint(src), sshd.endpoint(dst), sshd.ssh_options(), direct=direct, verify=True)
+    assert report.outcome == "synced" and report.chunks_differing > 0 and report.verified
+    assert report.method == ("direct" if direct else "digests")
+    if direct:  # only requests, digests for --verify and states crossed SSH, no chunk data
+        assert report.wire_bytes < report.bytes_sent / 4
     assert dst.read_bytes() == src.read_bytes()
+
+
+def test_direct_compare_needs_the_very_same_source(sshd: SshServer, tmp_path: Path) -> None:
+    """A path that names another file on the destination's side (another mount namespace,
+    another user's view) must not be read as the source: identities are compared."""
+    src, dst = make_pair(tmp_path, seed=6)
+    engine = SyncEngine(
+        Endpoint.parse(str(src)), Endpoint.parse(sshd.endpoint(dst)),
+        SyncOptions(chunk_size=CHUNK), transport_factory(sshd.ssh_options()),
+    )
+    engine.prepare()
+    engine.source_info["identity"] = [0, 0, 0]  # as if the source's worker saw another file
+    try:
+        report = engine.run()
+    finally:
+        settle()
+    assert report.method == "digests" and dst.read_bytes() == src.read_bytes()
 
 
 def test_the_same_remote_file_twice_is_refused(sshd: SshServer, tmp_path: Path) -> None:
@@ -130,7 +156,7 @@ def test_cli_compare_then_sync_over_ssh(sshd: SshServer, tmp_path: Path, capsys)
     src, dst = make_pair(tmp_path, seed=5)
     expected = expected_states(src.read_bytes(), dst.read_bytes(), CHUNK)
     report_path = tmp_path / "report.json"
-    args = [*sshd.cli_args(), "-q", "--chunk-size", "64K", sshd.endpoint(src), sshd.endpoint(dst)]
+    args = [*sshd.cli_args(), "-q", "--no-direct", "--chunk-size", "64K", sshd.endpoint(src), sshd.endpoint(dst)]
     before = dst.read_bytes()
     assert main(["compare", "--json", str(report_path), *args]) == 1
     settle()
@@ -330,7 +356,7 @@ def test_connection_killed_mid_sync_then_rerun(
     src, dst = big_pair(tmp_path, 48 * 1024 * 1024 + 777)
     engine = SyncEngine(
         Endpoint.parse(str(src)), Endpoint.parse(sshd.endpoint(dst)),
-        SyncOptions(chunk_size=CHUNK), transport_factory(sshd.ssh_options()),
+        SyncOptions(chunk_size=CHUNK, direct=False), transport_factory(sshd.ssh_options()),
     )
     engine.prepare()
     orphans: list[int] = []
@@ -365,7 +391,7 @@ def test_killed_client_leaves_no_remote_worker(sshd: SshServer, tmp_path: Path) 
     src, dst = big_pair(tmp_path, 64 * 1024 * 1024)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     client = subprocess.Popen(
-        [sys.executable, "-m", "blocksync_tui", "sync", *sshd.cli_args(), "-q",
+        [sys.executable, "-m", "blocksync_tui", "sync", *sshd.cli_args(), "-q", "--no-direct",
          "--chunk-size", "64K", str(src), sshd.endpoint(dst)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

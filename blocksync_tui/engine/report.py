@@ -70,6 +70,8 @@ class Report:
     size: int
     chunk_size: int
     sub_block_size: int
+    method: str
+    """"direct" (both ends on one machine: bytes compared there) or "digests"."""
     algorithm: str
     compression: str
     total_chunks: int

@@ -36,6 +36,10 @@ SUB_BLOCK = 4096
 HASH_WINDOW_BYTES = 32 << 20
 """Chunks are requested for hashing in windows of this size..."""
 WINDOWS_AHEAD = 4
+PAIR_WINDOW_BYTES = 8 << 20
+"""A direct compare writes as it goes: smaller windows, fewer ahead, so a cancel or a pause
+takes effect within 16 MiB."""
+PAIR_WINDOWS_AHEAD = 2
 """...and one side may run this many windows ahead of the other (bounds memory)."""
 INFLIGHT_BYTES = 32 << 20
 """At most this much chunk data is between the source and a completed write."""
@@ -57,6 +61,9 @@ class SyncOptions:
     verify: bool = False
     dry_run: bool = False
     sub_block: int = SUB_BLOCK
+    direct: bool = True
+    """When both ends are on one machine, the destination's worker reads the source itself and
+    compares bytes: no digests, no data through the controller. False forces digests."""
 
     def check(self) -> None:
         """Raises UsageError for options that cannot work."""
@@ -117,6 +124,8 @@ class SyncEngine:
         self.sub_algorithm = ""
         """Digest of 4 KiB sub-blocks (truncated): xxh3-64 when both ends have xxhash."""
         self.compression = "none"
+        self.method = "digests"
+        """How chunks are compared: "digests", or "direct" (bytes, both ends on one machine)."""
         self.size = 0
         self.phase = "connecting"
         self._events: queue.Queue[Frame] = queue.Queue()
@@ -129,6 +138,7 @@ class SyncEngine:
         self._bytes_sent = 0
         self._bytes_differing = 0
         self._dest_absent = False
+        self._same_host = False
         self._prepared = False
 
     # -- control from other threads
@@ -252,6 +262,7 @@ class SyncEngine:
         same_host = src_conn.transport.host_key == dst_conn.transport.host_key or bool(
             boot and boot == dst_conn.hello.get("boot_id")
         )
+        self._same_host = same_host
         if same_host and dst.get("exists") and _same_object(src, dst):
             raise UsageError(f"{self.source} and {self.destination} are the same file or device")
         in_use = dst.get("mounted") or dst.get("holders") or dst.get("swap")
@@ -326,6 +337,8 @@ class SyncEngine:
             if not self.options.dry_run:
                 self._open_for_writing()
             self.phase = "scanning"
+            if self._can_compare_directly():
+                self.method = "direct"
             self._loop()
             if not self.options.dry_run:
                 self.phase = "flushing"
@@ -356,11 +369,30 @@ class SyncEngine:
         if info["kind"] == "block" and info["size"] < self.size:
             raise EndpointError(f"{self.destination} is too small")
 
+    def _can_compare_directly(self) -> bool:
+        """Whether the destination's worker can read the source itself: same machine, and the
+        path it opens there is the very file or device the source's worker opened."""
+        if not (self.options.direct and self._same_host):
+            return False
+        if self._dest_absent and self.options.dry_run:
+            return False  # nothing to open on the destination: the digest path reads one side
+        try:
+            peer = self._sides[DESTINATION].conn.call_json(
+                wire.OP_OPEN, {"path": self.source.path, "peer": True}
+            )
+        except RemoteError:
+            return False  # another user on that host, say: digests still work
+        src = self._sides[SOURCE].info
+        return bool(peer.get("exists")) and all(
+            peer.get(key) == src.get(key) for key in ("identity", "size")
+        )
+
     def _loop(self) -> None:
         """The scan/compare/transfer loop: runs until every chunk is settled."""
         opts = self.options
         total = self.chunk_map.total
-        window = max(1, HASH_WINDOW_BYTES // opts.chunk_size)
+        window_bytes = PAIR_WINDOW_BYTES if self.method == "direct" else HASH_WINDOW_BYTES
+        window = max(1, window_bytes // opts.chunk_size)
         self._windows = -(-total // window) if total else 0
         self._window = window
         self._digests: dict[str, dict[int, tuple[int, bytes]]] = {SOURCE: {}, DESTINATION: {}}
@@ -379,7 +411,9 @@ class SyncEngine:
         """Dry run: the sub-block digests received so far per chunk."""
         self._whole: set[int] = set()
         """Chunks to send whole (re-sent after their source changed during the run)."""
-        if self._dest_absent:
+        if self.method == "direct":
+            self._sides[SOURCE].next_window = self._sides[SOURCE].windows_done = self._windows
+        elif self._dest_absent:
             self._sides[DESTINATION].windows_done = self._windows  # nothing to hash: all zero
         self._pump()
 
@@ -401,24 +435,45 @@ class SyncEngine:
             self._handle(frame)
 
     def _issue_hashes(self) -> None:
+        if self.method == "direct":
+            self._issue_pairs()
+            return
         low = min(s.windows_done for s in self._sides.values())
+        request = {"chunk_size": self.options.chunk_size, "size": self.size, "algo": self.algorithm}
+        if self.sub_algorithm == "xxh64" and self.options.chunk_size > self.options.sub_block:
+            # Cheap enough to take during the scan, for every chunk: a differing chunk is then
+            # never read twice (SUBHASH answers from them, DELTA reads only differing pieces).
+            request.update(sub_block=self.options.sub_block, sub_algo=self.sub_algorithm)
         for name, side in self._sides.items():
             if name == DESTINATION and self._dest_absent:
                 continue
             while side.next_window < min(self._windows, low + WINDOWS_AHEAD):
                 first = side.next_window * self._window
                 count = min(self._window, self.chunk_map.total - first)
-                rid = side.conn.post(
-                    wire.OP_HASH,
-                    {
-                        "ranges": [[first, count]],
-                        "chunk_size": self.options.chunk_size,
-                        "size": self.size,
-                        "algo": self.algorithm,
-                    },
-                )
+                rid = side.conn.post(wire.OP_HASH, {**request, "ranges": [[first, count]]})
                 self._hash_rids.add((name, rid))
                 side.next_window += 1
+
+    def _issue_pairs(self) -> None:
+        """Direct mode: ask the destination's worker to compare (and fix) windows of chunks.
+        A window in flight counts as in flight: a cancel waits for its writes."""
+        side = self._sides[DESTINATION]
+        while side.next_window < min(self._windows, side.windows_done + PAIR_WINDOWS_AHEAD):
+            first = side.next_window * self._window
+            rid = side.conn.post(
+                wire.OP_PAIR,
+                {
+                    "ranges": [[first, min(self._window, self.chunk_map.total - first)]],
+                    "chunk_size": self.options.chunk_size,
+                    "size": self.size,
+                    "sub_block": self.options.sub_block,
+                    "algo": self.algorithm,
+                    "write": not self.options.dry_run,
+                },
+            )
+            self._hash_rids.add((DESTINATION, rid))
+            self._inflight += 1
+            side.next_window += 1
 
     def _handle(self, frame: Frame) -> None:
         op = frame.op
@@ -430,6 +485,10 @@ class SyncEngine:
             if (frame.side, frame.rid) in self._hash_rids:
                 self._hash_rids.discard((frame.side, frame.rid))
                 self._sides[frame.side].windows_done += 1
+                if self.method == "direct":
+                    self._inflight -= 1
+        elif op == wire.OP_PAIRED:
+            self._on_paired(frame)
         elif op == wire.OP_SUBDIGESTS:
             self._on_subdigests(frame)
         elif op == wire.OP_DATA:
@@ -465,6 +524,30 @@ class SyncEngine:
                 mine[index] = item
         if self._dest_absent:
             self._sides[DESTINATION].scanned = side.scanned
+
+    def _on_paired(self, frame: Frame) -> None:
+        first, count, dsize = wire.DIGESTS_HEAD.unpack_from(frame.payload)
+        pos = wire.DIGESTS_HEAD.size
+        wrote = not self.options.dry_run
+        states = {wire.PAIR_SAME: State.SAME, wire.PAIR_ZERO: State.ZERO, wire.PAIR_ERROR: State.ERROR}
+        for index in range(first, first + count):
+            outcome, flag, differing = wire.PAIRED_ITEM.unpack_from(frame.payload, pos)
+            pos += wire.PAIRED_ITEM.size
+            _, length = self._chunk_geometry(index)
+            for side in self._sides.values():
+                side.scanned += length
+            if outcome == wire.PAIR_DIFFERS:
+                self._bytes_differing += differing
+                if wrote:
+                    self._bytes_sent += differing
+                    self._src_digest[index] = (
+                        bytes(frame.payload[pos : pos + dsize]) if flag == wire.FLAG_DATA else b""
+                    )
+                self.chunk_map.set(index, State.WRITTEN if wrote else State.DIFFERS)
+            else:
+                self.chunk_map.set(index, states[outcome])
+            pos += dsize
+            self._settled += 1
 
     def _resolve(self, index: int, src: tuple[int, bytes], dst: tuple[int, bytes]) -> None:
         """Compare one chunk's two digests and decide what it needs."""
@@ -570,7 +653,10 @@ class SyncEngine:
         error = wire.decode_json(frame.payload)
         message = _where(self._sides[frame.side].conn, error["message"])
         if (frame.side, frame.rid) in self._hash_rids:
-            raise RemoteError(message)
+            if error.get("chunk", -1) < 0:
+                raise RemoteError(message)
+            self.errors.append(message)  # one chunk of a direct compare: its entry settles it
+            return
         index = self._requests.pop((frame.side, frame.rid), error.get("chunk", -1))
         self.errors.append(message)
         if frame.side == DESTINATION and error.get("chunk", -1) >= 0:
@@ -697,6 +783,7 @@ class SyncEngine:
             size=self.size,
             chunk_size=self.options.chunk_size,
             sub_block_size=self.options.sub_block,
+            method=self.method,
             algorithm=self.algorithm,
             compression=self.compression,
             total_chunks=self.chunk_map.total,
