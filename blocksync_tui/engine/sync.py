@@ -469,6 +469,7 @@ class SyncEngine:
                     "sub_block": self.options.sub_block,
                     "algo": self.algorithm,
                     "write": not self.options.dry_run,
+                    "digests": self.options.verify,
                 },
             )
             self._hash_rids.add((DESTINATION, rid))

@@ -483,6 +483,16 @@ def list_devices() -> "list[dict]":
 # ---------------------------------------------------------------------------- the worker
 
 
+class _NoHash:
+    """Stands in for a hash object where no digest is wanted: the entry carries zeros."""
+
+    def update(self, data) -> None:
+        pass
+
+    def digest(self) -> bytes:
+        return b""
+
+
 class WorkerError(Exception):
     """An error to report to the controller as one line."""
 
@@ -864,7 +874,8 @@ class Worker:
         copy each chunk's differing sub-blocks over at once. Streams PAIRED batches, then DONE.
 
         One thread reads both files piece by piece into two small buffers and compares the
-        bytes: exact, and cheaper than hashing them. A differing chunk is hashed for --verify.
+        bytes: exact, and cheaper than hashing them. With `digests` (for --verify), a differing
+        chunk's entry carries the digest of the source bytes it was given.
         """
         self._need_open()
         if self.peer_fd < 0:
@@ -873,8 +884,8 @@ class Worker:
         if write and not self.writable:
             raise WorkerError("the destination was not opened for writing")
         chunk_size, size, sub = int(req["chunk_size"]), int(req["size"]), int(req["sub_block"])
-        make_hash = new_hash(req["algo"])
-        dsize = len(make_hash().digest())
+        make_hash = new_hash(req["algo"]) if req.get("digests") else _NoHash
+        dsize = len(new_hash(req["algo"])().digest())
         piece_size = min(READ_SIZE, chunk_size)
         bufs = (bytearray(piece_size), bytearray(piece_size))
 
@@ -915,7 +926,7 @@ class Worker:
         if write:
             self._forget_subs(offset)
         differing = sum(end - start for start, end in runs)
-        return PAIRED_ITEM.pack(PAIR_DIFFERS, flag, differing) + (bytes(dsize) if zero else h.digest())
+        return PAIRED_ITEM.pack(PAIR_DIFFERS, flag, differing) + (b"" if zero else h.digest()).ljust(dsize, b"\0")
 
     def _drop_cache(self) -> None:
         """Write back and forget cached pages, so a verify reads the disk, not memory."""
