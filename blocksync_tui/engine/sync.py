@@ -221,19 +221,19 @@ class SyncEngine:
     def _start_workers(self) -> None:
         """Start both workers at once: two interpreters, or two SSH handshakes, side by side."""
         failures: dict[str, BaseException] = {}
-        for side, endpoint in ((SOURCE, self.source), (DESTINATION, self.destination)):
-            try:
-                self._sides[side] = _Side(Connection(self._factory(endpoint), side, self._events), {})
-            except BlocksyncError as exc:
-                raise exc.on(side) from None
+        endpoints = {SOURCE: self.source, DESTINATION: self.destination}
 
         def start(side: str) -> None:
             try:
-                self._sides[side].conn.start()
+                # The transport is made here too: an SSH one imports paramiko (0.15 s), which
+                # then overlaps the other side's start.
+                conn = Connection(self._factory(endpoints[side]), side, self._events)
+                self._sides[side] = _Side(conn, {})
+                conn.start()
             except BaseException as exc:  # handed to the calling thread below
                 failures[side] = exc
 
-        threads = [threading.Thread(target=start, args=(side,), daemon=True) for side in self._sides]
+        threads = [threading.Thread(target=start, args=(side,), daemon=True) for side in endpoints]
         for thread in threads:
             thread.start()
         for thread in threads:
