@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.tui.app import BlocksyncApp
@@ -43,6 +45,13 @@ async def _wait_for(pilot, condition, timeout: float = 90.0) -> None:
     raise AssertionError(f"the app did not get there in time: {pilot.app.screen_stack}")
 
 
+def _summary_text(review: ReviewScreen) -> str:
+    """The review's key figures as plain text."""
+    console = Console(width=120, file=io.StringIO())
+    console.print(review.summary())
+    return console.file.getvalue()
+
+
 async def _click(pilot, selector: str) -> None:
     """Click a widget once the screen that holds it has been laid out."""
     await _wait_for(pilot, lambda: bool(pilot.app.screen.query(selector)) and pilot.app.screen.query_one(selector).region.area > 0)
@@ -66,10 +75,11 @@ async def test_dry_run_from_keys_matches_the_engine_then_sync(tmp_path: Path) ->
         await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
         review = app.screen
         assert isinstance(review, ReviewScreen)
-        headless = run_engine(src, dst, dry_run=True)
+        headless = run_engine(src, dst, dry_run=True, direct=False)  # the other method agrees
         for field in ("outcome", "chunks_differing", "bytes_differing", "change_runs", "total_chunks"):
             assert getattr(review.report, field) == getattr(headless, field), field
-        assert review.report.outcome == "differs"
+        assert review.report.outcome == "differs" and review.report.method == "direct"
+        assert "byte for byte, on one host" in _summary_text(review)
         assert dst.read_bytes() != src.read_bytes(), "a dry run wrote"
 
         await pilot.press("ctrl+s")

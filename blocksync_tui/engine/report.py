@@ -33,6 +33,8 @@ class Progress:
     """Everything that crossed both connections, digests and frames included."""
     counts: dict[State, int]
     paused: bool = False
+    method: str = "digests"
+    """"direct" once the destination's worker compares bytes on one host."""
 
     @property
     def scanned(self) -> int:

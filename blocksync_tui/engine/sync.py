@@ -180,6 +180,7 @@ class SyncEngine:
             wire_bytes=sum(s.conn.bytes_in + s.conn.bytes_out for s in self._sides.values()),
             counts=self.chunk_map.counts(),
             paused=not self._resume.is_set(),
+            method=self.method,
         )
 
     @property

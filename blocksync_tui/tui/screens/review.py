@@ -92,12 +92,14 @@ class ReviewScreen(Screen[None]):
             ("Unchanged", f"{r.chunks.get('same', 0):,} chunks, {r.chunks.get('zero', 0):,} all-zero"),
         ]
         if r.mode == "sync":
-            rows.append(("Written", f"{r.chunks.get('written', 0):,} chunks, {human_bytes(r.bytes_sent)} sent"))
+            moved = "copied on the host" if r.method == "direct" else "sent"
+            rows.append(("Written", f"{r.chunks.get('written', 0):,} chunks, {human_bytes(r.bytes_sent)} {moved}"))
         if r.verified is not None:
             rows.append(("Verified", "yes, re-read from disk" if r.verified else "[red]FAILED[/]"))
         rows += [
             ("On the wire", human_bytes(r.wire_bytes)),
-            ("Hash", f"{r.algorithm}, compression {r.compression}"),
+            ("Compared", "byte for byte, on one host"
+             if r.method == "direct" else f"{r.algorithm} digests, compression {r.compression}"),
             ("Time", format_duration(r.seconds) + f" ({human_bytes(r.size / max(r.seconds, 1e-9))}/s)"),
         ]
         if r.message:

@@ -62,7 +62,8 @@ class StatsPanel(Vertical):
         table.add_column(style="bold", no_wrap=True)
         table.add_column(overflow="fold")
         rows = [
-            ("Mode", "dry run (writes nothing)" if p.dry_run else "sync"),
+            ("Mode", ("dry run (writes nothing)" if p.dry_run else "sync")
+             + (", bytes compared on one host" if p.method == "direct" else "")),
             ("Phase", p.phase + ("  [paused]" if p.paused else "")),
             ("Source", self.source),
             ("Destination", self.destination),
@@ -74,7 +75,10 @@ class StatsPanel(Vertical):
         ]
         if not p.dry_run:
             rows.append(("Written", f"{counts[State.WRITTEN]:,} chunks"))
-            rows.append(("Sent", human_bytes(p.bytes_sent)))
+            if p.method == "direct":
+                rows.append(("Copied", f"{human_bytes(p.bytes_sent)} on the host"))
+            else:
+                rows.append(("Sent", human_bytes(p.bytes_sent)))
         rows += [
             ("On the wire", human_bytes(p.wire_bytes)),
             ("Throughput", f"{human_bytes(self.rates[-1])}/s now, {human_bytes(p.rate)}/s average"),
