@@ -140,6 +140,7 @@ class SyncEngine:
         self._dest_absent = False
         self._same_host = False
         self._prepared = False
+        self._prepare_seconds = 0.0
 
     # -- control from other threads
 
@@ -204,6 +205,7 @@ class SyncEngine:
             BlocksyncError: with a message for the user; nothing has been written.
         """
         self._started = time.monotonic()
+        self._prepare_seconds = 0.0
         try:
             self._start_workers()
             src = self._open(SOURCE, {"path": self.source.path})
@@ -218,6 +220,7 @@ class SyncEngine:
         self.size = src["size"]
         self.chunk_map = ChunkMap(-(-self.size // self.options.chunk_size))
         self._prepared = True
+        self._prepare_seconds = time.monotonic() - self._started
 
     def _start_workers(self) -> None:
         """Start both workers at once: two interpreters, or two SSH handshakes, side by side."""
@@ -334,6 +337,8 @@ class SyncEngine:
         """
         if not self._prepared:
             self.prepare()
+        # The clock covers connecting and running, not the wait for a confirmation between.
+        self._started = time.monotonic() - self._prepare_seconds
         try:
             if not self.options.dry_run:
                 self._open_for_writing()
