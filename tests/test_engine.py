@@ -336,3 +336,16 @@ def test_verify_reports_a_destination_that_does_not_hold_what_was_written(
     assert report.method == ("direct" if direct else "digests")
     assert report.verified is False and report.outcome == "failed"
     assert report.chunks["error"] == 1 and "chunk 2 failed verification" in report.errors[0]
+
+
+def test_waiting_for_a_confirmation_is_not_run_time(tmp_path: Path) -> None:
+    """The report's seconds (and so its throughput) cover connecting and running, not the time
+    a user took to confirm between prepare() and run()."""
+    rnd = random.Random(11)
+    src = _write(tmp_path / "src", rnd.randbytes(1 << 20))
+    dst = _write(tmp_path / "dst", rnd.randbytes(1 << 20))
+    engine = SyncEngine(Endpoint(str(src)), Endpoint(str(dst)), SyncOptions(chunk_size=64 * KIB))
+    engine.prepare()
+    time.sleep(1.5)
+    report = engine.run()
+    assert 0 < report.seconds < 1.5
