@@ -100,7 +100,8 @@ class ReviewScreen(Screen[None]):
             ("On the wire", human_bytes(r.wire_bytes)),
             ("Compared", "byte for byte, on one host"
              if r.method == "direct" else f"{r.algorithm} digests, compression {r.compression}"),
-            ("Time", format_duration(r.seconds) + f" ({human_bytes(r.size / max(r.seconds, 1e-9))}/s)"),
+            ("Time", (f"{r.seconds:.2f} s" if r.seconds < 60 else format_duration(r.seconds))
+             + f" ({human_bytes(r.size / max(r.seconds, 1e-9))}/s)"),
         ]
         if r.message:
             rows.append(("Note", r.message))
