@@ -41,6 +41,10 @@ PAIR_WINDOW_BYTES = 8 << 20
 takes effect within 16 MiB."""
 PAIR_WINDOWS_AHEAD = 2
 """...and one side may run this many windows ahead of the other (bounds memory)."""
+PREFETCH_BYTES = 256 << 20
+"""Each worker asks its kernel to read this much ahead as soon as its end is open: the side up
+first (a local one, while an SSH handshake and a remote Python start take 0.5 s or more) then
+has its first chunks in memory when the scan begins."""
 INFLIGHT_BYTES = 32 << 20
 """At most this much chunk data is between the source and a completed write."""
 FAST_CODECS = ("zstd", "lz4")
@@ -208,10 +212,7 @@ class SyncEngine:
         self._prepare_seconds = 0.0
         try:
             self._start_workers()
-            src = self._open(SOURCE, {"path": self.source.path})
-            if not src.get("exists"):
-                raise EndpointError(f"{self.source}: no such file or device").on(SOURCE)
-            dst = self._open(DESTINATION, {"path": self.destination.path})
+            src, dst = self._sides[SOURCE].info, self._sides[DESTINATION].info
             self._check(src, dst)
             self._negotiate()
         except BaseException:
@@ -223,7 +224,8 @@ class SyncEngine:
         self._prepare_seconds = time.monotonic() - self._started
 
     def _start_workers(self) -> None:
-        """Start both workers at once: two interpreters, or two SSH handshakes, side by side."""
+        """Start both workers and open both ends (read-only) at once, side by side: two
+        interpreters, or two SSH handshakes. A side that is up first starts reading ahead."""
         failures: dict[str, BaseException] = {}
         endpoints = {SOURCE: self.source, DESTINATION: self.destination}
 
@@ -234,6 +236,9 @@ class SyncEngine:
                 conn = Connection(self._factory(endpoints[side]), side, self._events)
                 self._sides[side] = _Side(conn, {})
                 conn.start()
+                info = self._open(side, {"path": endpoints[side].path, "prefetch": PREFETCH_BYTES})
+                if side == SOURCE and not info.get("exists"):
+                    raise EndpointError(f"{self.source}: no such file or device")
             except BaseException as exc:  # handed to the calling thread below
                 failures[side] = exc
 
