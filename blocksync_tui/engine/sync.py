@@ -36,11 +36,11 @@ SUB_BLOCK = 4096
 HASH_WINDOW_BYTES = 32 << 20
 """Chunks are requested for hashing in windows of this size..."""
 WINDOWS_AHEAD = 4
+"""...and one side may run this many windows ahead of the other (bounds memory)."""
 PAIR_WINDOW_BYTES = 8 << 20
 """A direct compare writes as it goes: smaller windows, fewer ahead, so a cancel or a pause
 takes effect within 16 MiB."""
 PAIR_WINDOWS_AHEAD = 2
-"""...and one side may run this many windows ahead of the other (bounds memory)."""
 PREFETCH_BYTES = 256 << 20
 """Each worker asks its kernel to read this much ahead as soon as its end is open: the side up
 first (a local one, while an SSH handshake and a remote Python start take 0.5 s or more) then
@@ -459,33 +459,32 @@ class SyncEngine:
             if name == DESTINATION and self._dest_absent:
                 continue
             while side.next_window < min(self._windows, low + WINDOWS_AHEAD):
-                first = side.next_window * self._window
-                count = min(self._window, self.chunk_map.total - first)
-                rid = side.conn.post(wire.OP_HASH, {**request, "ranges": [[first, count]]})
-                self._hash_rids.add((name, rid))
-                side.next_window += 1
+                self._post_window(name, wire.OP_HASH, request)
 
     def _issue_pairs(self) -> None:
         """Direct mode: ask the destination's worker to compare (and fix) windows of chunks.
         A window in flight counts as in flight: a cancel waits for its writes."""
         side = self._sides[DESTINATION]
+        request = {
+            "chunk_size": self.options.chunk_size,
+            "size": self.size,
+            "sub_block": self.options.sub_block,
+            "algo": self.algorithm,
+            "write": not self.options.dry_run,
+            "digests": self.options.verify,
+        }
         while side.next_window < min(self._windows, side.windows_done + PAIR_WINDOWS_AHEAD):
-            first = side.next_window * self._window
-            rid = side.conn.post(
-                wire.OP_PAIR,
-                {
-                    "ranges": [[first, min(self._window, self.chunk_map.total - first)]],
-                    "chunk_size": self.options.chunk_size,
-                    "size": self.size,
-                    "sub_block": self.options.sub_block,
-                    "algo": self.algorithm,
-                    "write": not self.options.dry_run,
-                    "digests": self.options.verify,
-                },
-            )
-            self._hash_rids.add((DESTINATION, rid))
+            self._post_window(DESTINATION, wire.OP_PAIR, request)
             self._inflight += 1
-            side.next_window += 1
+
+    def _post_window(self, name: str, op: int, request: dict) -> None:
+        """Send one side the request for its next window of chunks."""
+        side = self._sides[name]
+        first = side.next_window * self._window
+        count = min(self._window, self.chunk_map.total - first)
+        rid = side.conn.post(op, {**request, "ranges": [[first, count]]})
+        self._hash_rids.add((name, rid))
+        side.next_window += 1
 
     def _handle(self, frame: Frame) -> None:
         op = frame.op

@@ -186,10 +186,14 @@ def hasher(algo: str):
         import xxhash
 
         return xxhash.xxh3_64_digest
-    if algo == "blake2b":
-        return lambda data: hashlib.blake2b(data, digest_size=32).digest()
-    hashlib.new(algo)  # raises ValueError for an unknown name
-    return lambda data: hashlib.new(algo, data).digest()
+    make = new_hash(algo)
+
+    def digest(data) -> bytes:
+        h = make()
+        h.update(data)
+        return h.digest()
+
+    return digest
 
 
 def new_hash(algo: str):
@@ -528,9 +532,10 @@ class Worker:
         self.scan_queue: "queue.Queue" = queue.Queue()
         self.service_queue: "queue.Queue" = queue.Queue()
         self.write_queue: "queue.Queue" = queue.Queue(maxsize=64)
-        self.sub_cache: "dict[tuple, bytes]" = {}
-        """Sub-block digests computed by the scan, by (offset, length, sub-block size): SUBHASH
-        and DELTA then need no second read of the chunk. Bounded; dropped when written."""
+        self.sub_cache: "dict[int, tuple]" = {}
+        """Sub-block digests computed by the scan, by chunk offset, with the (length, sub-block
+        size, algorithm) they were taken with: SUBHASH and DELTA then need no second read of the
+        chunk. Bounded; dropped when written."""
         self.cache_lock = threading.Lock()
         self.acks: "list[bytes]" = []
         self.last_ack = time.monotonic()
@@ -840,7 +845,7 @@ class Worker:
             if zero:
                 return entry.pack(FLAG_ZERO, b"")
             if sub_fn:
-                self._cache_subs((offset, length, sub, sub_algo), b"".join(subs))
+                self._cache_subs(offset, (length, sub, sub_algo), b"".join(subs))
             return entry.pack(FLAG_DATA, h.digest())
 
         for first, count in req["ranges"]:
@@ -864,21 +869,22 @@ class Worker:
         if batch:
             self.send(op, rid, DIGESTS_HEAD.pack(first, len(batch), dsize) + b"".join(batch))
 
-    def _cache_subs(self, key: tuple, digests: bytes) -> None:
+    def _cache_subs(self, offset: int, kind: tuple, digests: bytes) -> None:
         with self.cache_lock:
-            self.sub_cache[key] = digests
+            self.sub_cache.pop(offset, None)  # re-inserted as the newest
+            self.sub_cache[offset] = (kind, digests)
             while len(self.sub_cache) > SUB_CACHE_CHUNKS:
                 del self.sub_cache[next(iter(self.sub_cache))]  # the oldest: dicts keep order
 
     def _cached_subs(self, offset: int, length: int, sub: int, algo: str) -> "bytes | None":
         with self.cache_lock:
-            return self.sub_cache.get((offset, length, sub, algo))
+            kept = self.sub_cache.get(offset)
+        return kept[1] if kept is not None and kept[0] == (length, sub, algo) else None
 
     def _forget_subs(self, offset: int) -> None:
         """A write at `offset` makes the cached digests of that chunk stale."""
         with self.cache_lock:
-            for key in [k for k in self.sub_cache if k[0] == offset]:
-                del self.sub_cache[key]
+            self.sub_cache.pop(offset, None)
 
     def pair(self, rid: int, req: dict) -> None:
         """Compare the peer (the source) with this file chunk by chunk, in order; with `write`,
@@ -960,30 +966,31 @@ class Worker:
         """The pieces of one chunk that the destination lacks, encoded for the wire."""
         self._need_open()
         index, offset, length, sub_size, mode, algo, codec, theirs = unpack_chunk_request(payload)
+        blocks = -(-length // sub_size)
         mine = self._cached_subs(offset, length, sub_size, algo) if mode == DELTA_SUBDIGESTS else None
         if mine is not None:  # the scan kept them: read only the differing sub-blocks
-            runs = spans(differing_sub_blocks(mine, theirs, -(-length // sub_size)))
-            parts = [PIECES_HEAD.pack(index, length, len(runs))]
-            for first, count in runs:
-                start = first * sub_size
-                piece = self._read(offset + start, min(length, start + count * sub_size) - start)
-                parts.extend(encode_piece(start, piece, codec or None))
-            self.send(OP_DATA, rid, b"".join(parts))
-            return
-        data = self._read(offset, length)
-        view = memoryview(data)
-        blocks = [view[start : start + sub_size] for start in range(0, length, sub_size)]
-        if mode == DELTA_WHOLE:
-            runs = [(0, len(blocks))] if blocks else []
-        elif mode == DELTA_DEST_ZERO:
-            runs = spans([not is_zero(block) for block in blocks])
+            runs = spans(differing_sub_blocks(mine, theirs, blocks))
+
+            def piece(start: int, end: int):
+                return self._read(offset + start, end - start)
+
         else:
-            mine = sub_digests(hasher(algo), data, sub_size)
-            runs = spans(differing_sub_blocks(mine, theirs, len(blocks)))
+            view = memoryview(self._read(offset, length))
+
+            def piece(start: int, end: int):
+                return view[start:end]
+
+            if mode == DELTA_WHOLE:
+                runs = [(0, blocks)] if blocks else []
+            elif mode == DELTA_DEST_ZERO:
+                runs = spans([not is_zero(view[o : o + sub_size]) for o in range(0, length, sub_size)])
+            else:
+                mine = sub_digests(hasher(algo), view, sub_size)
+                runs = spans(differing_sub_blocks(mine, theirs, blocks))
         parts = [PIECES_HEAD.pack(index, length, len(runs))]
         for first, count in runs:
             start = first * sub_size
-            parts.extend(encode_piece(start, view[start : min(length, start + count * sub_size)], codec or None))
+            parts.extend(encode_piece(start, piece(start, min(length, start + count * sub_size)), codec or None))
         self.send(OP_DATA, rid, b"".join(parts))
 
     # -- writes
