@@ -128,4 +128,6 @@ class SetupScreen(Screen[None]):
 
     def show_devices(self, message: DevicesListed) -> None:
         """Fill a panel's device table with what its host's worker listed."""
-        self.query_one(f"#{message.side}", EndpointPanel).show_devices(message.devices, message.error)
+        # A listing can arrive after the panel is gone (the app is closing): then it is dropped.
+        for panel in self.query(f"#{message.side}").results(EndpointPanel):
+            panel.show_devices(message.devices, message.error)
