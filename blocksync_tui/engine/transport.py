@@ -94,6 +94,10 @@ class LocalTransport(Transport):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 bufsize=0,
+                # A session of its own: a terminal's Ctrl-C goes to its foreground process
+                # group, and is the controller's to handle (a cancel that completes the writes
+                # in flight), not the worker's. A worker still ends with the controller: on EOF.
+                start_new_session=True,
             )
         except OSError as exc:
             raise ConnectError(f"cannot start {self.python}: {exc.strerror}") from exc
