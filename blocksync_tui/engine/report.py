@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -116,5 +117,10 @@ class Report:
         return json.dumps(asdict(self), indent=2)
 
     def save(self, path: str | Path) -> None:
-        """Write the JSON report to a file."""
-        Path(path).write_text(self.to_json() + "\n")
+        """Write the JSON report to a file; the string "-" means stdout (a Path is always a file)."""
+        text = self.to_json() + "\n"
+        if isinstance(path, str) and path == "-":
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            Path(path).write_text(text)
