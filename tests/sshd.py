@@ -258,13 +258,24 @@ class SshServer:
             "--known-hosts", str(self.known_hosts),
         ]
 
-    def openssh_argv(self, *command: str, cipher: str | None = None) -> list[str]:
-        """An OpenSSH `ssh` command line that runs `command` on this server."""
+    def openssh_argv(
+        self, *command: str, cipher: str | None = None, known_hosts: Path | None = None,
+        options: tuple[str, ...] = (),
+    ) -> list[str]:
+        """An OpenSSH `ssh` command line that runs `command` on this server.
+
+        Args:
+            known_hosts: The only known_hosts file it reads (default: this server's).
+            options: More `-o` options, e.g. ("HostKeyAlias=name",).
+        """
         argv = [
             "ssh", "-F", str(self.ssh_config), "-i", str(self.key), "-p", str(self.port),
             "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={known_hosts or self.known_hosts}",
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
         ]
+        for option in options:
+            argv += ["-o", option]
         if cipher:
             argv += ["-c", cipher]
         return [*argv, f"{self.user}@{self.host}", *command]

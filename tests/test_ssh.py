@@ -9,8 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,8 +23,17 @@ from sshd import SshServer
 from blocksync_tui.cli import main
 from blocksync_tui.demo import RandomStream
 from blocksync_tui.endpoint import Endpoint
+from blocksync_tui.engine import known_hosts
+from blocksync_tui.engine import ssh as ssh_module
 from blocksync_tui.engine.chunkmap import State
-from blocksync_tui.engine.errors import ConnectError, ConnectionLost, EndpointError, UsageError
+from blocksync_tui.engine.errors import (
+    ConnectError,
+    ConnectionLost,
+    EndpointError,
+    UnknownHostKey,
+    UsageError,
+)
+from blocksync_tui.engine.process import EngineProcess
 from blocksync_tui.engine.report import Report
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions
 from blocksync_tui.engine.transports import SshOptions, transport_factory
@@ -36,9 +48,11 @@ SIZE = 40 * CHUNK + 12345
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sshd: SshServer):
-    """Never read the real ~/.ssh or agent; after each test, nothing may run on the 'remote'."""
+    """Never read the real ~/.ssh, /etc/ssh or agent; after each test, nothing may run on the
+    'remote'."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.setattr(ssh_module, "GLOBAL_KNOWN_HOSTS", (), raising=False)
     yield
     assert sshd.wait_sessions_gone(timeout=10) == [], "a remote worker outlived its connection"
 
@@ -277,6 +291,325 @@ def test_changed_host_key_is_refused_even_with_accept_new(sshd: SshServer, tmp_p
         message = connect_error(sshd, tmp_path, options)
         assert "has CHANGED" in message and "ssh-keygen -R" in message and "SHA256:" in message
     assert known.read_text() == before
+
+
+# -- host keys: known_hosts and ssh_config, as OpenSSH reads and writes them
+
+
+def open_ssh(sshd: SshServer, options: SshOptions, host: str | None = None) -> ssh_module.SshTransport:
+    """Connect and log in, start the worker's interpreter and close again (it exits on EOF)."""
+    where = host or f"{sshd.user}@{sshd.host}:{sshd.port}"
+    transport = ssh_module.SshTransport(Endpoint.parse(f"{where}:/unused"), options)
+    transport.start()
+    transport.close()
+    return transport
+
+
+def refusal(sshd: SshServer, options: SshOptions, host: str | None = None) -> ConnectError:
+    """The one-line ConnectError that connecting ends with."""
+    with pytest.raises(ConnectError) as info:
+        open_ssh(sshd, options, host)
+    assert "\n" not in str(info.value)
+    return info.value
+
+
+def host_config(sshd: SshServer, tmp_path: Path, body: str) -> SshOptions:
+    """Options that leave host keys to an ssh_config (`body`, before a `Host *` with our key)."""
+    config = tmp_path / "ssh_config"
+    config.write_text(f"{body}Host *\n  IdentityFile {sshd.key}\n")
+    return sshd.ssh_options(config_file=str(config), known_hosts=None, identity_files=[])
+
+
+def host_line(sshd: SshServer, name: str, key_file: Path | None = None) -> str:
+    """A known_hosts line for the server's key (or `key_file`'s) under any name."""
+    return f"{name} {sshd.known_hosts_line(key_file).split(' ', 1)[1]}"
+
+
+def ssh_keygen_fingerprint(public_key: Path) -> str:
+    listed = subprocess.run(["ssh-keygen", "-lf", str(public_key)], capture_output=True, text=True, check=True)
+    return listed.stdout.split()[1]
+
+
+def openssh_accepts(sshd: SshServer, known: Path, *options: str) -> bool:
+    """Whether OpenSSH's own client, with StrictHostKeyChecking=yes, trusts the host by `known`."""
+    result = subprocess.run(sshd.openssh_argv("true", known_hosts=known, options=options),
+                            capture_output=True, timeout=30)
+    return result.returncode == 0
+
+
+needs_openssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="the OpenSSH client is not installed")
+
+
+def test_user_known_hosts_file_from_ssh_config(sshd: SshServer, tmp_path: Path) -> None:
+    open_ssh(sshd, host_config(sshd, tmp_path, f"UserKnownHostsFile {sshd.known_hosts}\n"))
+    # Several files, quoted, the key in the second; --known-hosts wins over them all.
+    empty = tmp_path / "empty known_hosts"
+    empty.write_text("")
+    options = host_config(sshd, tmp_path, f'UserKnownHostsFile "{empty}" {sshd.known_hosts}\n')
+    open_ssh(sshd, options)
+    assert isinstance(refusal(sshd, replace(options, known_hosts=str(empty))), UnknownHostKey)
+
+
+def test_global_known_hosts_file_from_ssh_config_and_by_default(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    open_ssh(sshd, host_config(
+        sshd, tmp_path, f"UserKnownHostsFile {empty}\nGlobalKnownHostsFile {sshd.known_hosts}\n"
+    ))
+    # By default the system's files are read (here a stand-in for /etc/ssh/ssh_known_hosts)...
+    options = host_config(sshd, tmp_path, "")
+    assert isinstance(refusal(sshd, options), UnknownHostKey)
+    monkeypatch.setattr(ssh_module, "GLOBAL_KNOWN_HOSTS", (str(sshd.known_hosts),))
+    open_ssh(sshd, options)
+    # ...but not with --known-hosts: that file alone decides.
+    assert isinstance(refusal(sshd, replace(options, known_hosts=str(empty))), UnknownHostKey)
+
+
+def test_strict_host_key_checking_yes(sshd: SshServer, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    options = host_config(sshd, tmp_path, f"UserKnownHostsFile {known}\nStrictHostKeyChecking yes\n")
+    error = refusal(sshd, options)
+    assert isinstance(error, UnknownHostKey) and error.strict == "yes"
+    assert "StrictHostKeyChecking is yes" in str(error) and known.read_text() == ""
+    # --accept-new-host-key wins over the config.
+    open_ssh(sshd, replace(options, accept_new_host_key=True))
+    assert known.read_text() == sshd.known_hosts_line() + "\n"
+
+
+def test_strict_host_key_checking_accept_new(sshd: SshServer, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    options = host_config(sshd, tmp_path, f"UserKnownHostsFile {known}\nStrictHostKeyChecking accept-new\n")
+    open_ssh(sshd, options)
+    open_ssh(sshd, options)
+    assert known.read_text() == sshd.known_hosts_line() + "\n"
+    known.write_text(sshd.known_hosts_line(key_file=sshd.other_key) + "\n")
+    message = str(refusal(sshd, options))
+    assert "has CHANGED" in message and f"{known}:1 has ssh-ed25519" in message
+    assert known.read_text() == sshd.known_hosts_line(key_file=sshd.other_key) + "\n"
+
+
+def test_strict_host_key_checking_no_warns_and_still_refuses_a_changed_key(
+    sshd: SshServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    known = tmp_path / "known_hosts"
+    options = host_config(sshd, tmp_path, f"UserKnownHostsFile {known}\nStrictHostKeyChecking no\n")
+    transport = open_ssh(sshd, options)
+    err = capfd.readouterr().err
+    fingerprint = ssh_keygen_fingerprint(sshd.host_key.with_suffix(".pub"))
+    assert err.count("\n") == 1 and err.startswith("blocksync-tui: warning: ")
+    assert "NOT verified (StrictHostKeyChecking no)" in err and fingerprint in err
+    assert transport.warnings == [err.strip().removeprefix("blocksync-tui: warning: ")]
+    assert known.read_text() == sshd.known_hosts_line() + "\n"  # remembered, as OpenSSH does
+    # Safer than OpenSSH here: a changed key is refused even so.
+    known.write_text(sshd.known_hosts_line(key_file=sshd.other_key) + "\n")
+    assert "has CHANGED" in str(refusal(sshd, options))
+    # UserKnownHostsFile /dev/null: accepted with the warning, nothing written anywhere.
+    open_ssh(sshd, host_config(sshd, tmp_path, "UserKnownHostsFile /dev/null\nStrictHostKeyChecking no\n"))
+    assert "NOT verified" in capfd.readouterr().err
+
+
+@needs_openssh
+def test_host_key_alias_is_written_and_looked_up_as_openssh_does(sshd: SshServer, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    options = host_config(
+        sshd, tmp_path,
+        f"Host aliased\n  HostName {sshd.host}\n  Port {sshd.port}\n  User {sshd.user}\n"
+        f"  HostKeyAlias MyServer\n  UserKnownHostsFile {known}\n",
+    )
+    open_ssh(sshd, replace(options, accept_new_host_key=True), host="aliased")
+    assert known.read_text() == host_line(sshd, "myserver") + "\n"  # no port with an alias
+    assert openssh_accepts(sshd, known, "HostKeyAlias=MyServer")
+    open_ssh(sshd, options, host="aliased")
+    # The alias's line is the one that counts, not the host's own.
+    known.write_text(sshd.known_hosts_line() + "\n")
+    error = refusal(sshd, options, host="aliased")
+    assert isinstance(error, UnknownHostKey) and error.host == "myserver"
+
+
+@needs_openssh
+def test_a_new_key_on_another_port_is_saved_as_host_and_port(sshd: SshServer, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    open_ssh(sshd, sshd.ssh_options(known_hosts=str(known), accept_new_host_key=True))
+    assert known.read_text() == f"[{sshd.host}]:{sshd.port} " + host_line(sshd, "").lstrip() + "\n"
+    assert openssh_accepts(sshd, known)
+
+
+@needs_openssh
+def test_hash_known_hosts(sshd: SshServer, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    options = host_config(
+        sshd, tmp_path,
+        f"UserKnownHostsFile {known}\nStrictHostKeyChecking accept-new\nHashKnownHosts yes\n",
+    )
+    open_ssh(sshd, options)
+    text = known.read_text()
+    assert text.startswith("|1|") and sshd.host not in text and text.count("\n") == 1
+    assert openssh_accepts(sshd, known)
+    open_ssh(sshd, replace(options, accept_new_host_key=False))  # found again, not added again
+    assert known.read_text() == text
+
+
+def test_the_key_type_known_hosts_lists_is_asked_for_first(tmp_path: Path) -> None:
+    """A server with an ed25519 and an RSA key, known by its RSA key only: it must show that one
+    (as OpenSSH orders HostKeyAlgorithms), not be refused as CHANGED for its ed25519 key."""
+    rsa = tmp_path / "host_rsa"
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(rsa)], check=True)
+    with SshServer.running(tmp_path / "sshd", extra_config=f"HostKey {rsa}\n") as server:
+        known = tmp_path / "known_hosts"
+        known.write_text(server.known_hosts_line(key_file=rsa) + "\n")
+        open_ssh(server, server.ssh_options(known_hosts=str(known)))
+        known.write_text(server.known_hosts_line() + "\n")
+        open_ssh(server, server.ssh_options(known_hosts=str(known)))
+
+
+def test_a_key_listed_under_the_bare_host_name_counts_for_its_port(sshd: SshServer, tmp_path: Path) -> None:
+    """OpenSSH's "checking without port identifier", for hosts listed before they moved port."""
+    known = tmp_path / "known_hosts"
+    known.write_text(host_line(sshd, sshd.host) + "\n")
+    open_ssh(sshd, sshd.ssh_options(known_hosts=str(known)))
+
+
+@pytest.mark.parametrize("form", ["wildcard", "star", "list", "hashed", "hashed by ssh-keygen"])
+def test_known_hosts_lines_paramiko_could_not_read(sshd: SshServer, tmp_path: Path, form: str) -> None:
+    """@cert-authority lines made paramiko fail on every host ("Incorrect padding"); wildcard
+    patterns never matched."""
+    names = {
+        "wildcard": f"[127.0.0.?]:{sshd.port}",
+        "star": "*",
+        "list": f"other.example,[{sshd.host}]:{sshd.port},!secret.example",
+        "hashed": known_hosts.format_line(f"[{sshd.host}]:{sshd.port}", b"", hashed=True).split()[0],
+        "hashed by ssh-keygen": f"[{sshd.host}]:{sshd.port}",
+    }
+    known = tmp_path / "known_hosts"
+    known.write_text(
+        "# made by hand\n"
+        f"@cert-authority *.example.com {sshd.known_hosts_line(key_file=sshd.other_key).split(' ', 1)[1]}\n"
+        f"{host_line(sshd, names[form])}\n"
+    )
+    if form == "hashed by ssh-keygen":
+        subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(known)], check=True, capture_output=True)
+    open_ssh(sshd, sshd.ssh_options(known_hosts=str(known)))
+
+
+def test_a_negated_host_pattern_does_not_list_it(sshd: SshServer, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(host_line(sshd, f"*,![{sshd.host}]:{sshd.port},!{sshd.host}") + "\n")
+    assert isinstance(refusal(sshd, sshd.ssh_options(known_hosts=str(known))), UnknownHostKey)
+
+
+def test_a_revoked_host_key_is_refused_even_with_accept_new(sshd: SshServer, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd.known_hosts_line() + "\n" + host_line(sshd, "@revoked *") + "\n")
+    before = known.read_text()
+    for accept in (False, True):
+        message = str(refusal(sshd, sshd.ssh_options(known_hosts=str(known), accept_new_host_key=accept)))
+        assert f"the host key of [{sshd.host}]:{sshd.port} (ssh-ed25519 SHA256:" in message
+        assert f"is marked @revoked in {known}:2" in message
+    assert known.read_text() == before
+
+
+def test_two_workers_meeting_a_new_host_at_once_save_its_key_once(sshd: SshServer, tmp_path: Path) -> None:
+    """Both ends on one new host: both workers connect side by side and both accept its key."""
+    known = tmp_path / "known_hosts"
+    src, dst = make_pair(tmp_path, seed=9)
+    options = sshd.ssh_options(known_hosts=str(known), accept_new_host_key=True)
+    sync(sshd.endpoint(src), sshd.endpoint(dst), options)
+    assert dst.read_bytes() == src.read_bytes()
+    assert known.read_text() == sshd.known_hosts_line() + "\n"
+
+
+def test_unknown_host_key_crosses_the_engine_process(sshd: SshServer, tmp_path: Path) -> None:
+    """The app runs the engine in a child process: the error must arrive with all it carries."""
+    known = tmp_path / "known_hosts"
+    src, dst = make_pair(tmp_path)
+    engine = EngineProcess(
+        Endpoint.parse(str(src)), Endpoint.parse(sshd.endpoint(dst)),
+        SyncOptions(chunk_size=CHUNK, dry_run=True), sshd.ssh_options(known_hosts=str(known)),
+    )
+    with pytest.raises(UnknownHostKey) as info:
+        engine.prepare()
+    error = info.value
+    assert error.side == "destination" and error.strict == "ask" and not error.hashed
+    assert error.host == f"[{sshd.host}]:{sshd.port}" and error.key_type == "ssh-ed25519"
+    assert error.fingerprint == ssh_keygen_fingerprint(sshd.host_key.with_suffix(".pub"))
+    assert error.known_hosts == str(known)
+    assert f"{error.host} {error.key_type} {error.key}" == sshd.known_hosts_line()
+    assert not known.exists()
+
+
+# -- which keys log in: IdentityFile, IdentitiesOnly, the agent, as OpenSSH offers them
+
+
+@pytest.fixture
+def agent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], None]]:
+    """A private ssh-agent (SSH_AUTH_SOCK points to it); yields a function that loads a key."""
+    if shutil.which("ssh-agent") is None or shutil.which("ssh-add") is None:
+        pytest.skip("ssh-agent is not installed")
+    directory = Path(tempfile.mkdtemp(prefix="agent-"))  # short: a socket path has 108 bytes
+    sock = directory / "sock"
+    process = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+
+    def add(key: Path) -> None:
+        subprocess.run(["ssh-add", "-q", str(key)], check=True, capture_output=True,
+                       env={**os.environ, "SSH_AUTH_SOCK": str(sock)})
+
+    try:
+        yield add
+    finally:
+        process.terminate()
+        process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_identities_only_offers_the_agent_key_a_public_key_names(
+    sshd: SshServer, tmp_path: Path, agent: Callable[[Path], None]
+) -> None:
+    agent(sshd.other_key)
+    agent(sshd.key)
+    chosen, stranger = tmp_path / "chosen.pub", tmp_path / "stranger.pub"
+    shutil.copy(sshd.key.with_suffix(".pub"), chosen)
+    shutil.copy(sshd.other_key.with_suffix(".pub"), stranger)
+    # IdentityFile names a public key only: the agent signs with its copy of the private key.
+    open_ssh(sshd, write_config(sshd, tmp_path, f"Host *\n  IdentitiesOnly yes\n  IdentityFile {chosen}\n"))
+    # IdentitiesOnly: the agent's other keys are not offered.
+    options = write_config(sshd, tmp_path, f"Host *\n  IdentitiesOnly yes\n  IdentityFile {stranger}\n")
+    message = str(refusal(sshd, options))
+    assert f"tried keys: agent key {ssh_keygen_fingerprint(stranger)})" in message
+    # Without it they are.
+    open_ssh(sshd, write_config(sshd, tmp_path, f"Host *\n  IdentityFile {stranger}\n"))
+
+
+def test_default_keys_are_offered_only_when_no_key_is_named(sshd: SshServer, tmp_path: Path) -> None:
+    home_ssh = Path(os.environ["HOME"]) / ".ssh"
+    home_ssh.mkdir(parents=True)
+    shutil.copy(sshd.key, home_ssh / "id_ed25519")
+    (home_ssh / "id_ed25519").chmod(0o600)
+    # Nothing named: ~/.ssh/id_* are offered, with IdentitiesOnly too (as OpenSSH does).
+    open_ssh(sshd, write_config(sshd, tmp_path, "Host *\n  IdentitiesOnly yes\n"))
+    # A named key replaces them.
+    message = str(refusal(sshd, write_config(sshd, tmp_path, f"Host *\n  IdentityFile {sshd.other_key}\n")))
+    assert f"(tried keys: {sshd.other_key})" in message
+
+
+def test_connect_timeout_from_ssh_config(sshd: SshServer, tmp_path: Path) -> None:
+    with socket.socket() as silent:  # accepts connections, never sends a banner
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        options = write_config(sshd, tmp_path, "Host *\n  ConnectTimeout 1\n")
+        for given, most in ((options, 4.0), (replace(options, connect_timeout=0.2), 1.0)):
+            started = time.monotonic()  # SshOptions.connect_timeout, when given, wins
+            error = refusal(sshd, given, host=f"root@127.0.0.1:{port}")
+            assert "does not answer like an SSH server" in str(error)
+            assert time.monotonic() - started < most
 
 
 def test_connection_refused_and_unknown_host(sshd: SshServer, tmp_path: Path) -> None:

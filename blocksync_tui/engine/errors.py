@@ -27,6 +27,33 @@ class ConnectError(BlocksyncError):
     """A worker could not be started or reached (SSH, no Python, refused key)."""
 
 
+class UnknownHostKey(ConnectError):
+    """A host offered a key that no known_hosts file lists: trusting it is the user's call.
+
+    It carries what a user needs to decide (the fingerprint) and what trusting takes (the key
+    and where it would be saved), as plain values, so that it crosses processes intact.
+    """
+
+    def __init__(
+        self, message: str, host: str = "", key_type: str = "", fingerprint: str = "",
+        known_hosts: str = "", key: str = "", hashed: bool = False, strict: str = "ask",
+    ) -> None:
+        super().__init__(message)
+        self.host = host
+        """The name known_hosts would list: "host", "[host]:port", or the HostKeyAlias."""
+        self.key_type = key_type
+        self.fingerprint = fingerprint
+        """As OpenSSH prints it: "SHA256:" and unpadded base64."""
+        self.known_hosts = known_hosts
+        """The file the key would be saved to ("" if there is none: UserKnownHostsFile none)."""
+        self.key = key
+        """The public key blob, base64, as a known_hosts line holds it."""
+        self.hashed = hashed
+        """Save the name hashed (HashKnownHosts yes)."""
+        self.strict = strict
+        """StrictHostKeyChecking in effect: "ask" lets a user trust the key, "yes" does not."""
+
+
 class ProtocolError(BlocksyncError):
     """The worker spoke something we do not understand: version skew or corruption."""
 

@@ -136,7 +136,7 @@ def _child_main() -> None:
     try:
         engine.prepare()
     except BlocksyncError as exc:
-        conn.send(("error", type(exc).__name__, str(exc), exc.side))
+        conn.send(("error", type(exc).__name__, str(exc), exc.side, _details(exc)))
         return
     conn.send(("prepared", _Prepared(engine.size, engine.chunk_map.total, engine.warnings,
                                      engine.source_info, engine.destination_info,
@@ -229,7 +229,7 @@ class EngineProcess:
         message = self._receive()
         if message[0] == "error":
             self.close()
-            raise _rebuild(message[1], message[2], message[3])
+            raise _rebuild(message[1], message[2], message[3], message[4])
         info: _Prepared = message[1]
         self.size, self.warnings = info.size, info.warnings
         self.source_info, self.destination_info = info.source_info, info.destination_info
@@ -333,10 +333,21 @@ def _shm_dir() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-def _rebuild(kind: str, message: str, side: str | None) -> BlocksyncError:
+def _details(exc: BlocksyncError) -> dict:
+    """An error's own attributes (UnknownHostKey's fingerprint and key), to rebuild it with."""
+    return {name: value for name, value in vars(exc).items()
+            if name != "side" and isinstance(value, (str, int, float, bool, type(None)))}
+
+
+def _rebuild(
+    kind: str, message: str, side: str | None, details: dict | None = None
+) -> BlocksyncError:
+    """The child's error as the same class, with the same attributes, in this process."""
     cls = getattr(errors, kind, BlocksyncError)
     if not (isinstance(cls, type) and issubclass(cls, BlocksyncError)):
         cls = BlocksyncError
     error = cls(message)
+    for name, value in (details or {}).items():
+        setattr(error, name, value)
     return error.on(side) if side else error
 

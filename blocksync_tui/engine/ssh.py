@@ -1,18 +1,25 @@
 """Provides SshTransport: a worker started on an SSH host through paramiko.
 
 The host is resolved through ssh_config (HostName, User, Port, IdentityFile, IdentitiesOnly,
-HostKeyAlias, ProxyJump, ProxyCommand) the way OpenSSH would, host keys are checked against
-known_hosts, and only keys authenticate (ssh-agent and key files): there is never a password
-prompt. Tuning follows the measurements in PARAMIKO-FACTS.md: AES-GCM first, TCP_NODELAY, no SSH
-compression, Channel.recv for bulk data, and no client-initiated re-key (paramiko#822).
+ConnectTimeout, ProxyJump, ProxyCommand) the way OpenSSH would. Host keys are checked by us
+(known_hosts.py) as OpenSSH checks them: UserKnownHostsFile, GlobalKnownHostsFile,
+StrictHostKeyChecking, HostKeyAlias, HashKnownHosts. Only keys authenticate (ssh-agent and key
+files): there is never a password prompt. Tuning follows the measurements in
+PARAMIKO-FACTS.md: AES-GCM first, TCP_NODELAY, no SSH compression, Channel.recv for bulk data,
+and no client-initiated re-key (paramiko#822).
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import getpass
 import logging
 import os
+import re
+import shlex
 import socket
+import sys
 import threading
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -21,8 +28,9 @@ import paramiko
 from paramiko.auth_strategy import AuthFailure, AuthStrategy, InMemoryPrivateKey, OnDiskPrivateKey
 
 from blocksync_tui.endpoint import Endpoint
-from blocksync_tui.engine import bootstrap
-from blocksync_tui.engine.errors import ConnectError
+from blocksync_tui.engine import bootstrap, known_hosts
+from blocksync_tui.engine.errors import ConnectError, UnknownHostKey
+from blocksync_tui.engine.known_hosts import Status, Verdict
 from blocksync_tui.engine.transport import Transport
 from blocksync_tui.engine.transports import SshOptions
 
@@ -32,7 +40,18 @@ GCM_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 NO_CLIENT_REKEY = 1 << 40
 """paramiko's own re-key limit, raised so that only the server re-keys (see `_tuned_transport`)."""
 DEFAULT_KEYS = ("id_rsa", "id_ecdsa", "id_ed25519")
-"""What OpenSSH (and paramiko's look_for_keys) offer from ~/.ssh when nothing else works."""
+"""What OpenSSH (and paramiko's look_for_keys) offer from ~/.ssh when no key file is named."""
+DEFAULT_CONNECT_TIMEOUT = 15.0
+"""Seconds, when neither SshOptions nor ssh_config's ConnectTimeout says."""
+USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+"""OpenSSH's defaults for UserKnownHostsFile and GlobalKnownHostsFile."""
+STRICTNESS = {"yes": "yes", "true": "yes", "ask": "ask", "accept-new": "accept-new",
+              "no": "no", "off": "no", "false": "no"}
+"""StrictHostKeyChecking's spellings, as OpenSSH reads them. We never prompt in the engine, so
+"ask" refuses like "yes", but with an UnknownHostKey that the app turns into a question."""
+RSA_SIGNATURES = ("rsa-sha2-512", "rsa-sha2-256")
+"""What to ask for when known_hosts lists an "ssh-rsa" key (the key type is not an algorithm)."""
 
 
 # paramiko logs a broken connection at ERROR level; with no handler anywhere, Python's last resort
@@ -50,6 +69,8 @@ class _Hop:
     port: int
     user: str
     config: dict = field(default_factory=dict)
+    timeout: float = DEFAULT_CONNECT_TIMEOUT
+    """Seconds for each step of connecting to this host (ConnectTimeout)."""
 
     @property
     def label(self) -> str:
@@ -58,62 +79,148 @@ class _Hop:
 
     @property
     def key_name(self) -> str:
-        """The name known_hosts lists this host under (HostKeyAlias wins, as with OpenSSH)."""
-        return self.config.get("hostkeyalias") or self.hostname
+        """The name known_hosts lists this host under, as OpenSSH writes and looks it up:
+        HostKeyAlias as it is (no port added), else "host", or "[host]:port" off port 22."""
+        alias = self.config.get("hostkeyalias")
+        return alias.lower() if alias else known_hosts.host_name(self.hostname, self.port)
+
+    @property
+    def bare_key_name(self) -> str | None:
+        """The port-less name OpenSSH also accepts a listed key under, off port 22."""
+        if self.config.get("hostkeyalias") or self.port == SSH_PORT:
+            return None
+        return self.hostname.lower()
 
 
-class _UnknownHostKey(paramiko.SSHException):
-    def __init__(self, name: str, key: paramiko.PKey) -> None:
-        super().__init__(name)
-        self.name, self.key = name, key  # for the message: which host, which fingerprint
+@dataclass
+class _HostKeyRules:
+    """How one host's key is checked: SshOptions first, then that host's ssh_config."""
+
+    name: str
+    """The name known_hosts lists the host under (see `_Hop.key_name`)."""
+    bare_name: str | None
+    files: list[str]
+    """Every known_hosts file to read: the user's, then the system's."""
+    save_to: str
+    """Where a new key is written: the first user file ("" if UserKnownHostsFile is none)."""
+    strict: str
+    """StrictHostKeyChecking: "yes", "ask", "accept-new" or "no"."""
+    hashed: bool
+    """HashKnownHosts: write new names hashed."""
 
 
-class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
-    """Refuse hosts missing from known_hosts, or (accept_new) append their key to it.
+class _HostKeyCheck(paramiko.MissingHostKeyPolicy):
+    """Decide about every host key ourselves, after the key exchange and before any login.
 
-    Only *missing* hosts get here: paramiko raises BadHostKeyException for a changed key before
-    any policy runs, so accepting new keys can never accept a changed one.
+    paramiko is given no known hosts at all, so every key comes to this "missing key" hook;
+    whatever it does not accept raises, and the connection ends there (RejectPolicy's
+    semantics: an unverified key is used only when accepting new keys was asked for).
     """
 
-    def __init__(self, known_hosts: str, accept_new: bool) -> None:
-        self.known_hosts, self.accept_new = known_hosts, accept_new
+    def __init__(self, rules: _HostKeyRules, entries: list[known_hosts.Entry], where: str,
+                 warn) -> None:
+        self.rules, self.entries, self.where, self.warn = rules, entries, where, warn
 
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        if not self.accept_new:
-            raise _UnknownHostKey(hostname, key)
-        # Append one line, as ssh does, instead of rewriting a file that may hold hashed entries.
-        os.makedirs(os.path.dirname(self.known_hosts) or ".", mode=0o700, exist_ok=True)
-        fd = os.open(self.known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a") as known:
-            known.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-        client.get_host_keys().add(hostname, key.get_name(), key)
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        """Accept `key` or raise the ConnectError that says why not."""
+        blob = key.asbytes()
+        rules = self.rules
+        verdict = known_hosts.lookup(self.entries, rules.name, blob, rules.bare_name)
+        if verdict.status is Status.UNKNOWN and rules.strict in ("accept-new", "no"):
+            verdict = self._remember(blob)
+        if verdict.status is not Status.KNOWN:
+            raise self._refusal(verdict, blob)
+
+    def _remember(self, blob: bytes) -> Verdict:
+        """Save a new key (accept-new, no); a key that cannot be saved is still accepted, as
+        OpenSSH does, with a warning."""
+        rules, fp = self.rules, known_hosts.fingerprint(blob)
+        described = f"the host key of {rules.name} ({known_hosts.key_type(blob)} {fp})"
+        if rules.strict == "no":
+            self.warn(f"{self.where}: {described} was NOT verified (StrictHostKeyChecking no)")
+        if not rules.save_to:
+            self.warn(f"{self.where}: {described} is not saved: UserKnownHostsFile is none")
+            return Verdict(Status.KNOWN)
+        try:
+            verdict = known_hosts.add(rules.save_to, rules.name, blob, rules.hashed)
+        except OSError as exc:
+            reason = exc.strerror or exc
+            self.warn(f"{self.where}: cannot save {described} to {rules.save_to}: {reason}")
+            return Verdict(Status.KNOWN)
+        # UNKNOWN: not a regular file (/dev/null); CHANGED/REVOKED: written meanwhile, refused.
+        return Verdict(Status.KNOWN) if verdict.status is Status.UNKNOWN else verdict
+
+    def _refusal(self, verdict: Verdict, blob: bytes) -> ConnectError:
+        """The one line that says why this key is refused, and what to do about it."""
+        rules, where, entry = self.rules, self.where, verdict.entry
+        offered = f"{known_hosts.key_type(blob)} {known_hosts.fingerprint(blob)}"
+        if verdict.status is Status.REVOKED and entry is not None:
+            return ConnectError(
+                f"{where}: the host key of {rules.name} ({offered}) is marked @revoked in "
+                f"{entry.where}; refusing to connect"
+            )
+        if verdict.status is Status.CHANGED and entry is not None:
+            return ConnectError(
+                f"{where}: the host key for {rules.name} has CHANGED: the server now offers "
+                f"{offered}, {entry.where} has {entry.key_type} "
+                f"{known_hosts.fingerprint(entry.key)}. Someone may be intercepting the "
+                f"connection; if the host was reinstalled, verify the new key, then run: "
+                f"ssh-keygen -R '{rules.name}' -f {entry.path}"
+            )
+        files = [rules.save_to] if rules.save_to else []
+        files += [f for f in rules.files if f not in files and os.path.exists(f)]
+        listed = ", ".join(files) or "any known_hosts file"
+        if rules.strict == "yes":
+            advice = (f"StrictHostKeyChecking is yes: verify it, then add it to "
+                      f"{rules.save_to or 'known_hosts'} (or pass --accept-new-host-key)")
+        else:
+            advice = "verify it and connect once with ssh, or pass --accept-new-host-key"
+        return UnknownHostKey(
+            f"{where}: host key for {rules.name} ({offered}) is not in {listed}; {advice}",
+            host=rules.name, key_type=known_hosts.key_type(blob),
+            fingerprint=known_hosts.fingerprint(blob), known_hosts=rules.save_to,
+            key=base64.b64encode(blob).decode(), hashed=rules.hashed, strict=rules.strict,
+        )
 
 
 class _KeysOnly(AuthStrategy):
     """Offer key files and agent keys, in OpenSSH's order; never a password or a prompt.
 
+    The order is OpenSSH's (pubkey_prepare): first the key files whose key the agent holds,
+    signed by the agent (an encrypted file then needs no passphrase, and IdentityFile may name
+    just a .pub); then the agent's other keys, unless IdentitiesOnly; then the other files.
     paramiko's default flow falls back to keyboard-interactive after a partial success, which
     prompts on the terminal; an explicit strategy cannot.
     """
 
     def __init__(self, user: str, files: list[str], agent: paramiko.Agent | None,
-                 defaults: list[str]) -> None:
+                 identities_only: bool) -> None:
         super().__init__(ssh_config=None)
-        self.user, self.files, self.agent, self.defaults = user, files, agent, defaults
+        self.user, self.files, self.agent = user, files, agent
+        self.identities_only = identities_only
         self.unusable: list[str] = []
         """Key files that could not be offered, with the reason."""
 
     def get_sources(self):
-        for path in self.files:
-            yield from self._from_file(path)
+        publics = {path: _public_blob(path) for path in self.files}
+        files, by_agent, agent_only = list(self.files), [], []
         for key in self.agent.get_keys() if self.agent else ():
+            path = next((p for p in files if publics[p] == key.asbytes()), None)
+            if path is not None:
+                files.remove(path)
+                by_agent.append(key)
+            elif not self.identities_only:
+                agent_only.append(key)
+        for key in [*by_agent, *agent_only]:
             yield InMemoryPrivateKey(self.user, key)
-        for path in self.defaults:
+        for path in files:
             yield from self._from_file(path)
 
     def _from_file(self, path: str):
-        if not os.path.isfile(path):
-            return
+        if not os.path.isfile(path) or path.endswith(".pub"):
+            return  # a public key alone signs nothing: it only selects an agent key
         try:
             yield OnDiskPrivateKey(self.user, "python-config", path, paramiko.PKey.from_path(path))
         except paramiko.PasswordRequiredException:
@@ -122,12 +229,33 @@ class _KeysOnly(AuthStrategy):
             self.unusable.append(f"{path} ({exc})")
 
 
-def _tuned_transport(sock, **kwargs) -> paramiko.Transport:
-    """A paramiko Transport with GCM preferred and no client-initiated re-key."""
+def _public_blob(path: str) -> bytes | None:
+    """The public key of an identity file: from its .pub (or itself, if it is one), else from
+    the private key if that is not encrypted; None if neither can be read."""
+    public = path if path.endswith(".pub") else path + ".pub"
+    try:
+        with open(public) as f:
+            return base64.b64decode(f.read().split()[1], validate=True)
+    except (OSError, IndexError, ValueError):
+        pass
+    if public != path:
+        with suppress(Exception):  # encrypted, missing, or not a key: then it is not matched
+            return paramiko.PKey.from_path(path).asbytes()
+    return None
+
+
+def _tuned_transport(sock, prefer: tuple[str, ...] = (), **kwargs) -> paramiko.Transport:
+    """A paramiko Transport with GCM preferred and no client-initiated re-key.
+
+    `prefer`: the host key types known_hosts lists for this host, asked for first (as OpenSSH
+    orders its HostKeyAlgorithms), so that a server with several keys shows the one we know.
+    """
     transport = paramiko.Transport(sock, **kwargs)
     options = transport.get_security_options()
     # Reorder, don't disable: a server without GCM still negotiates paramiko's next choice.
     options.ciphers = tuple(sorted(options.ciphers, key=lambda name: name not in GCM_CIPHERS))
+    wanted = {a for t in prefer for a in (RSA_SIGNATURES if t == "ssh-rsa" else (t,))}
+    options.key_types = tuple(sorted(options.key_types, key=lambda name: name not in wanted))
     # paramiko re-keys every 512 MiB each way, and a re-key that meets the server's channel close
     # livelocks the transport thread (paramiko#822: 2 of 5 1 GiB downloads died here). sshd still
     # re-keys on its own RekeyLimit. An instance attribute, so other paramiko users are untouched.
@@ -150,7 +278,8 @@ class SshTransport(Transport):
         self.target = self._hop(endpoint.host, endpoint.user, endpoint.port)
         self.label = self.target.label
         self.host_key = f"{self.target.hostname.lower()}:{self.target.port}"
-        self.known_hosts = options.known_hosts or os.path.expanduser("~/.ssh/known_hosts")
+        self.warnings: list[str] = []
+        """What was accepted with a warning (a key not verified, a key that was not saved)."""
         self._clients: list[paramiko.SSHClient] = []
         self._agent: paramiko.Agent | None = None
         self._channel: paramiko.Channel | None = None
@@ -164,7 +293,47 @@ class SshTransport(Transport):
         config = dict(self._config.lookup(alias)) if self._config else {}
         port = port or int(config.get("port", SSH_PORT))
         user = user or config.get("user") or getpass.getuser()
-        return _Hop(alias, config.get("hostname", alias), port, user, config)
+        timeout = self.options.connect_timeout
+        if timeout is None:
+            try:
+                timeout = float(config.get("connecttimeout", DEFAULT_CONNECT_TIMEOUT))
+            except ValueError:
+                raise ConnectError(
+                    f"{alias}: ConnectTimeout {config['connecttimeout']!r} in ssh_config is not "
+                    "a number of seconds"
+                ) from None
+        return _Hop(alias, config.get("hostname", alias), port, user, config, timeout)
+
+    def _host_key_rules(self, hop: _Hop) -> _HostKeyRules:
+        """Which files, which strictness, hashed or not: --known-hosts and
+        --accept-new-host-key first, then the host's ssh_config, then OpenSSH's defaults."""
+        if self.options.known_hosts:
+            user, system = [self.options.known_hosts], []
+        else:
+            user = self._paths(hop, "userknownhostsfile", USER_KNOWN_HOSTS)
+            system = self._paths(hop, "globalknownhostsfile", GLOBAL_KNOWN_HOSTS)
+        if self.options.accept_new_host_key:
+            strict = "accept-new"
+        else:
+            value = hop.config.get("stricthostkeychecking", "ask").lower()
+            if value not in STRICTNESS:
+                raise ConnectError(f"{hop.label}: StrictHostKeyChecking {value!r} in ssh_config "
+                                   "is not yes, ask, accept-new or no")
+            strict = STRICTNESS[value]
+        hashed = hop.config.get("hashknownhosts", "no").lower() in ("yes", "true")
+        return _HostKeyRules(hop.key_name, hop.bare_key_name, [*user, *system],
+                             user[0] if user else "", strict, hashed)
+
+    def _paths(self, hop: _Hop, option: str, default: tuple[str, ...]) -> list[str]:
+        """A known_hosts option's files (quoted, ~ and %-tokens expanded); "none" is none."""
+        value = hop.config.get(option)
+        if value is None:
+            names = list(default)
+        elif value.strip().lower() == "none":
+            return []
+        else:
+            names = shlex.split(value)
+        return [_expand(name, hop) for name in names]
 
     def _jump_hops(self) -> list[_Hop]:
         """The ProxyJump chain, "[user@]host[:port],..." (each hop looked up in ssh_config)."""
@@ -201,11 +370,10 @@ class SshTransport(Transport):
                 if index + 1 < len(hops):
                     hop = hops[index + 1]  # a failure from here on is about reaching this one
                     sock = client.get_transport().open_channel(
-                        "direct-tcpip", (hop.hostname, hop.port), ("", 0),
-                        timeout=self.options.connect_timeout,
+                        "direct-tcpip", (hop.hostname, hop.port), ("", 0), timeout=hop.timeout,
                     )
             self._ssh = client.get_transport()
-            channel = self._ssh.open_session(timeout=self.options.connect_timeout)
+            channel = self._ssh.open_session(timeout=hop.timeout)
             channel.exec_command(self.remote_command())
         except Exception as exc:  # every failure becomes one line a user can act on
             self._teardown()
@@ -224,7 +392,7 @@ class SshTransport(Transport):
         command = hop.config.get("proxycommand")
         if command:
             return paramiko.ProxyCommand(command)
-        sock = socket.create_connection((hop.hostname, hop.port), self.options.connect_timeout)
+        sock = socket.create_connection((hop.hostname, hop.port), hop.timeout)
         # paramiko never sets TCP_NODELAY; without it request/answer exchanges stall 40 ms.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Keepalives turn a host that vanished (no RST) into an error instead of a hang.
@@ -235,24 +403,21 @@ class SshTransport(Transport):
         return sock
 
     def _login(self, hop: _Hop, sock) -> paramiko.SSHClient:
+        """Log in to one hop over `sock`: its host key is checked first, then keys only."""
         client = paramiko.SSHClient()
         self._clients.append(client)  # closed by _teardown, whatever happens below
-        if os.path.isfile(self.known_hosts):
-            client.load_system_host_keys(self.known_hosts)
-        if self.options.known_hosts is None and os.path.isfile("/etc/ssh/ssh_known_hosts"):
-            client.load_system_host_keys("/etc/ssh/ssh_known_hosts")
-        client.set_missing_host_key_policy(
-            _HostKeyPolicy(self.known_hosts, self.options.accept_new_host_key)
-        )
-        self._strategy = self._keys_for(hop)
-        timeout = self.options.connect_timeout
         try:
+            policy, prefer = self._host_key_check(hop)
+            client.set_missing_host_key_policy(policy)
+            self._strategy = self._keys_for(hop)
+            timeout = hop.timeout
             # The whole handshake gets longer than its banner step: when both time out together,
             # paramiko hides the banner error behind "No existing session".
             client.connect(
-                hop.key_name, hop.port, username=hop.user, sock=sock, compress=False,
+                hop.hostname, hop.port, username=hop.user, sock=sock, compress=False,
                 timeout=2 * timeout, banner_timeout=timeout, auth_timeout=timeout,
-                channel_timeout=timeout, transport_factory=_tuned_transport,
+                channel_timeout=timeout,
+                transport_factory=functools.partial(_tuned_transport, prefer=prefer),
                 auth_strategy=self._strategy,
             )
         except BaseException:
@@ -265,17 +430,35 @@ class SshTransport(Transport):
             )
         return client
 
+    def _host_key_check(self, hop: _Hop) -> tuple[_HostKeyCheck, tuple[str, ...]]:
+        """The hook that decides about the hop's host key, and the key types to ask for first.
+
+        paramiko gets no host keys (its parser fails on lines it does not know), so every key
+        goes to the hook, which reads known_hosts itself.
+        """
+        rules = self._host_key_rules(hop)
+        entries = known_hosts.read(rules.files)
+        prefer = known_hosts.known_types(entries, rules.name)
+        if not prefer and rules.bare_name:
+            prefer = known_hosts.known_types(entries, rules.bare_name)
+        return _HostKeyCheck(rules, entries, hop.label, self._warn), tuple(prefer)
+
     def _keys_for(self, hop: _Hop) -> _KeysOnly:
-        """Explicit -i keys, then ssh_config's IdentityFile, the agent, then ~/.ssh/id_*."""
+        """-i keys and ssh_config's IdentityFile, or ~/.ssh/id_* when neither names one (as
+        OpenSSH does), with the agent's keys; IdentitiesOnly keeps only the named ones."""
         files = [*self.options.identity_files, *hop.config.get("identityfile", [])]
+        if not files:
+            files = [os.path.join("~/.ssh", name) for name in DEFAULT_KEYS]
         files = list(dict.fromkeys(os.path.expanduser(path) for path in files))
-        only = hop.config.get("identitiesonly", "no").lower() == "yes"
-        if self._agent is None and not only and os.environ.get("SSH_AUTH_SOCK"):
+        only = hop.config.get("identitiesonly", "no").lower() in ("yes", "true")
+        if self._agent is None and os.environ.get("SSH_AUTH_SOCK"):
             self._agent = paramiko.Agent()
-        home = os.path.expanduser("~/.ssh")
-        defaults = [] if only else [os.path.join(home, name) for name in DEFAULT_KEYS]
-        agent = None if only else self._agent
-        return _KeysOnly(hop.user, files, agent, defaults)
+        return _KeysOnly(hop.user, files, self._agent, only)
+
+    def _warn(self, text: str) -> None:
+        """A key accepted without the usual checks: said at once, on stderr, and kept."""
+        self.warnings.append(text)
+        print(f"blocksync-tui: warning: {text}", file=sys.stderr, flush=True)
 
     def _explain(self, exc: Exception, hop: _Hop) -> str:
         """The one line a user reads when connecting failed."""
@@ -285,22 +468,7 @@ class SshTransport(Transport):
         if isinstance(exc, ConnectionRefusedError):
             return f"{where}: connection refused by {address}: is sshd running there, on that port?"
         if isinstance(exc, (TimeoutError, socket.timeout)):
-            return f"{where}: no answer from {address} within {self.options.connect_timeout:g} s"
-        if isinstance(exc, _UnknownHostKey):
-            return (
-                f"{where}: host key for {exc.name} ({exc.key.get_name()} {exc.key.fingerprint}) "
-                f"is not in {self.known_hosts}; verify it and connect once with ssh, "
-                "or pass --accept-new-host-key"
-            )
-        if isinstance(exc, paramiko.BadHostKeyException):
-            name = hop.key_name if hop.port == SSH_PORT else f"[{hop.key_name}]:{hop.port}"
-            return (
-                f"{where}: the host key for {name} has CHANGED: the server now offers "
-                f"{exc.key.get_name()} {exc.key.fingerprint}, {self.known_hosts} has "
-                f"{exc.expected_key.fingerprint}. Someone may be intercepting the connection; if "
-                f"the host was reinstalled, verify the new key, then run: "
-                f"ssh-keygen -R '{name}' -f {self.known_hosts}"
-            )
+            return f"{where}: no answer from {address} within {hop.timeout:g} s"
         if isinstance(exc, AuthFailure) and self._strategy is not None:
             tried = [
                 str(r.source.path) if isinstance(r.source, OnDiskPrivateKey)
@@ -395,3 +563,14 @@ class SshTransport(Transport):
             self._agent.close()
             self._agent = None
 
+
+def _expand(path: str, hop: _Hop) -> str:
+    """~ and the %-tokens OpenSSH expands in known_hosts paths (%d %u %h %p %r %n %k %i %l)."""
+    tokens = {
+        "%": "%", "d": os.path.expanduser("~"), "u": getpass.getuser(), "h": hop.hostname,
+        "p": str(hop.port), "r": hop.user, "n": hop.alias,
+        "k": hop.config.get("hostkeyalias") or hop.alias,
+        "i": str(os.getuid()), "l": socket.gethostname().split(".")[0],
+    }
+    expanded = re.sub(r"%(.)", lambda m: tokens.get(m.group(1), m.group(0)), path)
+    return os.path.expanduser(expanded)

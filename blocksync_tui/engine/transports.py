@@ -17,14 +17,18 @@ class SshOptions:
     config_file: str | None = None
     """ssh_config to read; None means ~/.ssh/config if it exists."""
     known_hosts: str | None = None
-    """known_hosts to check host keys against; None means ~/.ssh/known_hosts."""
+    """The one known_hosts file to check host keys against and save new ones to. None means
+    ssh_config's UserKnownHostsFile and GlobalKnownHostsFile (by default ~/.ssh/known_hosts,
+    ~/.ssh/known_hosts2, /etc/ssh/ssh_known_hosts, /etc/ssh/ssh_known_hosts2)."""
     accept_new_host_key: bool = False
-    """Trust and remember a key for a host that known_hosts does not list (never a changed key)."""
+    """Trust and remember a key for a host that known_hosts does not list (never a changed key).
+    True wins over ssh_config's StrictHostKeyChecking; False leaves it to ssh_config."""
     python: str = "python3"
     """The interpreter to start on remote hosts."""
     sudo: bool = False
     """Run remote workers under `sudo -n`."""
-    connect_timeout: float = 15.0
+    connect_timeout: float | None = None
+    """Seconds for each step of connecting; None means ssh_config's ConnectTimeout, else 15."""
 
 
 def transport_factory(ssh: SshOptions | None = None):
