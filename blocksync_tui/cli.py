@@ -1,29 +1,43 @@
 """Provides the command line: the TUI by default, `sync` and `compare` for headless runs.
 
-Exit status: 0 identical or synced, 1 differences found (compare), 2 error, 130 interrupted.
+Exit status: 0 identical or synced, 1 differences found (compare), 2 error, 130 interrupted
+(SIGINT, Ctrl-C), 143 terminated (SIGTERM). Every fault ends with one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import signal
 import sys
 import threading
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
+from typing import IO, Any, NoReturn
 
 from blocksync_tui import __version__
 from blocksync_tui.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, UsageError
 from blocksync_tui.engine.report import Report
-from blocksync_tui.engine.sync import SyncEngine, SyncOptions
+from blocksync_tui.engine.sync import MAX_CHUNK, MIN_CHUNK, SyncEngine, SyncOptions
 from blocksync_tui.engine.transports import SshOptions, transport_factory
 
 EXIT_OK = 0
 EXIT_DIFFERS = 1
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+"""128 + SIGINT; a SIGTERM ends with 128 + SIGTERM = 143."""
+EXIT_TERMINATED = 143
+
+HEADLESS_COMMANDS = ("sync", "compare")
+DEBUG_ENV = "BLOCKSYNC_DEBUG"
+"""Set to 1 for tracebacks of unexpected errors, like --debug (also for the app)."""
 
 _SIZE = re.compile(r"^(\d+)\s*([KMG]?)(i?B)?$", re.IGNORECASE)
+
+
+# -- sizes
 
 
 def parse_size(text: str) -> int:
@@ -39,12 +53,55 @@ def parse_size(text: str) -> int:
     return int(match[1]) * factor
 
 
+def size_text(size: int) -> str:
+    """4096 -> "4K", 1 << 26 -> "64M": the largest unit that divides the size."""
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return str(size)
+
+
+def chunk_size_ok(size: int) -> bool:
+    """Whether the engine takes this chunk size (its bounds, read from the engine)."""
+    return size & (size - 1) == 0 and MIN_CHUNK <= size <= MAX_CHUNK
+
+
+CHUNK_RANGE = f"a power of two from {size_text(MIN_CHUNK)} to {size_text(MAX_CHUNK)}"
+
+
+# -- the parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: the usage itself is what --help is for."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"blocksync-tui: {message} (see {self.prog} --help)\n")
+
+
+class _ChunkSizeAction(argparse.Action):
+    """--chunk-size SIZE, checked here so that a bad one is named in one line."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+        values: Any, option_string: str | None = None,
+    ) -> None:
+        try:
+            size = parse_size(str(values))
+        except argparse.ArgumentTypeError:
+            size = 0
+        if not chunk_size_ok(size):
+            message = f"{option_string} {values}: must be {CHUNK_RANGE}"
+            parser.exit(EXIT_ERROR, f"blocksync-tui: {message}\n")
+        setattr(namespace, self.dest, size)
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="file or block device: /path or [user@]host[:port]:/path")
     parser.add_argument("destination", help="file or block device: /path or [user@]host[:port]:/path")
     parser.add_argument(
-        "--chunk-size", type=parse_size, default=1 << 20, metavar="SIZE",
-        help="bytes per compared chunk, a power of two from 4K to 16M (default 1M)",
+        "--chunk-size", action=_ChunkSizeAction, default=1 << 20, metavar="SIZE",
+        help=f"bytes per compared chunk, {CHUNK_RANGE} (default 1M)",
     )
     parser.add_argument(
         "--hash", dest="algorithm", metavar="NAME",
@@ -59,8 +116,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="compare digests even when both ends are on one machine (by default the "
         "destination's worker then reads the source itself and compares bytes)",
     )
-    parser.add_argument("--json", metavar="REPORT", help="write the report as JSON to this file")
+    parser.add_argument("--json", metavar="REPORT",
+                        help="write the report as JSON to this file (-: to stdout)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"print the traceback of an error (or set {DEBUG_ENV}=1)")
     ssh = parser.add_argument_group("SSH (remote endpoints)")
     ssh.add_argument("-i", "--identity", action="append", default=[], metavar="KEY",
                      help="private key file (may be repeated); ~/.ssh/config and the agent also apply")
@@ -75,15 +135,15 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="blocksync-tui",
         description="Synchronize block devices and disk images, rewriting only the chunks "
         "that differ. With no command: the full-screen app.",
         epilog="Exit status: 0 identical or synced, 1 differences found (compare), "
-        "2 error, 130 interrupted.",
+        "2 error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).",
     )
     parser.add_argument("--version", action="version", version=f"blocksync-tui {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")  # of class _Parser too
     sync = commands.add_parser("sync", help="make DESTINATION identical to SOURCE")
     _add_run_options(sync)
     sync.add_argument("--verify", action="store_true",
@@ -106,10 +166,149 @@ def _ssh_options(args: argparse.Namespace) -> SshOptions:
     )
 
 
-def run_headless(args: argparse.Namespace) -> int:
+# -- output that a closed pipe cannot turn into a traceback
+
+
+def _drop(stream: IO[str]) -> None:
+    """After EPIPE: point the stream's descriptor at /dev/null, so that what is still buffered
+    (flushed again at exit) goes nowhere instead of into "Exception ignored" on stderr."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (captured by a test): nothing is flushed at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _write(stream: IO[str], write: Callable[[], object]) -> None:
+    """Run one write to `stream` and flush it; a reader that went away (`| head`) only means
+    that nobody reads on."""
+    try:
+        write()
+        stream.flush()
+    except BrokenPipeError:
+        _drop(stream)
+
+
+def _say(text: str) -> None:
+    """A line on stderr."""
+    _write(sys.stderr, lambda: print(text, file=sys.stderr))
+
+
+def _out(text: str) -> None:
+    """A line on stdout."""
+    _write(sys.stdout, lambda: print(text))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# -- signals
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread by a signal that ends the command at once.
+
+    A BaseException like KeyboardInterrupt, so that no `except Exception` on its way stops it.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Signals:
+    """SIGINT (a terminal's Ctrl-C) and SIGTERM (a service manager's stop) during one command.
+
+    - Until the run starts, nothing has been written: a signal stops at once.
+    - While it runs, the first signal requests a cancel, which the wait loop hands to the
+      engine: it stops at a chunk boundary, and the writes sent are completed and flushed. A
+      second signal stops at once, for a cancel stuck behind a hung device or host.
+    - Once the run has ended, signals are ignored: only its result is left to write, whole.
+
+    A stop raises Interrupted, so that what it leaves (workers, the progress bar) is closed on
+    the way out; should that get stuck too (a hung worker), one more signal exits on the spot.
+    The first signal sets the exit status: 128 + its number.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        """The first signal, if any."""
+        self.cancel_requested = False
+        self._mode = "start"
+        """start (nothing written yet), run, stopping (an Interrupted is on its way out), or
+        quiet (the outcome is being written)."""
+        self._stopping = ""
+        """The line of the stop on its way out."""
+        self._dry_run = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():  # only there can they be set
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def running(self, dry_run: bool) -> None:
+        """The run starts: a first signal now cancels it."""
+        self._mode, self._dry_run = "run", dry_run
+
+    def quiet(self) -> None:
+        """The run has ended: ignore signals while its outcome is written."""
+        self._mode = "quiet"
+
+    @property
+    def status(self) -> int:
+        """The exit status for an interrupted command."""
+        return 128 + (self.received or signal.SIGINT)
+
+    @property
+    def name(self) -> str:
+        """The first signal's name, "SIGINT" or "SIGTERM"."""
+        return signal.Signals(self.received or signal.SIGINT).name
+
+    def _handle(self, signum: int, frame: object) -> None:
+        # It runs in the main thread between two bytecodes, maybe inside the engine's
+        # progress(): so it only sets flags, or raises to leave at once.
+        if self._mode == "quiet":
+            return
+        if self.received is None:
+            self.received = signum
+        if self._mode == "stopping":  # the way out is stuck: the line is still ours to print
+            _say(f"blocksync-tui: {self._stopping}")
+            os._exit(self.status)
+        if self._mode == "run" and not self.cancel_requested:
+            self.cancel_requested = True
+            return
+        self._stopping = self._stop_message(signal.Signals(signum).name)
+        self._mode = "stopping"
+        raise Interrupted(self.status, self._stopping)
+
+    def _stop_message(self, name: str) -> str:
+        if self._mode == "start":
+            return f"{name}: stopped before anything was written"
+        if self._dry_run:
+            return f"{name} while cancelling: stopped at once; the destination was not touched"
+        return (
+            f"{name} while cancelling: stopped at once, without waiting for the writes in "
+            "flight; the destination is partly updated; run the sync again to finish it"
+        )
+
+
+# -- headless runs
+
+
+def run_headless(args: argparse.Namespace, signals: _Signals | None = None) -> int:
     """Run `sync` or `compare` with a progress bar; return the exit status."""
     from blocksync_tui.progress import ProgressDisplay
 
+    signals = signals or _Signals()
     dry_run = args.command == "compare"
     options = SyncOptions(
         chunk_size=args.chunk_size,
@@ -127,53 +326,76 @@ def run_headless(args: argparse.Namespace) -> int:
     )
     engine.prepare()
     for warning in engine.warnings:
-        print(f"blocksync-tui: warning: {warning}", file=sys.stderr)
+        _say(f"blocksync-tui: warning: {warning}")
     dest_info = engine.destination_info
     if not dry_run and dest_info.get("kind") == "block" and not args.yes:
         if not _confirm_device(str(engine.destination), dest_info):
             engine.close()
             raise UsageError(f"not writing to block device {engine.destination} without --yes")
 
-    result: list[Report | BaseException] = []
-
-    def work() -> None:
-        try:
-            result.append(engine.run())
-        except BaseException as exc:  # handed to the main thread, which reports it
-            result.append(exc)
-
-    thread = threading.Thread(target=work, name="engine", daemon=True)
     display = ProgressDisplay(enabled=not args.quiet and sys.stderr.isatty())
-    interrupted = False
-    with display:
-        thread.start()
-        while thread.is_alive():
-            try:
-                thread.join(0.1)
-            except KeyboardInterrupt:
-                interrupted = True
-                engine.cancel()
-            display.update(engine.progress())
-        display.update(engine.progress())
-    outcome = result[0]
+    signals.running(dry_run)
+    outcome = _run(engine, display, signals)
+    signals.quiet()
     report = engine.report()
     if isinstance(outcome, Cancelled):
         report.outcome, report.message = "cancelled", str(outcome)
     elif isinstance(outcome, BaseException):
         report.outcome, report.message = "failed", str(outcome)
     if args.json:
-        report.save(args.json)
+        _save(report, args.json)
     if isinstance(outcome, Cancelled):
-        print(f"blocksync-tui: {outcome}", file=sys.stderr)
-        return EXIT_INTERRUPTED if interrupted else EXIT_ERROR
+        if signals.received is None:
+            _say(f"blocksync-tui: {outcome}")
+            return EXIT_ERROR
+        _say(f"blocksync-tui: {signals.name}: {outcome}")
+        return signals.status
     if isinstance(outcome, BaseException):
         raise outcome
-    print(display.summary(report))
+    # With the report on stdout, the summary goes to stderr: stdout stays valid JSON.
+    (_say if args.json == "-" else _out)(display.summary(report))
     for error in report.errors[:20]:
-        print(f"blocksync-tui: error: {error}", file=sys.stderr)
+        _say(f"blocksync-tui: error: {error}")
     if report.errors:
         return EXIT_ERROR
     return EXIT_DIFFERS if dry_run and report.outcome == "differs" else EXIT_OK
+
+
+def _run(engine: SyncEngine, display: Any, signals: _Signals) -> Report | BaseException:
+    """Run the engine in a thread while showing its progress; its report, or what it raised."""
+    result: list[Report | BaseException] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            result.append(engine.run())
+        except BaseException as exc:  # handed to the main thread, which reports it
+            result.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=work, name="engine", daemon=True)
+    with display:
+        thread.start()
+        # An Event set after the result, not Thread.join(): an exception raised inside
+        # join() marks a thread that still runs as stopped (so there was no result to read).
+        while not done.wait(0.1):
+            if signals.cancel_requested and not engine.cancelled:
+                engine.cancel()
+            display.update(engine.progress(), cancelling=engine.cancelled)
+        display.update(engine.progress())
+    return result[0]
+
+
+def _save(report: Report, path: str) -> None:
+    """Write the JSON report to a file, or to stdout for "-"."""
+    if path == "-":
+        _write(sys.stdout, lambda: report.save("-"))
+        return
+    try:
+        report.save(path)
+    except OSError as exc:
+        raise UsageError(f"cannot write the report to {path}: {exc.strerror or exc}") from exc
 
 
 def _confirm_device(name: str, info: dict) -> bool:
@@ -181,27 +403,80 @@ def _confirm_device(name: str, info: dict) -> bool:
     if not sys.stdin.isatty():
         return False
     size = info.get("size", 0)
-    print(f"About to overwrite block device {name} ({size / 2**30:.1f} GiB) where it differs.")
+    _out(f"About to overwrite block device {name} ({size / 2**30:.1f} GiB) where it differs.")
     try:
         answer = input(f"Type {name} to go ahead: ")
     except EOFError:
         return False
+    except BrokenPipeError:  # nobody can read the question
+        _drop(sys.stdout)
+        return False
     return answer.strip() == name
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `blocksync-tui` command."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("sync", "compare", "-h", "--help", "--version"):
-        from blocksync_tui.tui.launch import launch
+# -- the entry point
 
-        return launch(argv)
-    args = build_parser().parse_args(argv)
+
+def _debug_from_env() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _guarded(work: Callable[[], int], debug: bool, hint: str, ending: Callable[[], None]) -> int:
+    """Run a command; whatever it raises ends it with one line on stderr and exit status 2,
+    after the traceback with `debug`. `ending` is called first (it silences signals)."""
     try:
-        return run_headless(args)
+        return work()
     except BlocksyncError as exc:
-        print(f"blocksync-tui: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("blocksync-tui: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        ending()
+        if debug:
+            _say(traceback.format_exc().rstrip())
+        _say(f"blocksync-tui: {_one_line(str(exc))}")
+    except Exception as exc:
+        ending()
+        if debug:
+            _say(traceback.format_exc().rstrip())
+        what = type(exc).__name__ + (f": {_one_line(str(exc))}" if str(exc).strip() else "")
+        _say(f"blocksync-tui: internal error: {what}" + ("" if debug else f" ({hint})"))
+    return EXIT_ERROR
+
+
+def _headless_main(argv: list[str]) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error: already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    debug = getattr(args, "debug", False) or _debug_from_env()
+    with _Signals() as signals:
+        try:
+            return _guarded(
+                lambda: run_headless(args, signals), debug,
+                "run with --debug for the traceback", signals.quiet,
+            )
+        except Interrupted as exc:
+            signals.quiet()  # first: a signal after this line would be a second line
+            _say(f"blocksync-tui: {exc}")
+            return exc.status
+
+
+def _app_main(argv: list[str]) -> int:
+    from blocksync_tui.tui.launch import launch
+
+    return _guarded(
+        lambda: launch(argv), _debug_from_env(), f"set {DEBUG_ENV}=1 for the traceback",
+        lambda: None,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `blocksync-tui` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in (*HEADLESS_COMMANDS, "-h", "--help", "--version"):
+            status = _headless_main(argv)
+        else:
+            status = _app_main(argv)
+    except KeyboardInterrupt:  # before the headless handlers are set, or in the app's start
+        _say("blocksync-tui: interrupted")
+        status = EXIT_INTERRUPTED
+    _write(sys.stdout, lambda: None)  # what argparse left buffered: a closed pipe is no error
+    return status

@@ -22,6 +22,13 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} PiB"
 
 
+def _description(p: EngineProgress, cancelling: bool) -> str:
+    if cancelling and p.phase not in ("done", "failed", "cancelled"):
+        # The writes in flight are being completed; say how to stop without waiting for them.
+        return "cancelling (Ctrl-C again: stop at once)"
+    return p.phase + (" (paused)" if p.paused else "")
+
+
 class ProgressDisplay:
     """A rich progress bar on stderr when it is a terminal; nothing otherwise."""
 
@@ -62,8 +69,8 @@ class ProgressDisplay:
         if self.enabled:
             self._progress.stop()
 
-    def update(self, p: EngineProgress) -> None:
-        """Show one engine snapshot."""
+    def update(self, p: EngineProgress, cancelling: bool = False) -> None:
+        """Show one engine snapshot; `cancelling` once a signal asked for a cancel."""
         if not self.enabled or self._task is None:
             return
         differs = p.counts[State.DIFFERS] + p.counts[State.WRITTEN] + p.counts[State.ERROR]
@@ -72,7 +79,7 @@ class ProgressDisplay:
             detail += f", {p.counts[State.WRITTEN]} written, {human_bytes(p.bytes_sent)} sent"
         self._progress.update(
             self._task,
-            description=p.phase + (" (paused)" if p.paused else ""),
+            description=_description(p, cancelling),
             total=max(p.size, 1),
             completed=p.scanned,
             rate=f"{human_bytes(p.rate)}/s",

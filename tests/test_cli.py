@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from blocksync_tui.cli import main, parse_size
+from blocksync_tui.cli import build_parser, main, parse_size, size_text
+from blocksync_tui.engine.sync import MAX_CHUNK, SyncEngine
 
 
 @pytest.fixture
@@ -46,15 +48,6 @@ def test_errors_are_one_line_with_exit_2(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "d").exists()
 
 
-def test_bad_chunk_size_is_a_usage_error(pair: tuple[Path, Path], capsys) -> None:
-    src, dst = pair
-    with pytest.raises(SystemExit) as exit_info:
-        main(["sync", str(src), str(dst), "--chunk-size", "lots"])
-    assert exit_info.value.code == 2
-    assert main(["sync", str(src), str(dst), "--chunk-size", "3000"]) == 2
-    assert "power of two" in capsys.readouterr().err
-
-
 def test_parse_size() -> None:
     assert parse_size("64K") == 65536 and parse_size("1M") == 1 << 20
     assert parse_size("4MiB") == 4 << 20 and parse_size("512") == 512
@@ -67,3 +60,131 @@ def test_console_script_entry_point(pair: tuple[Path, Path]) -> None:
         capture_output=True, text=True,
     )
     assert result.returncode == 1 and "differs" in result.stdout
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "blocksync_tui", *args]
+
+
+@pytest.mark.parametrize(
+    "args, status, err_lines",
+    [([], 1, 0), (["--json", "-"], 1, 1), (["--help"], 0, 0)],
+    ids=["summary", "json-report", "help"],
+)
+def test_closed_stdout_ends_quietly(
+    pair: tuple[Path, Path], args: list[str], status: int, err_lines: int
+) -> None:
+    """`blocksync-tui compare A B | head -0`: the reader is gone before anything is printed.
+    That is no error: no traceback, no "Exception ignored", and the run's own exit status.
+    (With the JSON report on stdout, the summary line is on stderr.)"""
+    src, dst = pair
+    argv = ["compare", "--help"] if args == ["--help"] else ["compare", str(src), str(dst), *args]
+    process = subprocess.Popen(_cli(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # type: ignore[union-attr]  # no reader left, as after `head -0`
+    err = process.stderr.read()  # type: ignore[union-attr]
+    process.wait(timeout=60)
+    process.stderr.close()  # type: ignore[union-attr]
+    assert process.returncode == status, err
+    assert err.count(b"\n") == err_lines and b"Error" not in err and b"ignored" not in err, err
+
+
+def _break(monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """Make SyncEngine.<method> fail the way a bug would."""
+
+    def broken(self: SyncEngine) -> None:
+        self.close()
+        raise TypeError("unexpected\nvalue")
+
+    monkeypatch.setattr(SyncEngine, method, broken)
+
+
+@pytest.mark.parametrize("method", ["prepare", "run"])  # in the main thread, in the engine's
+def test_internal_error_is_one_line(
+    pair: tuple[Path, Path], monkeypatch, capsys, method: str
+) -> None:
+    src, dst = pair
+    monkeypatch.delenv("BLOCKSYNC_DEBUG", raising=False)
+    _break(monkeypatch, method)
+    assert main(["sync", str(src), str(dst)]) == 2
+    assert capsys.readouterr().err == (
+        "blocksync-tui: internal error: TypeError: unexpected value "
+        "(run with --debug for the traceback)\n"
+    )
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_debug_shows_the_traceback(pair: tuple[Path, Path], monkeypatch, capsys, how: str) -> None:
+    src, dst = pair
+    _break(monkeypatch, "run")
+    if how == "environment":
+        monkeypatch.setenv("BLOCKSYNC_DEBUG", "1")
+    assert main(["sync", str(src), str(dst), *(["--debug"] if how == "option" else [])]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and ", in broken" in err
+    assert err.splitlines()[-1] == "blocksync-tui: internal error: TypeError: unexpected value"
+
+
+def test_json_dash_writes_the_report_to_stdout(
+    pair: tuple[Path, Path], tmp_path: Path, monkeypatch, capsys
+) -> None:
+    src, dst = pair
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", str(src), str(dst), "--chunk-size", "64K", "--json", "-"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["outcome"] == "differs"  # stdout holds the JSON alone
+    assert "differs: 1 of 4 chunks differ" in captured.err
+    assert not (tmp_path / "-").exists()
+
+
+def test_unwritable_report_is_one_line(pair: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    src, dst = pair
+    report = tmp_path / "no such dir" / "r.json"
+    assert main(["compare", str(src), str(dst), "--json", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write the report to {report}" in err
+
+
+@pytest.mark.parametrize(
+    "text", ["-4096", "3K", "3000", "abc", "0", "128M", "1G", str(2 * MAX_CHUNK)]
+)
+def test_bad_chunk_size_is_one_line(pair: tuple[Path, Path], capsys, text: str) -> None:
+    src, dst = pair
+    before = dst.read_bytes()
+    assert main(["sync", str(src), str(dst), "--chunk-size", text]) == 2
+    assert capsys.readouterr().err == (
+        f"blocksync-tui: --chunk-size {text}: must be a power of two from 4K to "
+        f"{size_text(MAX_CHUNK)}\n"
+    )
+    assert dst.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "text, size",
+    [("4096", 4096), ("64K", 64 << 10), ("1M", 1 << 20), ("4MiB", 4 << 20),
+     (f"{MAX_CHUNK >> 20}M", MAX_CHUNK), (f"{MAX_CHUNK >> 20}MiB", MAX_CHUNK)],
+)
+def test_chunk_sizes_with_units(text: str, size: int) -> None:
+    assert build_parser().parse_args(["sync", "a", "b", "--chunk-size", text]).chunk_size == size
+
+
+def test_size_text() -> None:
+    sizes = (4096, 64 << 20, 1 << 30, 1536, 100)
+    assert [size_text(n) for n in sizes] == ["4K", "64M", "1G", "1536", "100"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["sync", "only-a-source"], ["compare", "a", "b", "--bogus"],
+     ["sync", "a", "b", "--compress", "rar"], ["sync", "a", "b", "--chunk-size"]],
+)
+def test_usage_errors_are_one_line(argv: list[str], capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("blocksync-tui: ") and "--help)" in err, err
+
+
+def test_help_still_shows_the_usage(capsys) -> None:
+    assert main(["sync", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: blocksync-tui sync") and "--chunk-size SIZE" in out
+    assert "--debug" in out
