@@ -298,13 +298,13 @@ def test_source_changed_during_the_sync_is_sent_again(tmp_path: Path, monkeypatc
     start_chunk = SyncEngine._start_chunk
     touched: list[int] = []
 
-    def start_after_a_live_write(self: SyncEngine, index: int) -> None:
+    def start_after_a_live_write(self: SyncEngine, job) -> None:
         if not touched:  # a writer on the source, between the compare and the transfer
             with open(src, "r+b") as f:
-                f.seek(index * chunk + 100)
+                f.seek(job.index * chunk + 100)
                 f.write(b"written while syncing")
-            touched.append(index)
-        start_chunk(self, index)
+            touched.append(job.index)
+        start_chunk(self, job)
 
     monkeypatch.setattr(SyncEngine, "_start_chunk", start_after_a_live_write)
     # Digests: a direct compare writes the very bytes it compared, so it has no such window.

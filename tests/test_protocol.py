@@ -41,8 +41,7 @@ def test_pieces_round_trip(codec: str | None) -> None:
     parts += wire.encode_piece(0, text, codec)
     parts += wire.encode_piece(8192, bytes(4096), codec)
     parts += wire.encode_piece(20000, noise, codec)
-    index, length, pieces = wire.decode_pieces(b"".join(parts))
-    assert (index, length) == (9, 1 << 16)
+    pieces = wire.decode_pieces(b"".join(parts), 9, 1 << 16)
     assert pieces == [(0, len(text), text), (8192, 4096, None), (20000, len(noise), noise)]
     if codec:
         assert len(b"".join(parts)) < len(text)  # the text piece travelled compressed
@@ -51,7 +50,34 @@ def test_pieces_round_trip(codec: str | None) -> None:
 def test_piece_outside_its_chunk_is_refused() -> None:
     payload = wire.PIECES_HEAD.pack(0, 100, 1) + b"".join(wire.encode_piece(90, b"x" * 20, None))
     with pytest.raises(ValueError, match="outside"):
-        wire.decode_pieces(payload)
+        wire.decode_pieces(payload, 0, 100)
+
+
+def test_pieces_are_checked_against_the_readers_geometry_not_the_frames() -> None:
+    """A frame that declares a longer chunk (or another chunk) cannot place a piece outside the
+    chunk the reader asked for."""
+    piece = b"".join(wire.encode_piece(4096, b"x" * 4096, None))
+    longer = wire.PIECES_HEAD.pack(0, 8192, 1) + piece
+    with pytest.raises(ValueError, match="expected"):
+        wire.decode_pieces(longer, 0, 4096)
+    other = wire.PIECES_HEAD.pack(1, 8192, 1) + piece
+    with pytest.raises(ValueError, match="expected"):
+        wire.decode_pieces(other, 0, 8192)
+    assert wire.decode_pieces(longer, 0, 8192) == [(4096, 4096, b"x" * 4096)]
+
+
+@pytest.mark.parametrize("codec", ["zlib", "zstd", "lz4"])
+def test_decompression_is_bounded_by_the_declared_length(codec: str) -> None:
+    """A small compressed body that claims 4 KiB but expands to 64 MiB is refused without
+    producing more than the 4 KiB it claims."""
+    if codec != "zlib":
+        pytest.importorskip({"zstd": "zstandard", "lz4": "lz4"}[codec])
+    code, compress, _ = wire._codec_functions(codec)
+    bomb = compress(bytes(64 << 20))
+    assert len(bomb) < (1 << 20)
+    payload = wire.PIECES_HEAD.pack(0, 1 << 20, 1) + wire.PIECE_HEAD.pack(0, code, 4096, len(bomb)) + bomb
+    with pytest.raises(ValueError):
+        wire.decode_pieces(payload, 0, 1 << 20)
 
 
 def test_chunk_request_round_trip() -> None:

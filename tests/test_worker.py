@@ -59,7 +59,7 @@ def test_kept_sub_digests_answer_subhash_and_go_stale_on_write(worker, tmp_path:
     path = tmp_path / "disk.img"
     original = bytes(range(256)) * (3 * CHUNK // 256)
     path.write_bytes(original)
-    conn.call_json(wire.OP_OPEN, {"path": str(path), "write": True})
+    conn.call_json(wire.OP_OPEN, {"path": str(path), "write": True, "chunk_size": CHUNK})
     rid = conn.post(wire.OP_HASH, {"ranges": [[0, 3]], "chunk_size": CHUNK, "size": len(original),
                                    "algo": "xxh128", "sub_block": SUB, "sub_algo": "xxh64"})
     _until_done(events, rid)
@@ -72,7 +72,7 @@ def test_kept_sub_digests_answer_subhash_and_go_stale_on_write(worker, tmp_path:
 
     # ...but the worker's own write makes it read the chunk again.
     piece = wire.PIECES_HEAD.pack(1, CHUNK, 1) + b"".join(wire.encode_piece(0, b"\1" * SUB, None))
-    conn.post(wire.OP_WRITE, wire.WRITE_HEAD.pack(CHUNK) + piece)
+    conn.post(wire.OP_WRITE, piece)
     conn.call(wire.OP_FLUSH, b"")
     assert _subhash(conn, events, 1) == _subdigests(path.read_bytes()[CHUNK : 2 * CHUNK])
 
@@ -93,7 +93,7 @@ def test_delta_from_kept_sub_digests_sends_only_differing_pieces(worker, tmp_pat
     rid = conn.post(wire.OP_DELTA, request)
     frame = events.get(timeout=30)
     assert (frame.rid, frame.op) == (rid, wire.OP_DATA)
-    _, _, pieces = wire.decode_pieces(frame.payload)
+    pieces = wire.decode_pieces(frame.payload, 0, CHUNK)
     assert pieces == [(3 * SUB, 2 * SUB, data[3 * SUB : 5 * SUB])]
 
 
@@ -108,7 +108,7 @@ def test_pair_reports_and_fixes_each_chunk(worker, tmp_path: Path) -> None:
     changed[2 * CHUNK : 3 * CHUNK] = bytes(CHUNK)  # chunk 2: zeroed
     changed[-1] = 7  # chunk 3: the short tail
     dst.write_bytes(bytes(changed))
-    conn.call_json(wire.OP_OPEN, {"path": str(dst), "write": True})
+    conn.call_json(wire.OP_OPEN, {"path": str(dst), "write": True, "chunk_size": CHUNK, "sync_size": len(data)})
     peer = conn.call_json(wire.OP_OPEN, {"path": str(src), "peer": True, "write": True})
     assert peer["size"] == size
     rid = conn.post(wire.OP_PAIR, {"ranges": [[0, 4]], "chunk_size": CHUNK, "size": size,

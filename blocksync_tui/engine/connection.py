@@ -3,12 +3,16 @@
 Replies are read by one thread per worker. Control requests (`call`) wait for their answer;
 streaming requests (`post`) deliver every frame of their answer to a queue shared by both
 workers, which the engine's single loop consumes, so the engine logic needs no locks.
+
+Requests are written by one sender thread per worker, so a worker that stops reading (frozen,
+or a stalled link) never blocks the engine's loop: it notices the silence and ends the run.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 
 from blocksync_tui.engine import bootstrap
@@ -75,6 +79,10 @@ class Connection:
         self._waiters: dict[int, _Waiter] = {}
         self._lost: str | None = None
         self._thread: threading.Thread | None = None
+        self._outbox: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
+        self._sender: threading.Thread | None = None
+        self.last_heard = time.monotonic()
+        """When the last frame (or the banner) came from the worker: a watchdog reads it."""
 
     @property
     def bytes_in(self) -> int:
@@ -96,10 +104,15 @@ class Connection:
         except OSError:
             pass  # the process already died: its exit status below says why
         self._await_banner()
+        self.last_heard = time.monotonic()
         self._thread = threading.Thread(
             target=self._read_loop, name=f"reader-{self.side}", daemon=True
         )
         self._thread.start()
+        self._sender = threading.Thread(
+            target=self._send_loop, name=f"sender-{self.side}", daemon=True
+        )
+        self._sender.start()
         hello = wire.decode_json(self.call(wire.OP_HELLO, {"protocol": wire.PROTOCOL_VERSION}, timeout))
         if hello.get("protocol") != wire.PROTOCOL_VERSION:
             raise ProtocolError(
@@ -140,17 +153,28 @@ class Connection:
     # -- requests
 
     def _send(self, op: int, rid: int, payload: bytes) -> None:
+        """Queue one frame for the sender thread: never blocks on the worker."""
         header = wire.pack_header(op, rid, len(payload))
         with self._send_lock:
             if self._lost:
                 raise ConnectionLost(self._lost)
-            try:
-                self.transport.send(header + payload if len(payload) < 65536 else header)
-                if len(payload) >= 65536:
-                    self.transport.send(payload)
-            except OSError as exc:
-                raise ConnectionLost(f"{self.transport.label}: connection lost ({exc})") from exc
+            if len(payload) < 65536:
+                self._outbox.put(header + payload)
+            else:  # no copy of a large payload: the header goes on its own
+                self._outbox.put(header)
+                self._outbox.put(payload)
             self.bytes_out += len(header) + len(payload)
+
+    def _send_loop(self) -> None:
+        while True:
+            data = self._outbox.get()
+            if data is None:
+                return
+            try:
+                self.transport.send(data)
+            except (OSError, ValueError) as exc:
+                self._end(f"{self.transport.label}: connection lost ({exc})")
+                return
 
     def _new_rid(self) -> int:
         with self._send_lock:
@@ -181,7 +205,11 @@ class Connection:
         try:
             self._send(op, rid, payload)
             if not waiter.done.wait(timeout):
-                raise ConnectionLost(f"{self.transport.label}: no answer in {timeout:.0f} s")
+                reason = f"the {self.side} stopped answering ({timeout:.0f} s without a reply)"
+                if self.transport.label != "local":
+                    reason = f"{self.transport.label}: {reason}"
+                self.abandon(reason)
+                raise ConnectionLost(reason)
         finally:
             self._waiters.pop(rid, None)
         if waiter.op == _EOF:
@@ -207,6 +235,7 @@ class Connection:
                 payload = self._reader.read_exact(length) if length else b""
                 if payload is None:
                     break
+                self.last_heard = time.monotonic()
                 waiter = self._waiters.get(rid)
                 if waiter is not None and rid:
                     waiter.op, waiter.payload = op, payload
@@ -222,16 +251,22 @@ class Connection:
         tail = self.transport.stderr_tail().strip().splitlines()
         if tail and "Traceback" in self.transport.stderr_tail():
             reason += f" ({tail[-1]})"
-        self._lost = reason
+        self._end(reason)
+
+    def _end(self, reason: str) -> None:
+        """Mark the connection lost (once): wake every waiter, tell the engine."""
+        with self._send_lock:
+            if self._lost is not None:
+                return
+            self._lost = reason
         for waiter in list(self._waiters.values()):
             waiter.op = _EOF
             waiter.done.set()
         self.events.put(Frame(self.side, _EOF, 0, reason.encode()))
 
-    @property
-    def lost(self) -> str | None:
-        """Why the connection ended, once it has."""
-        return self._lost
+    def abandon(self, reason: str) -> None:
+        """Give up on a worker that stopped answering: `close` then ends it without asking."""
+        self._end(reason)
 
     def close(self, timeout: float = 10.0) -> None:
         """Ask the worker to finish its writes and exit, then close the transport."""
@@ -240,6 +275,7 @@ class Connection:
                 self.call(wire.OP_EXIT, b"", timeout)
             except (ConnectionLost, RemoteError):
                 pass
+        self._outbox.put(None)
         self.transport.close()
 
 

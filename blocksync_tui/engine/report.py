@@ -91,6 +91,11 @@ class Report:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     message: str = ""
+    destination_size: int = 0
+    """The destination's size before the run."""
+    size_difference: int = 0
+    """Destination size minus source size, for a destination file (a device keeps its tail):
+    a difference of its own, which a sync removes by truncating or growing the file."""
 
     @classmethod
     def runs_of(cls, chunk_map: ChunkMap, chunk_size: int, size: int) -> tuple[int, list[dict]]:

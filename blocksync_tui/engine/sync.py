@@ -9,11 +9,12 @@ many chunks in flight at once. Nothing waits for one chunk before asking for the
 from __future__ import annotations
 
 import queue
+import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from blocksync_tui.endpoint import Endpoint
 from blocksync_tui.engine import worker as wire
@@ -24,6 +25,7 @@ from blocksync_tui.engine.errors import (
     Cancelled,
     ConnectionLost,
     EndpointError,
+    ProtocolError,
     RemoteError,
     UsageError,
 )
@@ -48,6 +50,16 @@ has its first chunks in memory when the scan begins."""
 INFLIGHT_BYTES = 32 << 20
 """At most this much chunk data is between the source and a completed write."""
 FAST_CODECS = ("zstd", "lz4")
+DIGEST_SIZES = {"xxh128": 16, "sha256": 32, "sha1": 20, "blake2b": 32, "md5": 16}
+PEER_TIMEOUT = 120.0
+"""A worker that owes an answer and says nothing for this long ends the run. A scan reports at
+least every 50 ms while it reads, so only a hung disk or a dead link stays this quiet."""
+CANCEL_TIMEOUT = 30.0
+"""After a cancel, the writes in flight get this long to be acknowledged."""
+FLUSH_TIMEOUT = 600.0
+"""An fsync of a slow disk full of dirty pages can take minutes."""
+VERIFY_RUNS_PER_REQUEST = 4096
+"""Runs of chunks per verify request: keeps each request far below the frame limit."""
 
 SOURCE = "source"
 DESTINATION = "destination"
@@ -68,6 +80,8 @@ class SyncOptions:
     direct: bool = True
     """When both ends are on one machine, the destination's worker reads the source itself and
     compares bytes: no digests, no data through the controller. False forces digests."""
+    peer_timeout: float = PEER_TIMEOUT
+    """Seconds a worker that owes an answer may stay silent before the run ends."""
 
     def check(self) -> None:
         """Raises UsageError for options that cannot work."""
@@ -99,6 +113,25 @@ class _Side:
     next_window: int = 0
     windows_done: int = 0
     scanned: int = 0
+    window_first: dict[int, int] = field(default_factory=dict)
+    """The first chunk of each window in flight, by request id."""
+    window_got: dict[int, int] = field(default_factory=dict)
+    """How many chunks of each window in flight have been answered, by request id."""
+
+
+@dataclass
+class _Job:
+    """One differing chunk on its way through the pipeline: sub-digests, pieces, write."""
+
+    index: int
+    src_flag: int
+    dst_flag: int
+    whole: bool = False
+    """Send it whole (its source changed during the run)."""
+    writing: bool = False
+    """Its write (or zeroing) was sent: the destination's acknowledgement settles it."""
+    subs: dict[str, bytes] = field(default_factory=dict)
+    """Dry run: each side's sub-block digests, as they arrive."""
 
 
 class SyncEngine:
@@ -139,6 +172,11 @@ class SyncEngine:
         self._resume.set()
         self._started = time.monotonic()
         self._finished: float | None = None
+        self.size_difference = 0
+        """How much longer (or, negative, shorter) a destination file was than the source: a
+        difference in itself, which a sync removes by truncating or growing the file."""
+        self._digest_size = 0
+        self._verified: bool | None = None
         self._bytes_sent = 0
         self._bytes_differing = 0
         self._dest_absent = False
@@ -257,7 +295,7 @@ class SyncEngine:
     def _open(self, side: str, request: dict) -> dict:
         conn = self._sides[side].conn
         try:
-            info = conn.call_json(wire.OP_OPEN, request)
+            info = conn.call_json(wire.OP_OPEN, request, timeout=self.options.peer_timeout)
         except RemoteError as exc:
             raise EndpointError(_where(conn, str(exc))).on(side) from None
         self._sides[side].info = info
@@ -274,6 +312,11 @@ class SyncEngine:
         self._same_host = same_host
         if same_host and dst.get("exists") and _same_object(src, dst):
             raise UsageError(f"{self.source} and {self.destination} are the same file or device")
+        if same_host and dst.get("exists") and _overlap(src, dst):
+            raise UsageError(
+                f"{self.source} and {self.destination} overlap (one is a partition, holder or "
+                "backing file of the other): refusing"
+            )
         in_use = dst.get("mounted") or dst.get("holders") or dst.get("swap")
         if in_use:
             usage = wire.usage_text(dst)
@@ -303,6 +346,7 @@ class SyncEngine:
             if dst.get("readonly") and not self.options.dry_run:
                 raise EndpointError(f"{self.destination} is a read-only device").on(DESTINATION)
         elif dst["size"] != src["size"]:
+            self.size_difference = dst["size"] - src["size"]
             verb = "grown" if dst["size"] < src["size"] else "truncated"
             self.warnings.append(
                 f"{self.destination} is {dst['size']} bytes; it will be {verb} to {src['size']}"
@@ -321,6 +365,7 @@ class SyncEngine:
             self.algorithm = wanted
         else:
             self.algorithm = both[0]
+        self._digest_size = DIGEST_SIZES[self.algorithm]
         self.sub_algorithm = "xxh64" if "xxh128" in both else self.algorithm
         codecs = [c for c in src["compressors"] if c in dst["compressors"]]
         choice = self.options.compress
@@ -372,9 +417,21 @@ class SyncEngine:
             self.close()
 
     def _open_for_writing(self) -> None:
-        dst = self._sides[DESTINATION].info
-        request = {"path": self.destination.path, "write": True, "create": True}
-        if dst.get("kind") != "block":
+        """Reopen the destination for writing: the very object that was checked, or, if it was
+        absent, a new file that must still be absent (what appeared meanwhile was never
+        compared)."""
+        checked = self._sides[DESTINATION].info
+        request: dict = {
+            "path": self.destination.path,
+            "write": True,
+            "chunk_size": self.options.chunk_size,
+            "sync_size": self.size,
+        }
+        if self._dest_absent:
+            request["create"] = True
+        else:
+            request["expect"] = {k: checked.get(k) for k in ("kind", "size", "identity", "mtime_ns")}
+        if checked.get("kind") != "block":
             request["truncate"] = self.size
         info = self._open(DESTINATION, request)
         if info["kind"] == "block" and info["size"] < self.size:
@@ -408,20 +465,16 @@ class SyncEngine:
         self._window = window
         self._digests: dict[str, dict[int, tuple[int, bytes]]] = {SOURCE: {}, DESTINATION: {}}
         self._hash_rids: set[tuple[str, int]] = set()
-        """(side, request id) of the HASH windows in flight: ids are per connection."""
-        self._requests: dict[tuple[str, int], int] = {}
-        self._todo: deque[int] = deque()
-        self._inflight = 0
+        """(side, request id) of the HASH or PAIR windows in flight: ids are per connection."""
+        self._todo: deque[_Job] = deque()
+        self._jobs: dict[int, _Job] = {}
+        """The differing chunks in flight, by index: one record each."""
+        self._by_request: dict[tuple[str, int], _Job] = {}
+        """The job each outstanding SUBHASH or DELTA answers to, by (side, request id)."""
         self._max_inflight = max(2, INFLIGHT_BYTES // opts.chunk_size)
         self._settled = 0
-        self._src_digest: dict[int, bytes] = {}
-        """The source digest of every differing chunk, for --verify."""
-        self._kind: dict[int, tuple[int, int]] = {}
-        """Source and destination flags of a differing chunk until its pipeline starts."""
-        self._pending_sub: dict[int, dict[str, bytes]] = {}
-        """Dry run: the sub-block digests received so far per chunk."""
-        self._whole: set[int] = set()
-        """Chunks to send whole (re-sent after their source changed during the run)."""
+        self._verify_digests: dict[int, bytes] = {}
+        """With --verify only: the source digest of each chunk written (b"" for zeros)."""
         if self.method == "direct":
             self._sides[SOURCE].next_window = self._sides[SOURCE].windows_done = self._windows
         elif self._dest_absent:
@@ -435,15 +488,40 @@ class SyncEngine:
             if self._resume.is_set() and not self.cancelled:
                 self._issue_hashes()
                 self._issue_chunks()
-            if self._settled >= total and self._inflight == 0:
-                return
-            if self.cancelled and self._inflight == 0:
+            if self.cancelled:  # a direct compare's window writes as it goes: wait for it
+                if not self._jobs and not (self.method == "direct" and self._hash_rids):
+                    return
+            elif self._settled >= total and not self._jobs and not self._hash_rids:
                 return
             try:
                 frame = self._events.get(timeout=0.2)
             except queue.Empty:
+                self._check_silence()
                 continue
             self._handle(frame)
+
+    def _check_silence(self) -> None:
+        """End the run, naming the side, when a worker that owes an answer has said nothing for
+        `peer_timeout` seconds (after a cancel, for at most CANCEL_TIMEOUT)."""
+        limit = self.options.peer_timeout
+        if self.cancelled:
+            limit = min(limit, CANCEL_TIMEOUT)
+        now = time.monotonic()
+        for name, side in self._sides.items():
+            if now - side.conn.last_heard > limit and self._owes(name):
+                reason = _where(side.conn, f"the {name} stopped answering ({limit:.0f} s without a reply)")
+                side.conn.abandon(reason)
+                raise ConnectionLost(reason).on(name)
+
+    def _owes(self, name: str) -> bool:
+        """Whether a side has a request outstanding."""
+        if not self._resume.is_set() and not self.cancelled:
+            return False  # paused: nothing new was asked, and answers may trickle in slowly
+        if any(side == name for side, _ in self._hash_rids):
+            return True
+        if any(side == name for side, _ in self._by_request):
+            return True
+        return name == DESTINATION and any(job.writing for job in self._jobs.values())
 
     def _issue_hashes(self) -> None:
         if self.method == "direct":
@@ -475,7 +553,6 @@ class SyncEngine:
         }
         while side.next_window < min(self._windows, side.windows_done + PAIR_WINDOWS_AHEAD):
             self._post_window(DESTINATION, wire.OP_PAIR, request)
-            self._inflight += 1
 
     def _post_window(self, name: str, op: int, request: dict) -> None:
         """Send one side the request for its next window of chunks."""
@@ -484,47 +561,79 @@ class SyncEngine:
         count = min(self._window, self.chunk_map.total - first)
         rid = side.conn.post(op, {**request, "ranges": [[first, count]]})
         self._hash_rids.add((name, rid))
+        side.window_first[rid] = first
         side.next_window += 1
 
     def _handle(self, frame: Frame) -> None:
+        """Act on one frame. Anything a worker sends that we did not ask for, or that does not
+        parse, ends the run as a protocol error: it is never guessed at."""
         op = frame.op
         if op == EOF_OP:
-            raise ConnectionLost(frame.payload.decode())
-        if op == wire.OP_DIGESTS:
-            self._on_digests(frame)
-        elif op == wire.OP_DONE:
-            if (frame.side, frame.rid) in self._hash_rids:
-                self._hash_rids.discard((frame.side, frame.rid))
-                self._sides[frame.side].windows_done += 1
-                if self.method == "direct":
-                    self._inflight -= 1
-        elif op == wire.OP_PAIRED:
-            self._on_paired(frame)
-        elif op == wire.OP_SUBDIGESTS:
-            self._on_subdigests(frame)
-        elif op == wire.OP_DATA:
-            self._on_data(frame)
-        elif op == wire.OP_WRITTEN:
-            for pos in range(0, len(frame.payload), wire.ACK_ITEM.size):
-                index, status = wire.ACK_ITEM.unpack_from(frame.payload, pos)
-                self._finish_chunk(index, State.WRITTEN if status == 0 else State.ERROR)
-        elif op == wire.OP_ERROR:
-            self._on_error(frame)
+            raise ConnectionLost(frame.payload.decode()).on(frame.side)
+        handler = self._handlers.get(op)
+        if handler is None:
+            raise self._protocol_error(frame, "an unexpected frame")
+        try:
+            handler(self, frame)
+        except BlocksyncError:
+            raise
+        except (ValueError, KeyError, IndexError, TypeError, struct.error) as exc:
+            raise self._protocol_error(frame, f"a malformed frame ({exc})") from None
+
+    def _protocol_error(self, frame: Frame, what: str) -> ProtocolError:
+        name = wire.OP_NAMES.get(frame.op, str(frame.op))
+        conn = self._sides[frame.side].conn
+        return ProtocolError(
+            _where(conn, f"the {frame.side}'s worker sent {what}: {name} for request {frame.rid}")
+        ).on(frame.side)
+
+    def _on_done(self, frame: Frame) -> None:
+        key = (frame.side, frame.rid)
+        if key not in self._hash_rids:
+            raise self._protocol_error(frame, "an unexpected end of a request")
+        self._hash_rids.discard(key)
+        side = self._sides[frame.side]
+        first = side.window_first.pop(frame.rid)
+        count = min(self._window, self.chunk_map.total - first)
+        if side.window_got.pop(frame.rid, 0) != count:
+            raise self._protocol_error(frame, "an incomplete window of chunks")
+        side.windows_done += 1
+
+    def _window_entries(self, frame: Frame, entry_size: int) -> tuple[int, int, int]:
+        """(first, count, digest size) of a DIGESTS or PAIRED batch, checked: it belongs to a
+        window in flight, continues it where the last batch ended, and has its stated length."""
+        first, count, dsize = wire.DIGESTS_HEAD.unpack_from(frame.payload)
+        side = self._sides[frame.side]
+        key = (frame.side, frame.rid)
+        if key not in self._hash_rids:
+            raise self._protocol_error(frame, "chunk states nobody asked for")
+        expected = side.window_first[frame.rid] + side.window_got.get(frame.rid, 0)
+        window_end = side.window_first[frame.rid] + self._window
+        size = wire.DIGESTS_HEAD.size + count * (entry_size + dsize)
+        if first != expected or first + count > min(window_end, self.chunk_map.total):
+            raise self._protocol_error(frame, f"chunks {first}..{first + count} out of order")
+        if len(frame.payload) != size or dsize > 64:
+            raise self._protocol_error(frame, "a batch of the wrong length")
+        side.window_got[frame.rid] = side.window_got.get(frame.rid, 0) + count
+        return first, count, dsize
 
     def _on_digests(self, frame: Frame) -> None:
-        first, count, dsize = wire.DIGESTS_HEAD.unpack_from(frame.payload)
+        first, count, dsize = self._window_entries(frame, 1)
+        if dsize != self._digest_size:
+            raise self._protocol_error(frame, f"{dsize}-byte digests for {self.algorithm}")
         entry = 1 + dsize
         pos = wire.DIGESTS_HEAD.size
         mine = self._digests[frame.side]
         other = self._digests[DESTINATION if frame.side == SOURCE else SOURCE]
         side = self._sides[frame.side]
-        chunk = self.options.chunk_size
         for index in range(first, first + count):
             flag = frame.payload[pos]
+            if flag not in (wire.FLAG_DATA, wire.FLAG_ZERO, wire.FLAG_ERROR):
+                raise self._protocol_error(frame, f"an unknown chunk flag {flag}")
             # Only data chunks carry a digest; the field of a zero or failed chunk is padding.
             item = (flag, frame.payload[pos + 1 : pos + entry] if flag == wire.FLAG_DATA else b"")
             pos += entry
-            side.scanned += min(chunk, self.size - index * chunk)
+            side.scanned += self._chunk_geometry(index)[1]
             if self._dest_absent:
                 self._resolve(index, item, (wire.FLAG_ZERO, b""))
             elif index in other:
@@ -537,7 +646,9 @@ class SyncEngine:
             self._sides[DESTINATION].scanned = side.scanned
 
     def _on_paired(self, frame: Frame) -> None:
-        first, count, dsize = wire.DIGESTS_HEAD.unpack_from(frame.payload)
+        if frame.side != DESTINATION:
+            raise self._protocol_error(frame, "a direct compare from the source")
+        first, count, dsize = self._window_entries(frame, wire.PAIRED_ITEM.size)
         pos = wire.DIGESTS_HEAD.size
         wrote = not self.options.dry_run
         states = {wire.PAIR_SAME: State.SAME, wire.PAIR_ZERO: State.ZERO, wire.PAIR_ERROR: State.ERROR}
@@ -545,15 +656,17 @@ class SyncEngine:
             outcome, flag, differing = wire.PAIRED_ITEM.unpack_from(frame.payload, pos)
             pos += wire.PAIRED_ITEM.size
             _, length = self._chunk_geometry(index)
+            if differing > length or (outcome != wire.PAIR_DIFFERS and outcome not in states):
+                raise self._protocol_error(frame, f"an impossible outcome for chunk {index}")
             for side in self._sides.values():
                 side.scanned += length
             if outcome == wire.PAIR_DIFFERS:
                 self._bytes_differing += differing
                 if wrote:
                     self._bytes_sent += differing
-                    self._src_digest[index] = (
-                        bytes(frame.payload[pos : pos + dsize]) if flag == wire.FLAG_DATA else b""
-                    )
+                    if self.options.verify:
+                        digest = bytes(frame.payload[pos : pos + dsize])
+                        self._verify_digests[index] = digest if flag == wire.FLAG_DATA else b""
                 self.chunk_map.set(index, State.WRITTEN if wrote else State.DIFFERS)
             else:
                 self.chunk_map.set(index, states[outcome])
@@ -573,12 +686,12 @@ class SyncEngine:
             self._settled += 1
             return
         self.chunk_map.set(index, State.DIFFERS)
-        self._src_digest[index] = src[1] if src[0] == wire.FLAG_DATA else b""
-        self._todo.append(index)
-        self._kind[index] = (src[0], dst[0])
+        if self.options.verify and not self.options.dry_run:
+            self._verify_digests[index] = src[1] if src[0] == wire.FLAG_DATA else b""
+        self._todo.append(_Job(index, src[0], dst[0]))
 
     def _issue_chunks(self) -> None:
-        while self._todo and self._inflight < self._max_inflight:
+        while self._todo and len(self._jobs) < self._max_inflight:
             self._start_chunk(self._todo.popleft())
 
     def _chunk_geometry(self, index: int) -> tuple[int, int]:
@@ -592,52 +705,61 @@ class SyncEngine:
             index, offset, length, self.options.sub_block, mode, self.sub_algorithm, codec, tail
         )
 
-    def _start_chunk(self, index: int) -> None:
+    def _ask(self, side: str, op: int, job: _Job, payload: bytes) -> None:
+        """Send one request of a job's pipeline and remember whose answer it awaits."""
+        rid = self._sides[side].conn.post(op, payload)
+        self._by_request[(side, rid)] = job
+
+    def _start_chunk(self, job: _Job) -> None:
         """Send the first request of a differing chunk's pipeline."""
-        self._inflight += 1
-        src_flag, dst_flag = self._kind.pop(index)
-        src, dst = self._sides[SOURCE].conn, self._sides[DESTINATION].conn
+        self._jobs[job.index] = job
+        index = job.index
         offset, length = self._chunk_geometry(index)
         if self.options.dry_run:
             # Both sides' sub-block digests tell how many bytes really differ.
-            for side, conn in ((SOURCE, src), (DESTINATION, dst)):
+            for side in (SOURCE, DESTINATION):
                 if side == DESTINATION and self._dest_absent:
+                    job.subs[DESTINATION] = b""
                     continue
-                rid = conn.post(wire.OP_SUBHASH, self._chunk_request(index, 0))
-                self._requests[(side, rid)] = index
-            self._pending_sub[index] = {}
-            return
-        if index in self._whole:
-            rid = src.post(wire.OP_DELTA, self._chunk_request(index, wire.DELTA_WHOLE))
-            self._requests[(SOURCE, rid)] = index
-        elif src_flag == wire.FLAG_ZERO:
+                self._ask(side, wire.OP_SUBHASH, job, self._chunk_request(index, 0))
+        elif job.whole:
+            self._ask(SOURCE, wire.OP_DELTA, job, self._chunk_request(index, wire.DELTA_WHOLE))
+        elif job.src_flag == wire.FLAG_ZERO:
             self._bytes_differing += length  # at chunk granularity: it costs no wire bytes
-            dst.post(wire.OP_ZERO, wire.ZERO_REQ.pack(index, length, offset))
-        elif dst_flag == wire.FLAG_ZERO or length <= self.options.sub_block:
-            mode = wire.DELTA_DEST_ZERO if dst_flag == wire.FLAG_ZERO else wire.DELTA_WHOLE
-            rid = src.post(wire.OP_DELTA, self._chunk_request(index, mode))
-            self._requests[(SOURCE, rid)] = index
+            job.writing = True
+            self._sides[DESTINATION].conn.post(wire.OP_ZERO, wire.ZERO_REQ.pack(index, length, offset))
+        elif job.dst_flag == wire.FLAG_ZERO or length <= self.options.sub_block:
+            mode = wire.DELTA_DEST_ZERO if job.dst_flag == wire.FLAG_ZERO else wire.DELTA_WHOLE
+            self._ask(SOURCE, wire.OP_DELTA, job, self._chunk_request(index, mode))
         else:
-            rid = dst.post(wire.OP_SUBHASH, self._chunk_request(index, 0))
-            self._requests[(DESTINATION, rid)] = index
+            self._ask(DESTINATION, wire.OP_SUBHASH, job, self._chunk_request(index, 0))
+
+    def _answering(self, frame: Frame) -> _Job:
+        """The job a SUBDIGESTS or DATA frame answers; a stray one is a protocol error."""
+        job = self._by_request.pop((frame.side, frame.rid), None)
+        if job is None:
+            raise self._protocol_error(frame, "an answer to no request")
+        return job
 
     def _on_subdigests(self, frame: Frame) -> None:
-        index = self._requests.pop((frame.side, frame.rid))
+        job = self._answering(frame)
+        index, length = wire.CHUNK_HEAD.unpack_from(frame.payload)
         digests = frame.payload[wire.CHUNK_HEAD.size :]
+        blocks = -(-self._chunk_geometry(job.index)[1] // self.options.sub_block)
+        if (index, length) != (job.index, self._chunk_geometry(job.index)[1]) or len(
+            digests
+        ) != blocks * wire.SUB_DIGEST_SIZE:
+            raise self._protocol_error(frame, f"sub-digests that are not those of chunk {job.index}")
         if not self.options.dry_run:
-            rid = self._sides[SOURCE].conn.post(
-                wire.OP_DELTA, self._chunk_request(index, wire.DELTA_SUBDIGESTS, digests)
-            )
-            self._requests[(SOURCE, rid)] = index
+            request = self._chunk_request(job.index, wire.DELTA_SUBDIGESTS, digests)
+            self._ask(SOURCE, wire.OP_DELTA, job, request)
             return
-        got = self._pending_sub[index]
-        got[frame.side] = digests
-        if self._dest_absent:
-            got[DESTINATION] = b""
-        if len(got) == 2:
-            del self._pending_sub[index]
-            self._bytes_differing += self._differing_bytes(index, got[SOURCE], got[DESTINATION])
-            self._finish_chunk(index, State.DIFFERS)
+        job.subs[frame.side] = digests
+        if len(job.subs) == 2:
+            self._bytes_differing += self._differing_bytes(
+                job.index, job.subs[SOURCE], job.subs[DESTINATION]
+            )
+            self._finish_chunk(job, State.DIFFERS)
 
     def _differing_bytes(self, index: int, src: bytes, dst: bytes) -> int:
         _, length = self._chunk_geometry(index)
@@ -647,76 +769,124 @@ class SyncEngine:
         return sum(min(sub, length - start) for start, flag in zip(starts, differs) if flag)
 
     def _on_data(self, frame: Frame) -> None:
-        index = self._requests.pop((frame.side, frame.rid))
-        offset, length = self._chunk_geometry(index)
-        view = memoryview(frame.payload)
-        _, _, count = wire.PIECES_HEAD.unpack_from(view)
-        pos = wire.PIECES_HEAD.size
-        for _ in range(count):
-            _, _, raw_len, enc_len = wire.PIECE_HEAD.unpack_from(view, pos)
-            pos += wire.PIECE_HEAD.size + enc_len
-            self._bytes_differing += raw_len
+        """Check the source's pieces against our own geometry of the chunk asked for, then
+        relay them to the destination unchanged (it checks them again against its own)."""
+        if frame.side != SOURCE:
+            raise self._protocol_error(frame, "chunk data from the destination")
+        job = self._answering(frame)
+        _, length = self._chunk_geometry(job.index)
+        try:
+            self._bytes_differing += wire.raw_bytes(frame.payload, job.index, length)
+        except ValueError as exc:
+            raise self._protocol_error(frame, f"pieces that do not fit chunk {job.index} ({exc})") from None
         # Writes are acknowledged in batches (OP_WRITTEN), never one round trip each.
-        self._sides[DESTINATION].conn.post(wire.OP_WRITE, wire.WRITE_HEAD.pack(offset) + frame.payload)
+        job.writing = True
+        self._sides[DESTINATION].conn.post(wire.OP_WRITE, frame.payload)
         self._bytes_sent += len(frame.payload)
+
+    def _on_written(self, frame: Frame) -> None:
+        if frame.side != DESTINATION or len(frame.payload) % wire.ACK_ITEM.size:
+            raise self._protocol_error(frame, "a malformed acknowledgement")
+        for pos in range(0, len(frame.payload), wire.ACK_ITEM.size):
+            index, status = wire.ACK_ITEM.unpack_from(frame.payload, pos)
+            job = self._jobs.get(index)
+            if job is None or not job.writing:
+                raise self._protocol_error(frame, f"an acknowledgement of chunk {index}, never sent")
+            self._finish_chunk(job, State.WRITTEN if status == 0 else State.ERROR)
 
     def _on_error(self, frame: Frame) -> None:
         error = wire.decode_json(frame.payload)
-        message = _where(self._sides[frame.side].conn, error["message"])
+        conn = self._sides[frame.side].conn
+        message = _where(conn, str(error["message"]))
+        chunk, code = int(error.get("chunk", -1)), int(error.get("errno", 0))
+        if frame.side == DESTINATION and code in wire.FATAL_ERRNOS and not self.options.dry_run:
+            written = int(error.get("written", 0))
+            raise EndpointError(
+                f"{message} after {written:,} bytes were written: the sync stopped "
+                "(the destination is partly updated; run it again once this is fixed)"
+            ).on(DESTINATION)
         if (frame.side, frame.rid) in self._hash_rids:
-            if error.get("chunk", -1) < 0:
-                raise RemoteError(message)
+            if chunk < 0:
+                raise RemoteError(message).on(frame.side)
             self.errors.append(message)  # one chunk of a direct compare: its entry settles it
             return
-        index = self._requests.pop((frame.side, frame.rid), error.get("chunk", -1))
-        self.errors.append(message)
-        if frame.side == DESTINATION and error.get("chunk", -1) >= 0:
-            return  # a failed write is also acknowledged with its errno: settled there
-        if index >= 0:
-            self._pending_sub.pop(index, None)
-            self._finish_chunk(index, State.ERROR)
+        job = self._by_request.pop((frame.side, frame.rid), None)
+        if job is not None:
+            self.errors.append(message)
+            self._finish_chunk(job, State.ERROR)
+            return
+        writing = self._jobs.get(chunk)
+        if frame.side == DESTINATION and writing is not None and writing.writing:
+            self.errors.append(message)  # the write's acknowledgement carries its errno
+            return
+        raise self._protocol_error(frame, f"an error for no request ({message})")
 
-    def _finish_chunk(self, index: int, state: State) -> None:
-        self.chunk_map.set(index, state)
-        self._inflight -= 1
+    _handlers: dict[int, Callable[[SyncEngine, Frame], None]] = {
+        wire.OP_DIGESTS: _on_digests,
+        wire.OP_DONE: _on_done,
+        wire.OP_PAIRED: _on_paired,
+        wire.OP_SUBDIGESTS: _on_subdigests,
+        wire.OP_DATA: _on_data,
+        wire.OP_WRITTEN: _on_written,
+        wire.OP_ERROR: _on_error,
+    }
+
+    def _finish_chunk(self, job: _Job, state: State) -> None:
+        self.chunk_map.set(job.index, state)
+        del self._jobs[job.index]
         self._settled += 1
 
     def _flush(self) -> None:
+        conn = self._sides[DESTINATION].conn
         try:
-            self._sides[DESTINATION].conn.call(wire.OP_FLUSH, b"", timeout=600)
+            conn.call(wire.OP_FLUSH, b"", timeout=FLUSH_TIMEOUT)
         except RemoteError as exc:
-            raise RemoteError(_where(self._sides[DESTINATION].conn, f"flush failed: {exc}"))
+            raise RemoteError(_where(conn, f"flush failed: {exc}")).on(DESTINATION)
 
     def _digests_now(self, side: str, indexes: list[int], drop_cache: bool) -> dict[int, bytes]:
-        """Hash chunks on one side now (nothing else is in flight); a zero chunk's digest is b""."""
+        """Hash chunks on one side now (nothing else is in flight); a zero chunk's digest is b"".
+        Requests go in batches of runs, so no frame outgrows the limit however many chunks."""
         conn = self._sides[side].conn
-        ranges = [list(r) for r in wire.spans(_flags(indexes))]
-        rid = conn.post(
-            wire.OP_HASH,
-            {
-                "ranges": ranges,
+        runs = _runs(sorted(indexes))
+        digests: dict[int, bytes] = {}
+        for start in range(0, len(runs), VERIFY_RUNS_PER_REQUEST):
+            batch = runs[start : start + VERIFY_RUNS_PER_REQUEST]
+            request = {
+                "ranges": batch,
                 "chunk_size": self.options.chunk_size,
                 "size": self.size,
                 "algo": self.algorithm,
-                "drop_cache": drop_cache,
-            },
-        )
-        digests: dict[int, bytes] = {}
+                "drop_cache": drop_cache and start == 0,
+            }
+            self._collect_digests(side, conn.post(wire.OP_HASH, request), digests)
+        return digests
+
+    def _collect_digests(self, side: str, rid: int, digests: dict[int, bytes]) -> None:
+        conn = self._sides[side].conn
         while True:
-            frame = self._events.get(timeout=600)
-            if frame.op == EOF_OP:
-                raise ConnectionLost(frame.payload.decode())
-            if (frame.side, frame.rid) != (side, rid):
+            try:
+                frame = self._events.get(timeout=0.2)
+            except queue.Empty:
+                if time.monotonic() - conn.last_heard > self.options.peer_timeout:
+                    conn.abandon(f"{conn.transport.label}: the {side} stopped answering")
+                    raise ConnectionLost(_where(conn, f"the {side} stopped answering")).on(side)
                 continue
+            if frame.op == EOF_OP:
+                raise ConnectionLost(frame.payload.decode()).on(frame.side)
+            if (frame.side, frame.rid) != (side, rid):
+                if frame.op == wire.OP_WRITTEN:
+                    continue  # acknowledgements of the flushed writes, already counted
+                raise self._protocol_error(frame, "a frame while verifying")
             if frame.op == wire.OP_DONE:
-                return digests
+                return
             if frame.op == wire.OP_ERROR:
-                raise RemoteError(_where(conn, wire.decode_json(frame.payload)["message"]))
+                raise RemoteError(_where(conn, wire.decode_json(frame.payload)["message"])).on(side)
             first, count, dsize = wire.DIGESTS_HEAD.unpack_from(frame.payload)
             pos = wire.DIGESTS_HEAD.size
             for index in range(first, first + count):
                 flag = frame.payload[pos]
-                digests[index] = frame.payload[pos + 1 : pos + 1 + dsize] if flag == wire.FLAG_DATA else b""
+                digest = frame.payload[pos + 1 : pos + 1 + dsize]
+                digests[index] = digest if flag == wire.FLAG_DATA else b"" if flag == wire.FLAG_ZERO else None
                 pos += 1 + dsize
 
     def _verify(self) -> None:
@@ -724,34 +894,35 @@ class SyncEngine:
 
         A chunk that does not match is hashed again on the source: if the source changed while
         the sync ran, the chunk is sent again, whole, and checked once more (state UPDATED);
-        otherwise the write itself failed (state ERROR).
+        otherwise the write itself failed (state ERROR). Verified means: every chunk written
+        was read back equal, and no chunk failed.
         """
-        written = [i for i in self._src_digest if self.chunk_map.get(i) == State.WRITTEN]
+        written = [i for i in self._verify_digests if self.chunk_map.get(i) == State.WRITTEN]
         on_disk = self._digests_now(DESTINATION, written, drop_cache=True) if written else {}
-        bad = [i for i in written if on_disk.get(i) != self._src_digest[i]]
+        bad = [i for i in written if on_disk.get(i) != self._verify_digests[i]]
         source_now = self._digests_now(SOURCE, bad, drop_cache=False) if bad else {}
-        moved = [i for i in bad if source_now[i] != self._src_digest[i]]
+        moved = [i for i in bad if source_now.get(i) not in (None, self._verify_digests[i])]
         for index in sorted(set(bad) - set(moved)):
             self.chunk_map.set(index, State.ERROR)
             self.errors.append(f"{self.destination}: chunk {index} failed verification")
         if moved:
             self._resend(moved, source_now)
-        self._verified = not any("failed verification" in e for e in self.errors)
+        self._verified = not self.errors and self.chunk_map.count(State.ERROR) == 0
 
-    def _resend(self, indexes: list[int], digests: dict[int, bytes]) -> None:
+    def _resend(self, indexes: list[int], digests: dict[int, bytes | None]) -> None:
         """Send chunks whose source changed during the run again, whole, then verify them."""
         for index in indexes:
-            self._src_digest[index] = digests[index]
-            self._whole.add(index)
-            self._kind[index] = (wire.FLAG_DATA, wire.FLAG_DATA)
+            self._verify_digests[index] = digests[index] or b""
             self.chunk_map.set(index, State.DIFFERS)
-            self._todo.append(index)
+            self._todo.append(_Job(index, wire.FLAG_DATA, wire.FLAG_DATA, whole=True))
         self._settled -= len(indexes)
         self._pump()
         self._flush()
         on_disk = self._digests_now(DESTINATION, indexes, drop_cache=True)
         for index in indexes:
-            if on_disk[index] == self._src_digest[index]:
+            if self.chunk_map.get(index) == State.ERROR:
+                continue  # the resend itself failed: its error is recorded
+            if on_disk.get(index) == self._verify_digests[index]:
                 self.chunk_map.set(index, State.UPDATED)
             else:  # the source keeps changing: it must be quiesced to be copied
                 self.chunk_map.set(index, State.ERROR)
@@ -777,14 +948,18 @@ class SyncEngine:
         differing = sum(
             p.counts[s] for s in (State.DIFFERS, State.WRITTEN, State.ERROR, State.UPDATED)
         )
+        changed = bool(differing or self.size_difference)
         if self.errors or self.phase == "failed":
             outcome = "failed"
         elif self.phase == "cancelled":
             outcome = "cancelled"
         elif self.options.dry_run:
-            outcome = "differs" if differing else "identical"
+            outcome = "differs" if changed else "identical"
         else:
-            outcome = "synced" if differing else "identical"
+            outcome = "synced" if changed else "identical"
+        verified = None
+        if self.options.verify and not self.options.dry_run:
+            verified = bool(self._verified) and outcome in ("synced", "identical")
         run_count, largest = Report.runs_of(self.chunk_map, self.options.chunk_size, self.size)
         return Report(
             source=str(self.source),
@@ -804,11 +979,13 @@ class SyncEngine:
             bytes_sent=p.bytes_sent,
             wire_bytes=p.wire_bytes,
             seconds=round(p.elapsed, 3),
-            verified=getattr(self, "_verified", None) if self.options.verify else None,
+            verified=verified,
             change_runs=run_count,
             largest_runs=largest,
             errors=list(self.errors),
             warnings=list(self.warnings),
+            destination_size=self.size + self.size_difference,
+            size_difference=self.size_difference,
         )
 
     def close(self) -> None:
@@ -825,6 +1002,27 @@ def _where(conn: Connection, message: str) -> str:
     return message if label == "local" or message.startswith(label) else f"{label}: {message}"
 
 
+def _overlap(a: dict, b: dict) -> bool:
+    """Whether two opened endpoints on one host share storage without being the same object:
+    a partition and its disk, a device-mapper device and what it is built on (each worker
+    lists its device's stack), or a loop device and its backing file."""
+    def devnum(info: dict) -> str:
+        rdev = (info.get("identity") or [0, 0, 0])[2]
+        return f"{rdev >> 8 & 0xFFF | (rdev >> 32 & ~0xFFF)}:{rdev & 0xFF | (rdev >> 12 & ~0xFF)}"
+
+    def backs(file: dict, device: dict) -> bool:
+        ident = file.get("identity") or [None, None]
+        return [ident[0], ident[1]] in (device.get("backing") or [])
+
+    if a.get("kind") == b.get("kind") == "block":
+        return devnum(a) in (b.get("stack") or []) or devnum(b) in (a.get("stack") or [])
+    if a.get("kind") == "file" and b.get("kind") == "block":
+        return backs(a, b)
+    if a.get("kind") == "block" and b.get("kind") == "file":
+        return backs(b, a)
+    return False
+
+
 def _same_object(a: dict, b: dict) -> bool:
     """Whether two opened endpoints are the same file (inode) or the same device (rdev)."""
     ia, ib = a.get("identity"), b.get("identity")
@@ -835,9 +1033,12 @@ def _same_object(a: dict, b: dict) -> bool:
     return ia[0] == ib[0] and ia[1] == ib[1]
 
 
-def _flags(indexes: list[int]) -> list[bool]:
-    """A flag per chunk up to the last of `indexes`, true for those in it (for wire.spans)."""
-    flags = [False] * (max(indexes) + 1 if indexes else 0)
+def _runs(indexes: list[int]) -> list[list[int]]:
+    """[first, count] runs of consecutive numbers in a sorted list."""
+    runs: list[list[int]] = []
     for index in indexes:
-        flags[index] = True
-    return flags
+        if runs and runs[-1][0] + runs[-1][1] == index:
+            runs[-1][1] += 1
+        else:
+            runs.append([index, 1])
+    return runs

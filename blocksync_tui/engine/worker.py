@@ -24,16 +24,17 @@ import threading
 import time
 import zlib
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 WORKER_VERSION = "0.1.0"
 BANNER = b"BLOCKSYNC-WORKER 1\n"
 """Written before the first frame, so stray output from a login shell is detected, not parsed."""
 
 MAGIC = b"BK"
 HEADER = struct.Struct("!2sBBII")
-MAX_PAYLOAD = 48 << 20
-"""Frames larger than this are refused before their body is read."""
-MAX_CHUNK_SIZE = 16 << 20
+MAX_CHUNK_SIZE = 64 << 20
+MAX_PAYLOAD = MAX_CHUNK_SIZE + (1 << 20)
+"""Frames larger than this are refused before their body is read: a whole chunk sent raw, with
+the headers of its pieces (16,384 of them at most, 13 bytes each), fits."""
 SUB_DIGEST_SIZE = 8
 """Sub-block digests are truncated: a chunk-level digest still guards every chunk."""
 
@@ -94,17 +95,22 @@ CHUNK_REQ = struct.Struct("!QQIIB")  # chunk index, offset, length, sub-block si
 PIECE_HEAD = struct.Struct("!IBII")  # offset in chunk, codec, raw length, encoded length
 PIECES_HEAD = struct.Struct("!QIH")  # chunk index, chunk length, number of pieces
 ZERO_REQ = struct.Struct("!QIQ")  # chunk index, length, offset
-WRITE_HEAD = struct.Struct("!Q")  # offset of the chunk, followed by its pieces
 ACK_ITEM = struct.Struct("!QB")  # chunk index, status (0 ok, else errno)
 PAIRED_ITEM = struct.Struct("!BBI")  # outcome, source FLAG_DATA/ZERO, bytes differing; digest
 
 READ_SIZE = 128 << 10
 """Bytes per read request, and the size of the scan's reused buffer."""
-SUB_CACHE_CHUNKS = 8192
-"""Chunks whose sub-block digests the scan keeps (16 MiB of digests at most)."""
+SUB_CACHE_BYTES = 16 << 20
+"""Sub-block digests the scan keeps, in bytes: the last 8,192 chunks at 1 MiB, 2,048 at 4 MiB."""
+FATAL_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.ENXIO, errno.EBADF}
+)
+"""Write errors after which no later write can succeed: the destination stops at the first."""
 
 _MOUNTINFO = "/proc/self/mountinfo"
 _BLKSSZGET = 0x1268
+_LOOP_GET_STATUS64 = 0x4C05
+_LOOP_INFO64_SIZE = 232
 
 
 # ---------------------------------------------------------------------------- framing
@@ -230,21 +236,52 @@ def sub_digests(algo_fn, data, sub_size: int) -> bytes:
 
 
 def _codec_functions(name: str):
+    """(code, compress, decompress) of a codec; decompress(body, raw_len) never produces more
+    than raw_len bytes, whatever the body claims (a hostile 256 KiB body can expand to GiBs)."""
     if name == "zlib":
-        return CODEC_ZLIB, lambda d: zlib.compress(d, 1), zlib.decompress
+        return CODEC_ZLIB, lambda d: zlib.compress(d, 1), _zlib_decompress
     if name == "zstd":
         import zstandard
 
-        return (
-            CODEC_ZSTD,
-            zstandard.ZstdCompressor(level=1).compress,
-            zstandard.ZstdDecompressor().decompress,
-        )
+        return CODEC_ZSTD, zstandard.ZstdCompressor(level=1).compress, _zstd_decompress
     if name == "lz4":
         import lz4.frame
 
-        return CODEC_LZ4, lambda d: lz4.frame.compress(d, compression_level=0), lz4.frame.decompress
+        return CODEC_LZ4, lambda d: lz4.frame.compress(d, compression_level=0), _lz4_decompress
     raise ValueError("unknown codec %r" % name)
+
+
+def _zlib_decompress(body, raw_len: int) -> bytes:
+    d = zlib.decompressobj()
+    data = d.decompress(body, raw_len)
+    if d.unconsumed_tail or not d.eof:
+        raise ValueError("compressed piece is longer than its declared %d bytes" % raw_len)
+    return data
+
+
+def _zstd_decompress(body, raw_len: int) -> bytes:
+    import zstandard
+
+    declared = zstandard.frame_content_size(body)
+    if declared not in (-1, raw_len):
+        raise ValueError("compressed piece declares %d bytes, expected %d" % (declared, raw_len))
+    try:
+        return zstandard.ZstdDecompressor().decompress(body, max_output_size=raw_len)
+    except zstandard.ZstdError as exc:
+        raise ValueError("bad zstd piece: %s" % exc)
+
+
+def _lz4_decompress(body, raw_len: int) -> bytes:
+    import lz4.frame
+
+    d = lz4.frame.LZ4FrameDecompressor()
+    try:
+        data = d.decompress(body, max_length=raw_len)
+    except RuntimeError as exc:
+        raise ValueError("bad lz4 piece: %s" % exc)
+    if not d.eof:
+        raise ValueError("compressed piece is longer than its declared %d bytes" % raw_len)
+    return data
 
 
 def encode_piece(offset: int, data, codec: "str | None") -> "list[bytes]":
@@ -261,36 +298,79 @@ def encode_piece(offset: int, data, codec: "str | None") -> "list[bytes]":
     return [PIECE_HEAD.pack(offset, CODEC_RAW, raw_len, raw_len), bytes(data)]
 
 
-def decode_pieces(payload) -> "tuple[int, int, list[tuple[int, int, bytes | None]]]":
-    """Decode a DATA/WRITE payload into (chunk index, chunk length, [(offset, length, bytes)]).
+def piece_layout(payload, index: int, chunk_len: int) -> "list[tuple[int, int, int, int, int]]":
+    """Check a DATA/WRITE payload against the chunk it must be and return its pieces as
+    (offset in chunk, codec, raw length, body start, body end), without decoding any body.
 
-    A piece of zeros has bytes None and only a length.
+    Every field is bounded by the reader's own geometry, never by what the payload declares:
+    a piece can only land inside chunk `index` of length `chunk_len`.
+
+    Raises:
+        ValueError: another chunk, a piece outside the chunk, overlapping or truncated pieces.
     """
     view = memoryview(payload)
-    index, chunk_len, count = PIECES_HEAD.unpack_from(view, 0)
+    if len(view) < PIECES_HEAD.size:
+        raise ValueError("truncated pieces frame")
+    got_index, got_len, count = PIECES_HEAD.unpack_from(view, 0)
+    if got_index != index or got_len != chunk_len:
+        raise ValueError(
+            "pieces of chunk %d (%d bytes) where chunk %d (%d bytes) was expected"
+            % (got_index, got_len, index, chunk_len)
+        )
     pos = PIECES_HEAD.size
-    pieces = []
+    end_of_last = 0
+    layout = []
     for _ in range(count):
+        if pos + PIECE_HEAD.size > len(view):
+            raise ValueError("truncated pieces frame")
         offset, code, raw_len, enc_len = PIECE_HEAD.unpack_from(view, pos)
         pos += PIECE_HEAD.size
-        body = view[pos : pos + enc_len]
+        if offset < end_of_last or offset + raw_len > chunk_len or raw_len == 0:
+            raise ValueError("piece [%d, +%d) outside chunk %d or out of order" % (offset, raw_len, index))
+        if code == CODEC_ZERO:
+            enc_len = 0
+        elif code == CODEC_RAW and enc_len != raw_len:
+            raise ValueError("raw piece of %d bytes declares %d" % (raw_len, enc_len))
+        elif code not in _CODEC_NAMES and code != CODEC_RAW:
+            raise ValueError("unknown piece codec %d" % code)
+        if pos + enc_len > len(view):
+            raise ValueError("truncated pieces frame")
+        layout.append((offset, code, raw_len, pos, pos + enc_len))
         pos += enc_len
-        if offset + raw_len > chunk_len or len(body) != enc_len:
-            raise ValueError("piece outside its chunk (corrupted frame)")
+        end_of_last = offset + raw_len
+    if pos != len(view):
+        raise ValueError("%d stray bytes after the pieces" % (len(view) - pos))
+    return layout
+
+
+_CODEC_NAMES = {CODEC_ZLIB: "zlib", CODEC_ZSTD: "zstd", CODEC_LZ4: "lz4"}
+
+
+def decode_pieces(payload, index: int, chunk_len: int) -> "list[tuple[int, int, bytes | None]]":
+    """Decode a DATA/WRITE payload of chunk `index` into [(offset, length, bytes)], checked as
+    `piece_layout` does; a piece of zeros has bytes None. Decoding is bounded by each piece's
+    raw length, which is bounded by the chunk.
+
+    Raises:
+        ValueError: the payload is not a well-formed set of pieces of that chunk.
+    """
+    view = memoryview(payload)
+    pieces = []
+    for offset, code, raw_len, start, end in piece_layout(view, index, chunk_len):
         if code == CODEC_ZERO:
             pieces.append((offset, raw_len, None))
             continue
-        if code == CODEC_RAW:
-            data = bytes(body)
-        else:
-            name = {CODEC_ZLIB: "zlib", CODEC_ZSTD: "zstd", CODEC_LZ4: "lz4"}.get(code)
-            if name is None:
-                raise ValueError("unknown piece codec %d" % code)
-            data = _codec_functions(name)[2](bytes(body))
+        body = view[start:end]
+        data = bytes(body) if code == CODEC_RAW else _codec_functions(_CODEC_NAMES[code])[2](body, raw_len)
         if len(data) != raw_len:
             raise ValueError("piece decoded to %d bytes, expected %d" % (len(data), raw_len))
         pieces.append((offset, raw_len, data))
-    return index, chunk_len, pieces
+    return pieces
+
+
+def raw_bytes(payload, index: int, chunk_len: int) -> int:
+    """The bytes of the chunk that a checked DATA payload carries, decoded (zero pieces included)."""
+    return sum(raw_len for _o, _c, raw_len, _s, _e in piece_layout(payload, index, chunk_len))
 
 
 def differing_sub_blocks(mine: bytes, theirs: bytes, count: int) -> "list[bool]":
@@ -419,20 +499,90 @@ def device_usage(rdev: int, path: str = "") -> "dict[str, list[str]]":
     return {"mounted": mounted, "holders": holders, "swap": swap}
 
 
-def loop_devices_backed_by(path: str) -> "list[str]":
-    """Loop devices whose backing file is `path` (writing under them corrupts their users)."""
-    real = os.path.realpath(path)
+def _loop_backing_identities(name: str) -> "list[tuple[int, int]]":
+    """(st_dev, st_ino) of the file behind loop device `name`: from the kernel itself
+    (LOOP_GET_STATUS64), and from the path sysfs shows, which a rename or unlink makes stale."""
+    found = []
+    try:
+        import fcntl
+
+        fd = os.open("/dev/" + name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            info = fcntl.ioctl(fd, _LOOP_GET_STATUS64, bytes(_LOOP_INFO64_SIZE))
+        finally:
+            os.close(fd)
+        lo_device, lo_inode = struct.unpack_from("=QQ", info)
+        found.append((lo_device, lo_inode))
+    except (OSError, ImportError):
+        pass
+    backing = _read_text("/sys/block/%s/loop/backing_file" % name)
+    if backing:
+        try:
+            st = os.stat(backing)
+            found.append((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    return found
+
+
+def loop_devices_backed_by(st: os.stat_result) -> "list[str]":
+    """Loop devices whose backing file is the file `st` describes, by device and inode: a hard
+    link or another path to the same image is caught too (writing under a loop device corrupts
+    its users)."""
+    mine = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
     found = []
     try:
         names = sorted(os.listdir("/sys/block"))
     except OSError:
         return found
     for name in names:
-        if name.startswith("loop"):
-            backing = _read_text("/sys/block/%s/loop/backing_file" % name)
-            if backing and os.path.realpath(backing) == real:
+        if not name.startswith("loop") or not os.path.exists("/sys/block/%s/loop" % name):
+            continue
+        for dev, ino in _loop_backing_identities(name):
+            if (os.major(dev), os.minor(dev), ino) == mine:
                 found.append("/dev/" + name)
+                break
     return found
+
+
+def device_stack(rdev: int) -> "list[str]":
+    """The "major:minor" numbers of every block device that shares storage with `rdev`: what it
+    is built on (its whole disk if it is a partition, the slaves of a device-mapper or RAID
+    device, and theirs) and what is built on it (its partitions, its holders, and theirs).
+
+    Writing one of them while reading another reads data that the writes change: /dev/sdb1 to
+    /dev/sdb, or an LV to the disk under it. Sibling partitions are not related.
+    """
+    start = os.path.realpath(_sys_block_dir(rdev))
+
+    def below(d: str) -> "list[str]":
+        out = [os.path.realpath(os.path.join(d, "slaves", e)) for e in _listdir(os.path.join(d, "slaves"))]
+        if os.path.exists(os.path.join(d, "partition")):
+            out.append(os.path.dirname(d))
+        return out
+
+    def above(d: str) -> "list[str]":
+        out = [os.path.realpath(os.path.join(d, "holders", e)) for e in _listdir(os.path.join(d, "holders"))]
+        out.extend(os.path.join(d, e) for e in _listdir(d) if os.path.exists(os.path.join(d, e, "partition")))
+        return out
+
+    related: "set[str]" = set()
+    for step in (below, above):
+        todo, seen = [start], {start}
+        while todo and len(seen) < 4096:
+            for nxt in step(todo.pop()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        related |= seen - {start}
+    return sorted(num for num in (_read_text(os.path.join(d, "dev")) for d in related) if num)
+
+
+def _listdir(path: str) -> "list[str]":
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
 
 
 def list_devices() -> "list[dict]":
@@ -527,15 +677,26 @@ class Worker:
         self.peer_path = ""
         self.is_block = False
         self.writable = False
+        self.chunk_size = 0
+        self.sync_size = 0
+        """The geometry the controller opened the destination with: every write is checked
+        against it, never against lengths a frame declares."""
+        self.bytes_written = 0
+        self.write_failure: "tuple[int, str] | None" = None
+        """(errno, text) of the first fatal write error: later writes are dropped, unreported."""
+        self.out_broken = False
         # Long scans, short service requests and writes each get their own thread, in order,
         # so a DELTA for an early chunk is not stuck behind the whole scan.
         self.scan_queue: "queue.Queue" = queue.Queue()
         self.service_queue: "queue.Queue" = queue.Queue()
-        self.write_queue: "queue.Queue" = queue.Queue(maxsize=64)
+        # Unbounded: the controller bounds the data in flight, and a reader that never blocks
+        # on it keeps answering requests while the disk is slow.
+        self.write_queue: "queue.Queue" = queue.Queue()
         self.sub_cache: "dict[int, tuple]" = {}
         """Sub-block digests computed by the scan, by chunk offset, with the (length, sub-block
         size, algorithm) they were taken with: SUBHASH and DELTA then need no second read of the
         chunk. Bounded; dropped when written."""
+        self.sub_cache_bytes = 0
         self.cache_lock = threading.Lock()
         self.acks: "list[bytes]" = []
         self.last_ack = time.monotonic()
@@ -543,11 +704,17 @@ class Worker:
     # -- output
 
     def send(self, op: int, rid: int, payload=b"") -> None:
-        """Send one frame; frames from different threads never interleave."""
+        """Send one frame; frames from different threads never interleave. Once the controller
+        has gone, frames are dropped: the writer must still finish and flush what it got."""
         with self.out_lock:
-            self._write_all(pack_header(op, rid, len(payload)))
-            if payload:
-                self._write_all(payload)
+            if self.out_broken:
+                return
+            try:
+                self._write_all(pack_header(op, rid, len(payload)))
+                if payload:
+                    self._write_all(payload)
+            except OSError:
+                self.out_broken = True
 
     def _write_all(self, data) -> None:
         view = memoryview(data)
@@ -559,9 +726,11 @@ class Worker:
         """Answer a control request."""
         self.send(OP_REPLY, rid, encode_json(obj))
 
-    def error(self, rid: int, message: str, chunk: int = -1, code: int = 0) -> None:
+    def error(self, rid: int, message: str, chunk: int = -1, code: int = 0, **extra) -> None:
         """Report an error for one request (and chunk)."""
-        self.send(OP_ERROR, rid, encode_json({"message": message, "chunk": chunk, "errno": code}))
+        body = {"message": message, "chunk": chunk, "errno": code}
+        body.update(extra)
+        self.send(OP_ERROR, rid, encode_json(body))
 
     # -- main loop
 
@@ -580,10 +749,14 @@ class Worker:
         while True:
             header = self.inp.read(HEADER.size)
             if len(header) < HEADER.size:
-                break  # the controller went away: stop, whatever was in flight
+                # The controller went away: the writes it sent are still applied and flushed,
+                # so what it last saw acknowledged is on disk.
+                self._finish_writes()
+                break
             op, rid, length = unpack_header(header)
             payload = self.inp.read(length) if length else b""
             if len(payload) < length:
+                self._finish_writes()
                 break
             if op == OP_EXIT:
                 self._finish_writes()
@@ -649,55 +822,37 @@ class Worker:
         }
 
     def open(self, req: dict) -> dict:
-        """Open the file or device: read-only unless `write`; the checks come first."""
+        """Open the file or device, then check what was opened: read-only unless `write`.
+
+        The path is resolved once (a symlink the user named, like /dev/disk/by-id/..., is
+        followed here) and the result opened with O_NOFOLLOW and O_NONBLOCK (a FIFO never
+        blocks us), so every check below is on the descriptor itself, never on a path that
+        may have changed since. With `expect` (what an earlier open saw), the object opened
+        must be that very one. `create` makes a file that must not exist yet (O_EXCL).
+        """
         path = req["path"]
         peer = bool(req.get("peer"))
         write = bool(req.get("write")) and not peer  # the peer is a source: read-only, always
-        create = bool(req.get("create"))
-        if not peer:
-            self.path = path
+        real = os.path.realpath(path)
+        fd = self._open_fd(path, real, write, bool(req.get("create")))
+        if fd < 0:
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise WorkerError("%s: directory %s does not exist" % (path, parent))
+            return {"exists": False, "path": path}
         try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            if not (write and create):
-                parent = os.path.dirname(os.path.abspath(path))
-                if not os.path.isdir(parent):
-                    raise WorkerError("%s: directory %s does not exist" % (path, parent))
-                return {"exists": False, "path": path}
-            st = None
-        except OSError as exc:
-            raise WorkerError(_os_error_text(exc, path))
-        info = {"exists": st is not None, "path": path}
-        if st is not None:
-            if stat.S_ISDIR(st.st_mode):
-                raise WorkerError("%s is a directory, not a file or block device" % path)
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-                raise WorkerError("%s is neither a regular file nor a block device" % path)
-            info["identity"] = [st.st_dev, st.st_ino, st.st_rdev]
-            info["kind"] = "block" if stat.S_ISBLK(st.st_mode) else "file"
-            if stat.S_ISBLK(st.st_mode):
-                info.update(device_usage(st.st_rdev, path))
-                info["readonly"] = _read_text(_sys_block_dir(st.st_rdev) + "/ro") == "1"
-            else:
-                info.update({"mounted": [], "holders": loop_devices_backed_by(path), "swap": []})
-                info["readonly"] = False
-            in_use = info["mounted"] or info["holders"] or info["swap"]
-            if write and in_use:
-                raise WorkerError("%s is in use (%s): refusing to write to it" % (path, usage_text(info)))
-        flags = os.O_RDONLY
-        if write:
-            if st is not None and stat.S_ISBLK(st.st_mode):
-                # Without O_CREAT, Linux takes O_EXCL on a block device as "claim it": the open
-                # fails with EBUSY if it is mounted or held, even if our checks above missed it.
-                flags = os.O_RDWR | os.O_EXCL
-            else:
-                flags = os.O_RDWR | (os.O_CREAT if create else 0)
-        try:
-            fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except OSError as exc:
-            if exc.errno == errno.EBUSY:
-                raise WorkerError("%s is busy (mounted or claimed): refusing to write" % path)
-            raise WorkerError(_os_error_text(exc, path))
+            info = self._check_opened(fd, path, real, write, req.get("expect"))
+            if write:
+                self.chunk_size = int(req.get("chunk_size") or 0)
+                if info["kind"] == "file" and req.get("truncate") is not None:
+                    os.ftruncate(fd, int(req["truncate"]))
+                    info["size"] = int(req["truncate"])
+                self.sync_size = int(req.get("sync_size", info["size"]))
+                if not 0 <= self.sync_size <= info["size"]:
+                    raise WorkerError("%s is too small: %d bytes, the source has %d" % (path, info["size"], self.sync_size))
+        except BaseException:
+            os.close(fd)
+            raise
         try:  # the same file, never a file that replaced it at that path meanwhile
             scan_fd = os.open("/proc/self/fd/%d" % fd, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError:
@@ -712,29 +867,83 @@ class Worker:
         else:
             for old in {self.fd, self.scan_fd} - {-1}:
                 os.close(old)
-            self.fd, self.scan_fd = fd, scan_fd
+            self.fd, self.scan_fd, self.path = fd, scan_fd, path
             self.writable = write
+            self.is_block, self.size = info["kind"] == "block", info["size"]
+        return info
+
+    @staticmethod
+    def _open_fd(path: str, real: str, write: bool, create: bool) -> int:
+        """The descriptor of `real`, or -1 if it does not exist (and may not be created)."""
+        cloexec = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+        # Without O_CREAT, Linux takes O_EXCL on a block device as "claim it": the open fails
+        # with EBUSY if anything mounted or claimed it. On a regular file it has no effect.
+        flags = (os.O_RDWR | os.O_EXCL) if write else os.O_RDONLY
+        try:
+            if write and create:
+                # Absent when it was checked: it must still be absent, or what it holds now was
+                # never compared. O_CREAT|O_EXCL makes that atomic.
+                return os.open(real, os.O_RDWR | os.O_CREAT | os.O_EXCL | cloexec, 0o644)
+            return os.open(real, flags | os.O_NONBLOCK | cloexec)
+        except FileNotFoundError:
+            if write:
+                raise WorkerError("%s disappeared after it was checked: run again" % path)
+            return -1
+        except FileExistsError:
+            raise WorkerError("%s appeared after it was checked: run again to compare it" % path)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                raise WorkerError("%s is busy (mounted or claimed): refusing to write to it" % path)
+            if exc.errno == errno.ELOOP:
+                raise WorkerError("%s: changed into a symbolic link while it was opened" % path)
+            if exc.errno == errno.EISDIR:
+                raise WorkerError("%s is a directory, not a file or block device" % path)
+            raise WorkerError(_os_error_text(exc, path))
+
+    def _check_opened(self, fd: int, path: str, real: str, write: bool, expect) -> dict:
+        """What was opened, checked on its descriptor: kind, size, use, identity."""
         st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise WorkerError("%s is a directory, not a file or block device" % path)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            raise WorkerError("%s is neither a regular file nor a block device" % path)
+        try:
+            import fcntl
+
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        except (OSError, ImportError):
+            pass
         is_block = stat.S_ISBLK(st.st_mode)
-        if write and not is_block and req.get("truncate") is not None:
-            os.ftruncate(fd, int(req["truncate"]))
-        size = os.lseek(fd, 0, os.SEEK_END)
-        if not peer:
-            self.is_block, self.size = is_block, size
-        info.update(
-            {
-                "exists": True,
-                "size": size,
-                "kind": "block" if is_block else "file",
-                "sector_size": self._sector_size(fd) if is_block else 512,
-                "identity": [st.st_dev, st.st_ino, st.st_rdev],
-                "realpath": os.path.realpath(path),
-            }
-        )
-        info.setdefault("mounted", [])
-        info.setdefault("holders", [])
-        info.setdefault("swap", [])
-        info.setdefault("readonly", False)
+        info = {
+            "exists": True,
+            "path": path,
+            "realpath": real,
+            "kind": "block" if is_block else "file",
+            "size": os.lseek(fd, 0, os.SEEK_END),
+            "identity": [st.st_dev, st.st_ino, st.st_rdev],
+            "mtime_ns": st.st_mtime_ns,
+            "sector_size": self._sector_size(fd) if is_block else 512,
+            "mounted": [],
+            "holders": [],
+            "swap": [],
+            "readonly": False,
+            "stack": [],
+            "backing": None,
+        }
+        if is_block:
+            info.update(device_usage(st.st_rdev, real))
+            info["readonly"] = _read_text(_sys_block_dir(st.st_rdev) + "/ro") == "1"
+            info["stack"] = device_stack(st.st_rdev)
+            name = os.path.basename(os.path.realpath(_sys_block_dir(st.st_rdev)))
+            if name.startswith("loop"):
+                info["backing"] = [list(x) for x in _loop_backing_identities(name)]
+        else:
+            info["holders"] = loop_devices_backed_by(st)
+        in_use = info["mounted"] or info["holders"] or info["swap"]
+        if write and in_use:
+            raise WorkerError("%s is in use (%s): refusing to write to it" % (path, usage_text(info)))
+        if expect is not None and not _same_as_expected(info, expect):
+            raise WorkerError("%s changed after it was checked (another file or device, or resized): run again" % path)
         return info
 
     def _prefetch(self, length: int) -> None:
@@ -814,10 +1023,8 @@ class Worker:
         cache. With `sub_block`, it also keeps the sub-block digests of each data chunk.
         """
         self._need_open()
-        chunk_size = int(req["chunk_size"])
-        size = int(req["size"])
+        chunk_size, size, sub = _geometry(req)
         make_hash = new_hash(req["algo"])
-        sub = int(req.get("sub_block") or 0)
         sub_algo = req.get("sub_algo", "")
         sub_fn = hasher(sub_algo) if sub else None
         if req.get("drop_cache"):
@@ -871,10 +1078,13 @@ class Worker:
 
     def _cache_subs(self, offset: int, kind: tuple, digests: bytes) -> None:
         with self.cache_lock:
-            self.sub_cache.pop(offset, None)  # re-inserted as the newest
+            old = self.sub_cache.pop(offset, None)  # re-inserted as the newest
+            self.sub_cache_bytes -= len(old[1]) if old else 0
             self.sub_cache[offset] = (kind, digests)
-            while len(self.sub_cache) > SUB_CACHE_CHUNKS:
-                del self.sub_cache[next(iter(self.sub_cache))]  # the oldest: dicts keep order
+            self.sub_cache_bytes += len(digests)
+            while self.sub_cache_bytes > SUB_CACHE_BYTES:
+                oldest = self.sub_cache.pop(next(iter(self.sub_cache)))  # dicts keep order
+                self.sub_cache_bytes -= len(oldest[1])
 
     def _cached_subs(self, offset: int, length: int, sub: int, algo: str) -> "bytes | None":
         with self.cache_lock:
@@ -884,7 +1094,8 @@ class Worker:
     def _forget_subs(self, offset: int) -> None:
         """A write at `offset` makes the cached digests of that chunk stale."""
         with self.cache_lock:
-            self.sub_cache.pop(offset, None)
+            old = self.sub_cache.pop(offset, None)
+            self.sub_cache_bytes -= len(old[1]) if old else 0
 
     def pair(self, rid: int, req: dict) -> None:
         """Compare the peer (the source) with this file chunk by chunk, in order; with `write`,
@@ -898,9 +1109,11 @@ class Worker:
         if self.peer_fd < 0:
             raise WorkerError("no source is open for a direct compare")
         write = bool(req.get("write"))
+        chunk_size, size, sub = _geometry(req)
         if write and not self.writable:
             raise WorkerError("the destination was not opened for writing")
-        chunk_size, size, sub = int(req["chunk_size"]), int(req["size"]), int(req["sub_block"])
+        if write and (chunk_size != self.chunk_size or size != self.sync_size):
+            raise WorkerError("direct compare with a geometry the destination was not opened with")
         make_hash = new_hash(req["algo"]) if req.get("digests") else _NoHash
         dsize = len(new_hash(req["algo"])().digest())
         piece_size = min(READ_SIZE, chunk_size)
@@ -996,49 +1209,84 @@ class Worker:
     # -- writes
 
     def _writer(self) -> None:
-        """Apply writes in order; acknowledge them in batches; answer FLUSH after the ones before it."""
+        """Apply writes in order; acknowledge them in batches; answer FLUSH after the ones before
+        it. Nothing a frame holds can stop this thread: every failure becomes an error frame."""
         while True:
             try:
                 op, rid, payload = self.write_queue.get(timeout=0.05)
             except queue.Empty:
                 self._send_acks(force=True)
                 continue
-            if op == OP_FLUSH:
-                self._send_acks(force=True)
-                try:
-                    os.fsync(self.fd)
-                    self.reply(rid, {"flushed": True})
-                except OSError as exc:
-                    self.error(rid, _os_error_text(exc, self.path), code=exc.errno or 0)
-                self.write_queue.task_done()
-                continue
-            index = -1
             try:
-                if not self.writable:
-                    raise WorkerError("the destination was not opened for writing")
-                if op == OP_ZERO:
-                    index, length, offset = ZERO_REQ.unpack(payload)
-                    self._forget_subs(offset)
-                    self._write_zeros(offset, length)
+                if op == OP_FLUSH:
+                    self._send_acks(force=True)
+                    self._flush(rid)
                 else:
-                    offset = WRITE_HEAD.unpack_from(payload)[0]
-                    self._forget_subs(offset)
-                    index, _length, pieces = decode_pieces(memoryview(payload)[WRITE_HEAD.size :])
-                    for piece_offset, piece_len, data in pieces:
-                        if data is None:
-                            self._write_zeros(offset + piece_offset, piece_len)
-                        else:
-                            self._pwrite_all(data, offset + piece_offset)
-                self.acks.append(ACK_ITEM.pack(index, 0))
-            except OSError as exc:
-                self.acks.append(ACK_ITEM.pack(index, exc.errno or errno.EIO))
-                self._send_acks(force=True)
-                self.error(rid, _os_error_text(exc, self.path), chunk=index, code=exc.errno or 0)
-            except (WorkerError, ValueError) as exc:
-                self.acks.append(ACK_ITEM.pack(index, errno.EINVAL))
-                self.error(rid, str(exc), chunk=index)
+                    self._apply_write(op, rid, payload)
+            except Exception as exc:  # a bug of ours: report it, and keep serving
+                self.error(rid, "%s: %s" % (type(exc).__name__, exc))
             self.write_queue.task_done()
             self._send_acks(force=self.write_queue.empty())
+
+    def _flush(self, rid: int) -> None:
+        if self.write_failure is not None:
+            code, text = self.write_failure
+            self.error(rid, text, code=code, written=self.bytes_written)
+            return
+        try:
+            os.fsync(self.fd)
+            self.reply(rid, {"flushed": True, "written": self.bytes_written})
+        except OSError as exc:
+            self.error(rid, _os_error_text(exc, self.path), code=exc.errno or 0)
+
+    def _write_geometry(self, index: int) -> "tuple[int, int]":
+        """(offset, length) of chunk `index` in the geometry the destination was opened with."""
+        if self.chunk_size <= 0 or index < 0 or index * self.chunk_size >= self.sync_size:
+            raise WorkerError("write to chunk %d, outside the destination" % index)
+        offset = index * self.chunk_size
+        return offset, min(self.chunk_size, self.sync_size - offset)
+
+    def _apply_write(self, op: int, rid: int, payload) -> None:
+        """One WRITE or ZERO: checked against our geometry, applied, acknowledged."""
+        if len(payload) < 8:
+            self.error(rid, "truncated write request", chunk=-1)
+            return
+        index = struct.unpack_from("!Q", payload)[0]
+        if self.write_failure is not None:
+            self.acks.append(ACK_ITEM.pack(index, self.write_failure[0]))
+            return
+        try:
+            if not self.writable:
+                raise WorkerError("the destination was not opened for writing")
+            offset, length = self._write_geometry(index)
+            if op == OP_ZERO:
+                got_index, got_len, got_offset = ZERO_REQ.unpack(payload)
+                if (got_len, got_offset) != (length, offset):
+                    raise WorkerError("zero request for chunk %d does not match its geometry" % index)
+                self._forget_subs(offset)
+                self._write_zeros(offset, length)
+            else:
+                pieces = decode_pieces(payload, index, length)  # all checked before any write
+                self._forget_subs(offset)
+                for piece_offset, piece_len, data in pieces:
+                    if data is None:
+                        self._write_zeros(offset + piece_offset, piece_len)
+                    else:
+                        self._pwrite_all(data, offset + piece_offset)
+            self.acks.append(ACK_ITEM.pack(index, 0))
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            text = _os_error_text(exc, self.path)
+            if code in FATAL_ERRNOS:
+                self.write_failure = (code, text)
+            # The error first, then the acknowledgement that settles the chunk.
+            self._send_acks(force=True)
+            self.error(rid, text, chunk=index, code=code, written=self.bytes_written)
+            self.acks.append(ACK_ITEM.pack(index, code))
+        except (WorkerError, ValueError, struct.error, zlib.error) as exc:
+            self._send_acks(force=True)
+            self.error(rid, "bad write for chunk %d: %s" % (index, exc), chunk=index, code=errno.EINVAL)
+            self.acks.append(ACK_ITEM.pack(index, errno.EINVAL))
 
     def _send_acks(self, force: bool) -> None:
         if self.acks and (force or len(self.acks) >= 256 or time.monotonic() - self.last_ack > 0.05):
@@ -1052,6 +1300,7 @@ class Worker:
             n = os.pwrite(self.fd, view, offset)
             view = view[n:]
             offset += n
+            self.bytes_written += n
 
     def _write_zeros(self, offset: int, length: int) -> None:
         zero = bytes(min(length, 1 << 20))
@@ -1062,8 +1311,40 @@ class Worker:
             length -= n
 
     def _finish_writes(self) -> None:
+        """Apply every queued write, acknowledge it, and flush it to disk."""
         self.write_queue.join()
         self._send_acks(force=True)
+        if self.writable and self.write_failure is None:
+            try:
+                os.fsync(self.fd)
+            except OSError:
+                pass
+
+
+def _geometry(req: dict) -> "tuple[int, int, int]":
+    """(chunk size, device size, sub-block size) of a HASH or PAIR request, bounded, with its
+    ranges checked against them: no request can make a worker allocate or read without limit."""
+    chunk_size, size, sub = int(req["chunk_size"]), int(req["size"]), int(req.get("sub_block") or 0)
+    if chunk_size & (chunk_size - 1) or not 0 < chunk_size <= MAX_CHUNK_SIZE or size < 0:
+        raise WorkerError("bad chunk size %d" % chunk_size)
+    if sub and (sub & (sub - 1) or sub > chunk_size):
+        raise WorkerError("bad sub-block size %d" % sub)
+    total = -(-size // chunk_size)
+    for first, count in req["ranges"]:
+        if first < 0 or count < 0 or first + count > total:
+            raise WorkerError("chunk range [%d, +%d) outside the %d chunks" % (first, count, total))
+    return chunk_size, size, sub
+
+
+def _same_as_expected(info: dict, expect: dict) -> bool:
+    """Whether an open found the object an earlier open saw: the same device (rdev) or file
+    (device and inode), the same size, and for a file the same modification time."""
+    if info["kind"] != expect.get("kind") or info["size"] != expect.get("size"):
+        return False
+    mine, theirs = info["identity"], expect.get("identity") or [None, None, None]
+    if info["kind"] == "block":
+        return mine[2] == theirs[2]
+    return mine[:2] == theirs[:2] and info["mtime_ns"] == expect.get("mtime_ns")
 
 
 def usage_text(info: dict) -> str:

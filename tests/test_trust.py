@@ -1,0 +1,273 @@
+"""Trust: never write where it must not, never call different data identical, and end every
+fault with one line. Real workers throughout; a hostile peer is a real worker behind a man in
+the middle (helpers.TamperingTransport)."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from blocksync_tui.cli import main
+from blocksync_tui.endpoint import Endpoint
+from blocksync_tui.engine import worker as wire
+from blocksync_tui.engine.errors import ConnectionLost, EndpointError, ProtocolError
+from blocksync_tui.engine.sync import SyncEngine, SyncOptions
+from helpers import run_engine, tampered_engine
+
+KIB = 1024
+CHUNK = 64 * KIB
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+# ---------------------------------------------------------------- wrong answers
+
+
+@pytest.mark.parametrize(
+    "make_destination",
+    [
+        lambda src: src + bytes(4096),  # the same plus 4 KiB of zeros
+        lambda src: src + b"one more line\n",
+        lambda src: src[:-4096],  # shorter, and the missing tail was zeros
+    ],
+    ids=["longer-by-zeros", "longer-by-a-line", "shorter-by-zeros"],
+)
+def test_a_length_difference_is_a_difference(tmp_path: Path, make_destination, capsys) -> None:
+    data = random.Random(1).randbytes(3 * CHUNK) + bytes(8192)
+    src = _write(tmp_path / "src", data)
+    dst = _write(tmp_path / "dst", make_destination(data))
+    report = run_engine(src, dst, chunk_size=CHUNK, dry_run=True)
+    assert report.outcome == "differs"
+    assert report.size_difference == dst.stat().st_size - len(data) != 0
+    assert main(["compare", str(src), str(dst), "-q"]) == 1
+    report = run_engine(src, dst, chunk_size=CHUNK)
+    assert report.outcome == "synced"
+    assert dst.read_bytes() == data
+    assert run_engine(src, dst, chunk_size=CHUNK, dry_run=True).outcome == "identical"
+
+
+def test_an_empty_source_and_a_non_empty_destination_differ(tmp_path: Path) -> None:
+    src = _write(tmp_path / "src", b"")
+    dst = _write(tmp_path / "dst", b"not empty")
+    assert run_engine(src, dst, dry_run=True).outcome == "differs"
+    assert run_engine(src, dst).outcome == "synced"
+    assert dst.read_bytes() == b""
+
+
+def test_a_destination_created_between_prepare_and_run_is_not_assumed_zero(tmp_path: Path) -> None:
+    """The confirm dialog is the window: what appears there was never compared."""
+    src = _write(tmp_path / "src", random.Random(2).randbytes(4 * CHUNK))
+    dst = tmp_path / "dst"
+    engine = SyncEngine(Endpoint.parse(str(src)), Endpoint.parse(str(dst)), SyncOptions(chunk_size=CHUNK))
+    engine.prepare()
+    other = random.Random(3).randbytes(4 * CHUNK)
+    dst.write_bytes(other)
+    with pytest.raises(EndpointError, match="appeared after it was checked"):
+        engine.run()
+    assert dst.read_bytes() == other
+
+
+def test_a_destination_replaced_between_prepare_and_run_is_refused(tmp_path: Path) -> None:
+    src = _write(tmp_path / "src", random.Random(4).randbytes(4 * CHUNK))
+    dst = _write(tmp_path / "dst", bytes(4 * CHUNK))
+    engine = SyncEngine(Endpoint.parse(str(src)), Endpoint.parse(str(dst)), SyncOptions(chunk_size=CHUNK))
+    engine.prepare()
+    replacement = _write(tmp_path / "other", b"\x07" * (4 * CHUNK))
+    os.replace(replacement, dst)  # same size, same name: another file
+    with pytest.raises(EndpointError, match="changed after it was checked"):
+        engine.run()
+    assert dst.read_bytes() == b"\x07" * (4 * CHUNK)
+
+
+def test_a_destination_that_became_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    src = _write(tmp_path / "src", random.Random(5).randbytes(2 * CHUNK))
+    dst = _write(tmp_path / "dst", bytes(2 * CHUNK))
+    victim = _write(tmp_path / "victim", b"\x09" * (2 * CHUNK))
+    engine = SyncEngine(Endpoint.parse(str(src)), Endpoint.parse(str(dst)), SyncOptions(chunk_size=CHUNK))
+    engine.prepare()
+    dst.unlink()
+    dst.symlink_to(victim)
+    with pytest.raises(EndpointError):
+        engine.run()
+    assert victim.read_bytes() == b"\x09" * (2 * CHUNK)
+
+
+def test_a_symlink_the_user_named_is_resolved_once(tmp_path: Path) -> None:
+    src = _write(tmp_path / "src", random.Random(6).randbytes(2 * CHUNK))
+    target = _write(tmp_path / "target", bytes(2 * CHUNK))
+    link = tmp_path / "by-id"
+    link.symlink_to(target)
+    assert run_engine(src, link, chunk_size=CHUNK).outcome == "synced"
+    assert target.read_bytes() == src.read_bytes() and link.is_symlink()
+
+
+def test_a_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
+    src = _write(tmp_path / "src", b"x" * 5000)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(EndpointError, match="neither a regular file nor a block device"):
+        run_engine(src, fifo)
+
+
+# ---------------------------------------------------------------- a hostile or buggy peer
+
+
+def _pair(tmp_path: Path, seed: int, chunks: int = 6) -> tuple[Path, Path, bytes, bytes]:
+    rnd = random.Random(seed)
+    data = rnd.randbytes(chunks * CHUNK)
+    other = bytearray(data)
+    other[2 * CHUNK + 10 : 2 * CHUNK + 20] = b"0123456789"  # only chunk 2 differs
+    return _write(tmp_path / "src", data), _write(tmp_path / "dst", bytes(other)), data, bytes(other)
+
+
+def test_a_source_cannot_write_outside_the_chunk_it_was_asked_for(tmp_path: Path) -> None:
+    """It declares a longer chunk and puts a piece where chunk 3 lies (equal, never rewritten)."""
+    src, dst, _, before = _pair(tmp_path, 7)
+
+    def shift(op: int, rid: int, payload: bytes):
+        if op == wire.OP_DATA:
+            index, _length, _count = wire.PIECES_HEAD.unpack_from(payload)
+            evil = b"".join(wire.encode_piece(CHUNK + 100, b"\xee" * 4096, None))
+            payload = wire.PIECES_HEAD.pack(index, 2 * CHUNK, 1) + evil
+        return [(op, rid, payload)]
+
+    engine = tampered_engine(src, dst, "source", shift, chunk_size=CHUNK, compress="none", direct=False)
+    engine.prepare()
+    with pytest.raises(ProtocolError, match="do not fit chunk 2"):
+        engine.run()
+    assert dst.read_bytes() == before
+
+
+def test_a_stray_answer_is_a_protocol_error(tmp_path: Path) -> None:
+    src, dst, _, _ = _pair(tmp_path, 8)
+
+    def misaddress(op: int, rid: int, payload: bytes):
+        return [(op, rid + 1000 if op == wire.OP_SUBDIGESTS else rid, payload)]
+
+    engine = tampered_engine(src, dst, "destination", misaddress, chunk_size=CHUNK, direct=False)
+    engine.prepare()
+    with pytest.raises(ProtocolError, match="answer to no request"):
+        engine.run()
+
+
+def test_an_unexpected_frame_is_a_protocol_error_in_one_line(tmp_path: Path) -> None:
+    src, dst, _, _ = _pair(tmp_path, 9)
+
+    def inject(op: int, rid: int, payload: bytes):
+        extra = [(wire.OP_WRITTEN, 0, wire.ACK_ITEM.pack(5, 0))] if op == wire.OP_DIGESTS else []
+        return [(op, rid, payload), *extra]
+
+    engine = tampered_engine(src, dst, "destination", inject, chunk_size=CHUNK, direct=False)
+    engine.prepare()
+    with pytest.raises(ProtocolError, match="acknowledgement of chunk 5, never sent") as caught:
+        engine.run()
+    assert "\n" not in str(caught.value)
+
+
+def test_a_peer_that_stops_answering_ends_the_run_naming_it(tmp_path: Path) -> None:
+    src, dst, _, _ = _pair(tmp_path, 10)
+
+    def swallow(op: int, rid: int, payload: bytes):
+        return [] if op == wire.OP_DATA else [(op, rid, payload)]
+
+    engine = tampered_engine(src, dst, "source", swallow, chunk_size=CHUNK, peer_timeout=1.0, direct=False)
+    engine.prepare()
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost, match="source stopped answering"):
+        engine.run()
+    assert time.monotonic() - started < 15
+
+
+def test_a_frozen_destination_ends_the_run_naming_it(tmp_path: Path) -> None:
+    """SIGSTOP: the worker is alive but reads nothing; sends never block the engine's loop."""
+    rnd = random.Random(11)
+    src = _write(tmp_path / "src", rnd.randbytes(64 * CHUNK))
+    dst = _write(tmp_path / "dst", rnd.randbytes(64 * CHUNK))
+    engine = SyncEngine(
+        Endpoint.parse(str(src)), Endpoint.parse(str(dst)),
+        SyncOptions(chunk_size=CHUNK, peer_timeout=1.5, direct=False),
+    )
+    engine.prepare()
+    pid = engine._sides["destination"].conn.transport.process.pid
+    os.kill(pid, 19)  # SIGSTOP
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost, match="destination stopped answering"):
+            engine.run()
+        assert time.monotonic() - started < 20
+    finally:
+        try:
+            os.kill(pid, 18)  # SIGCONT, in case it outlived the run
+        except ProcessLookupError:
+            pass  # killed when the run closed it
+
+
+def test_a_corrupt_compressed_piece_fails_its_chunk_and_verify_says_false(tmp_path: Path) -> None:
+    """The destination refuses it (error frame), the run goes on, and --verify is false."""
+    rnd = random.Random(12)
+    text = b"compressible line of text\n" * (6 * CHUNK // 26 + 1)
+    src = _write(tmp_path / "src", text[: 6 * CHUNK])
+    dst = _write(tmp_path / "dst", rnd.randbytes(6 * CHUNK))
+    broken: list[int] = []
+
+    def corrupt(op: int, rid: int, payload: bytes):
+        if op == wire.OP_DATA and not broken:
+            index = wire.PIECES_HEAD.unpack_from(payload)[0]
+            pos = wire.PIECES_HEAD.size
+            _o, code, _raw, enc = wire.PIECE_HEAD.unpack_from(payload, pos)
+            if code == wire.CODEC_ZLIB:
+                body = pos + wire.PIECE_HEAD.size
+                payload = payload[:body] + bytes(enc) + payload[body + enc :]
+                broken.append(index)
+        return [(op, rid, payload)]
+
+    engine = tampered_engine(src, dst, "source", corrupt, chunk_size=CHUNK, compress="zlib", verify=True, direct=False)
+    engine.prepare()
+    report = engine.run()
+    assert broken and report.outcome == "failed" and report.verified is False
+    assert report.chunks["error"] == 1 and "bad write for chunk" in report.errors[0]
+
+
+# ---------------------------------------------------------------- a destination that fails
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path):
+    """A 1 MiB tmpfs: writes past it fail with ENOSPC."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_no_space_stops_at_the_first_failure_with_one_line(tmp_path: Path, tiny_filesystem: Path, direct: bool) -> None:
+    src = _write(tmp_path / "src", random.Random(13).randbytes(4 << 20))
+    dst = tiny_filesystem / "dst"
+    with pytest.raises(EndpointError, match=r"No space left on device after [\d,]+ bytes were written") as caught:
+        run_engine(src, dst, chunk_size=CHUNK, direct=direct, verify=True)
+    assert "\n" not in str(caught.value)
+
+
+def test_cli_no_space_is_one_error_line_and_verified_false(tmp_path: Path, tiny_filesystem: Path, capsys) -> None:
+    src = _write(tmp_path / "src", random.Random(14).randbytes(4 << 20))
+    report = tmp_path / "report.json"
+    status = main(["sync", str(src), str(tiny_filesystem / "dst"), "-q", "--verify", "--no-direct",
+                   "--chunk-size", "64K", "--json", str(report)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "No space left" in err[0]
+    import json
+
+    assert json.loads(report.read_text())["verified"] is False
