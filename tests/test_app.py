@@ -16,6 +16,7 @@ from blocksync_tui.tui.request import RunRequest
 from blocksync_tui.tui.screens.confirm import ConfirmSyncScreen
 from blocksync_tui.tui.screens.dialogs import ErrorScreen, YesNoScreen
 from blocksync_tui.tui.screens.help import HelpScreen
+from blocksync_tui.tui.screens.hostkey import HostKeyScreen
 from blocksync_tui.tui.screens.review import ReviewScreen
 from blocksync_tui.tui.screens.run import RunScreen
 from blocksync_tui.tui.widgets.endpoint_panel import EndpointPanel
@@ -90,6 +91,22 @@ async def test_dry_run_from_keys_matches_the_engine_then_sync(tmp_path: Path) ->
         )
         assert app.screen.report.outcome == "synced"
         assert dst.read_bytes() == src.read_bytes()
+
+
+async def test_a_length_difference_shows_on_the_review(tmp_path: Path) -> None:
+    """The destination is the source plus 4 KiB of zeros: not identical, and the review says why."""
+    src = tmp_path / "src.img"
+    src.write_bytes(random.Random(3).randbytes(1 << 20))
+    dst = tmp_path / "dst.img"
+    dst.write_bytes(src.read_bytes() + bytes(4096))
+    app = BlocksyncApp(RunRequest(str(src), str(dst)), list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+d")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        review = app.screen
+        assert review.report.outcome == "differs" and review.report.size_difference == 4096
+        assert "the destination is 4.0 KiB longer than the source" in _summary_text(review)
+        assert not review.query_one("#sync").disabled
 
 
 def _big_sync_app(tmp_path: Path, seed: int) -> tuple[BlocksyncApp, Path, Path]:
@@ -249,6 +266,69 @@ async def test_remote_destination_in_the_app(tmp_path: Path, sshd, monkeypatch: 
         assert panel.host.endswith(f"127.0.0.1:{sshd.port}")
         await _wait_for(pilot, lambda: bool(panel.devices))
     assert dst.read_bytes() != src.read_bytes()
+
+
+def _dialog_text(screen) -> str:
+    """Everything a dialog says, as plain text."""
+    return " ".join(str(static.render()) for static in screen.query("Static"))
+
+
+@pytest.mark.ssh
+async def test_unknown_host_key_asks_then_trusts_and_runs(tmp_path: Path, sshd, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both ends on a host whose key is unknown: the dialog shows its fingerprint; trusted, the
+    key is saved once and the dry run goes ahead."""
+    import subprocess
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # never the real ~/.ssh or agent
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    known = tmp_path / "known_hosts"
+    src, dst = _pair(tmp_path)
+    request = RunRequest(sshd.endpoint(src), sshd.endpoint(dst), ssh=sshd.ssh_options(known_hosts=str(known)))
+    app = BlocksyncApp(request, autostart=True, list_devices=False)
+    listed = subprocess.run(["ssh-keygen", "-lf", str(sshd.host_key.with_suffix(".pub"))],
+                            capture_output=True, text=True, check=True)
+    fingerprint = listed.stdout.split()[1]
+    async with app.run_test(size=SIZE) as pilot:
+        await _wait_for(pilot, lambda: isinstance(app.screen, HostKeyScreen) and bool(app.screen.query("#trust")))
+        dialog = app.screen
+        assert str(dialog.query_one("#fingerprint").render()) == fingerprint
+        assert f"[{sshd.host}]:{sshd.port}" in _dialog_text(dialog) and str(known) in _dialog_text(dialog)
+        assert dialog.focused is dialog.query_one("#cancel")  # Enter alone never trusts
+        assert not known.exists()
+        await _click(pilot, "#trust")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        assert app.screen.report.outcome == "differs"
+    assert known.read_text() == sshd.known_hosts_line() + "\n"
+    assert dst.read_bytes() != src.read_bytes()
+
+
+@pytest.mark.ssh
+async def test_unknown_host_key_not_trusted(tmp_path: Path, sshd, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancel: nothing saved, nothing run, the error beside the panel. StrictHostKeyChecking yes
+    offers no trust at all, only the error."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    known = tmp_path / "known_hosts"
+    src, dst = _pair(tmp_path)
+    request = RunRequest(str(src), sshd.endpoint(dst), ssh=sshd.ssh_options(known_hosts=str(known)))
+    app = BlocksyncApp(request, autostart=True, list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await _wait_for(pilot, lambda: isinstance(app.screen, HostKeyScreen) and bool(app.screen.query("#cancel")))
+        await pilot.press("escape")
+        await _wait_for(pilot, lambda: not isinstance(app.screen, HostKeyScreen))
+        panel = app.screen.query_one("#destination", EndpointPanel)
+        assert panel.has_class("-invalid") and "is not in" in str(panel.query_one("#destination-error").render())
+        assert app.engine is None
+    assert not known.exists()
+
+    config = tmp_path / "ssh_config"
+    config.write_text("StrictHostKeyChecking yes\nGlobalKnownHostsFile /dev/null\n")  # never /etc/ssh
+    request.ssh = sshd.ssh_options(config_file=str(config), known_hosts=None)
+    app = BlocksyncApp(request, autostart=True, list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await _wait_for(pilot, lambda: isinstance(app.screen, (ErrorScreen, HostKeyScreen)))
+        assert isinstance(app.screen, ErrorScreen) and "StrictHostKeyChecking is yes" in app.screen.message
+    assert not (tmp_path / "home" / ".ssh" / "known_hosts").exists()
 
 
 async def test_demo_opens_on_a_dry_run_of_generated_images(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

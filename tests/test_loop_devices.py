@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from blocksync_tui.cli import main
-from blocksync_tui.engine.errors import EndpointError
+from blocksync_tui.engine.errors import EndpointError, UsageError
 from helpers import run_engine
 
 pytestmark = pytest.mark.loop
@@ -117,3 +117,56 @@ def test_cli_needs_yes_for_a_block_device(tmp_path: Path, loop_device, capsys) -
     assert _device_bytes(dev, MIB) == before
     assert main(["sync", str(src), dev, "-q", "--yes"]) == 0
     assert _device_bytes(dev, MIB) == src.read_bytes()
+
+
+def _partitioned(tmp_path: Path, loop_device) -> tuple[str, Path]:
+    """A loop device with a GPT of two partitions, and a device node for its first partition
+    (made by hand: this machine has no udev to make /dev/loopNp1)."""
+    if shutil.which("sfdisk") is None or shutil.which("partx") is None:
+        pytest.skip("sfdisk and partx (util-linux) are needed")
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(16 * MIB))
+    layout = "label: gpt\n,6M\n,6M\n"
+    subprocess.run(["sfdisk", "-q", str(image)], input=layout, text=True, check=True, capture_output=True)
+    disk = loop_device(image)
+    subprocess.run(["partx", "-a", disk], capture_output=True)
+    name = Path(disk).name
+    dev = Path(f"/sys/block/{name}/{name}p1/dev")
+    if not dev.exists():
+        pytest.skip("the kernel did not expose the loop device's partitions")
+    major, minor = dev.read_text().split(":")
+    node = tmp_path / f"{name}p1"
+    subprocess.run(["mknod", str(node), "b", major, minor.strip()], check=True)
+    return disk, node
+
+
+def test_a_partition_onto_its_own_disk_is_refused(tmp_path: Path, loop_device) -> None:
+    disk, part = _partitioned(tmp_path, loop_device)
+    before = _device_bytes(disk, 16 * MIB)
+    for src, dst in ((str(part), disk), (disk, str(part))):
+        with pytest.raises(UsageError, match="overlap"):
+            run_engine(src, dst, dry_run=True)
+        with pytest.raises(UsageError, match="overlap"):
+            run_engine(src, dst)
+    assert _device_bytes(disk, 16 * MIB) == before
+
+
+def test_a_hard_link_to_a_loop_devices_image_is_refused(tmp_path: Path, loop_device) -> None:
+    """Matched by device and inode, not by path: also after the original name is gone."""
+    image = _image(tmp_path / "busy.img", 2 * MIB, 20)
+    loop_device(image)
+    link = tmp_path / "other-name.img"
+    link.hardlink_to(image)
+    src = _image(tmp_path / "src.img", 2 * MIB, 21)
+    with pytest.raises(EndpointError, match="in use .*held by /dev/loop"):
+        run_engine(src, link)
+    image.unlink()  # sysfs now shows "busy.img (deleted)": only the kernel's inode tells
+    with pytest.raises(EndpointError, match="in use .*held by /dev/loop"):
+        run_engine(src, link)
+
+
+def test_a_loop_device_and_its_own_backing_file_overlap(tmp_path: Path, loop_device) -> None:
+    image = _image(tmp_path / "disk.img", 2 * MIB, 22)
+    dev = loop_device(image)
+    with pytest.raises(UsageError, match="overlap"):
+        run_engine(dev, image.with_name("disk.img"), dry_run=True)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import queue
+import time
+import zlib
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from blocksync_tui.engine import worker as wire
 from blocksync_tui.engine.connection import Connection, Frame
@@ -128,3 +132,107 @@ def test_pair_reports_and_fixes_each_chunk(worker, tmp_path: Path) -> None:
     ]
     assert entries[0][2] == xxhash.xxh3_128_digest(data[:CHUNK])
     assert dst.read_bytes() == data and src.read_bytes() == data  # the peer was only read
+
+
+def _open_destination(conn: Connection, path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    conn.call_json(wire.OP_OPEN, {"path": str(path), "write": True, "chunk_size": CHUNK, "sync_size": len(data)})
+
+
+def _bad_writes() -> list[bytes]:
+    """WRITE payloads a buggy or hostile controller could send for chunk 1."""
+    good_head = wire.PIECES_HEAD.pack(1, CHUNK, 1)
+    return [
+        b"",  # nothing at all
+        b"\x00\x00",  # shorter than an index (struct.error)
+        wire.PIECES_HEAD.pack(1, CHUNK, 1) + wire.PIECE_HEAD.pack(0, wire.CODEC_ZLIB, SUB, 9) + b"not zlib!",
+        good_head + wire.PIECE_HEAD.pack(0, wire.CODEC_RAW, SUB, SUB),  # body missing
+        wire.PIECES_HEAD.pack(2**64 - 1, CHUNK, 0),  # an index no chunk has ("negative")
+        wire.PIECES_HEAD.pack(1, 2 * CHUNK, 1) + b"".join(wire.encode_piece(CHUNK, b"\xee" * SUB, None)),
+        good_head + wire.PIECE_HEAD.pack(0, 99, SUB, 1) + b"?",  # unknown codec
+    ]
+
+
+def test_malformed_writes_become_errors_and_the_writer_lives_on(worker, tmp_path: Path) -> None:
+    """Each bad WRITE is answered by an error; FLUSH still answers after them all, and nothing
+    outside chunk 1 (in fact nothing at all) was written."""
+    conn, events = worker
+    path = tmp_path / "dst.img"
+    data = bytes(range(256)) * (4 * CHUNK // 256)
+    _open_destination(conn, path, data)
+    bad = _bad_writes()
+    for payload in bad:
+        conn.post(wire.OP_WRITE, payload)
+    assert wire.decode_json(conn.call(wire.OP_FLUSH, b"", timeout=10))["flushed"]
+    errors = []
+    while not events.empty():
+        frame = events.get_nowait()
+        if frame.op == wire.OP_ERROR:
+            errors.append(wire.decode_json(frame.payload)["message"])
+    assert len(errors) == len(bad)
+    assert path.read_bytes() == data
+
+
+def test_a_decompression_bomb_is_refused_by_the_worker(worker, tmp_path: Path) -> None:
+    conn, events = worker
+    path = tmp_path / "dst.img"
+    data = bytes(4 * CHUNK)
+    _open_destination(conn, path, data)
+    bomb = zlib.compress(bytes(256 << 20), 9)
+    payload = wire.PIECES_HEAD.pack(1, CHUNK, 1) + wire.PIECE_HEAD.pack(0, wire.CODEC_ZLIB, SUB, len(bomb)) + bomb
+    conn.post(wire.OP_WRITE, payload)
+    conn.call(wire.OP_FLUSH, b"", timeout=10)
+    frame = events.get(timeout=10)
+    while frame.op != wire.OP_ERROR:
+        frame = events.get(timeout=10)
+    assert "longer than its declared" in wire.decode_json(frame.payload)["message"]
+    status = Path(f"/proc/{conn.transport.process.pid}/status").read_text()
+    peak_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+    assert peak_kib < 100 << 10  # far below the 256 MiB the bomb expands to
+
+
+def test_a_worker_whose_controller_vanished_applies_and_flushes_what_it_got(tmp_path: Path) -> None:
+    """The controller dies (its end of the pipe closes) with writes in flight: they are applied,
+    so what it last saw acknowledged, and more, is on the disk."""
+    events: queue.Queue[Frame] = queue.Queue()
+    conn = Connection(LocalTransport(), "destination", events)
+    conn.start()
+    path = tmp_path / "dst.img"
+    _open_destination(conn, path, bytes(64 * CHUNK))
+    for index in range(64):
+        piece = b"".join(wire.encode_piece(0, bytes([index + 1]) * CHUNK, None))
+        conn.post(wire.OP_WRITE, wire.PIECES_HEAD.pack(index, CHUNK, 1) + piece)
+    process = conn.transport.process
+    time.sleep(0.05)  # let the sender thread hand the writes to the pipe
+    process.stdin.close()  # no EXIT: the controller is gone
+    assert process.wait(timeout=30) == 0
+    written = path.read_bytes()
+    assert all(written[i * CHUNK : (i + 1) * CHUNK] == bytes([i + 1]) * CHUNK for i in range(64))
+    conn.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.binary(max_size=300), mutations=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=8))
+def test_random_and_mutated_writes_never_kill_the_writer_or_leave_their_chunk(
+    worker, tmp_path_factory, payload: bytes, mutations
+) -> None:
+    """Property: whatever WRITE arrives for chunk 1 (random bytes, or a valid frame with some
+    bytes changed), the worker answers the next FLUSH and chunks 0, 2 and 3 are untouched."""
+    conn, events = worker
+    path = tmp_path_factory.mktemp("fuzz") / "dst.img"
+    data = bytes(range(256)) * (4 * CHUNK // 256)
+    _open_destination(conn, path, data)
+    valid = bytearray(wire.PIECES_HEAD.pack(1, CHUNK, 2))
+    valid += b"".join(wire.encode_piece(SUB, b"\x55" * SUB, None))
+    valid += b"".join(wire.encode_piece(CHUNK - SUB, b"\x66" * SUB, "zlib"))
+    for at, value in mutations:
+        if 8 <= at < len(valid):  # the chunk index stays the one the controller named
+            valid[at] = value
+    for candidate in (payload, bytes(valid)):
+        conn.post(wire.OP_WRITE, candidate)
+    assert wire.decode_json(conn.call(wire.OP_FLUSH, b"", timeout=10))["flushed"]
+    while not events.empty():
+        events.get_nowait()
+    after = path.read_bytes()
+    assert len(after) == len(data)
+    assert after[:CHUNK] == data[:CHUNK] and after[2 * CHUNK :] == data[2 * CHUNK :]

@@ -91,6 +91,12 @@ class ReviewScreen(Screen[None]):
             ("Change runs", f"{r.change_runs:,}" + (f", largest {human_bytes(largest['length'])} at {largest['offset']:#x}" if largest else "")),
             ("Unchanged", f"{r.chunks.get('same', 0):,} chunks, {r.chunks.get('zero', 0):,} all-zero"),
         ]
+        if r.size_difference:
+            longer = "longer" if r.size_difference > 0 else "shorter"
+            fix = "truncated" if r.size_difference > 0 else "grown"
+            verb = "was" if r.mode == "sync" else "will be"
+            rows.append(("Length", f"the destination is {human_bytes(abs(r.size_difference))} {longer} "
+                         f"than the source ({r.destination_size:,} bytes): it {verb} {fix}"))
         if r.mode == "sync":
             moved = "copied on the host" if r.method == "direct" else "sent"
             rows.append(("Written", f"{r.chunks.get('written', 0):,} chunks, {human_bytes(r.bytes_sent)} {moved}"))
