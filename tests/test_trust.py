@@ -271,3 +271,45 @@ def test_cli_no_space_is_one_error_line_and_verified_false(tmp_path: Path, tiny_
     import json
 
     assert json.loads(report.read_text())["verified"] is False
+
+
+def test_a_cancel_ends_the_run_even_when_the_destination_froze(tmp_path: Path, monkeypatch) -> None:
+    """Writes in flight that are never acknowledged do not hold a cancelled run for ever."""
+    rnd = random.Random(15)
+    src = _write(tmp_path / "src", rnd.randbytes(256 * CHUNK))
+    dst = _write(tmp_path / "dst", rnd.randbytes(256 * CHUNK))
+    engine = SyncEngine(
+        Endpoint.parse(str(src)), Endpoint.parse(str(dst)),
+        SyncOptions(chunk_size=CHUNK, peer_timeout=2.0, direct=False),
+    )
+    engine.prepare()
+    pid = engine._sides["destination"].conn.transport.process.pid
+    original = SyncEngine._on_data
+
+    def freeze_then_cancel(self: SyncEngine, frame) -> None:
+        original(self, frame)
+        if not self.cancelled:
+            os.kill(pid, 19)  # SIGSTOP, with a write in flight
+            self.cancel()
+
+    monkeypatch.setitem(SyncEngine._handlers, wire.OP_DATA, freeze_then_cancel)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost, match="destination stopped answering"):
+            engine.run()
+        assert time.monotonic() - started < 20
+    finally:
+        try:
+            os.kill(pid, 18)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.parametrize("chunk_size", [4096, 64 << 20])
+def test_the_smallest_and_the_largest_chunk_sizes_sync(tmp_path: Path, chunk_size: int) -> None:
+    rnd = random.Random(16)
+    src = _write(tmp_path / "src", rnd.randbytes((3 << 20) + 123))
+    dst = _write(tmp_path / "dst", rnd.randbytes(1 << 20))
+    report = run_engine(src, dst, chunk_size=chunk_size, verify=True, direct=False)
+    assert report.outcome == "synced" and report.verified
+    assert dst.read_bytes() == src.read_bytes()
