@@ -20,7 +20,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
 from blocksync_tui.endpoint import Endpoint
-from blocksync_tui.engine.errors import BlocksyncError, Cancelled
+from blocksync_tui.engine.errors import BlocksyncError, Cancelled, UnknownHostKey
 from blocksync_tui.engine.inventory import list_devices
 from blocksync_tui.engine.process import Engine, EngineProcess
 from blocksync_tui.engine.transports import SshOptions, transport_factory
@@ -29,6 +29,7 @@ from blocksync_tui.tui.request import RunRequest
 from blocksync_tui.tui.screens.confirm import ConfirmSyncScreen
 from blocksync_tui.tui.screens.dialogs import ErrorScreen, YesNoScreen
 from blocksync_tui.tui.screens.help import HelpScreen
+from blocksync_tui.tui.screens.hostkey import HostKeyScreen, HostKeyUnknown, can_ask, trust
 from blocksync_tui.tui.screens.review import ReviewScreen
 from blocksync_tui.tui.screens.run import RunScreen
 from blocksync_tui.tui.screens.setup import SetupScreen
@@ -132,6 +133,12 @@ class BlocksyncApp(App[int]):
                 request.ssh,
             )
             engine.prepare()
+        except UnknownHostKey as exc:  # the app's "ask": a dialog offers to trust the key
+            if can_ask(exc):
+                self.post_message(HostKeyUnknown(exc, request))
+            else:
+                self.post_message(RunFailed(str(exc), exc.side))
+            return
         except BlocksyncError as exc:
             self.post_message(RunFailed(str(exc), exc.side))
             return
@@ -177,6 +184,28 @@ class BlocksyncApp(App[int]):
         if screen is not None:
             screen.show_error(message.error, message.side)
         self.push_screen(ErrorScreen("Cannot start", message.error))
+
+    @on(HostKeyUnknown)
+    def _host_key_unknown(self, message: HostKeyUnknown) -> None:
+        """Show the fingerprint; trusted, the key is saved and the same run starts again."""
+        error = message.error
+
+        def answer(trusted: bool | None) -> None:
+            if not trusted:
+                screen = self._setup_screen()
+                if screen is not None:
+                    screen.show_error(str(error), error.side)
+                self.notify("Not connected: the host key was not trusted.", severity="warning")
+                return
+            try:
+                trust(error)
+            except (OSError, BlocksyncError) as exc:
+                self.push_screen(ErrorScreen("Cannot trust the host key", str(exc)))
+                return
+            self.notify(f"Added {error.host} to {error.known_hosts}.")
+            self.start_run(message.request)
+
+        self.push_screen(HostKeyScreen(error), answer)
 
     @on(RunPrepared)
     def _run_prepared(self, message: RunPrepared) -> None:
