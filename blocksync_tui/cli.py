@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import IO, Any, NoReturn
@@ -219,6 +220,12 @@ class Interrupted(BaseException):
         self.status = status
 
 
+STOP_GRACE = 2.0
+"""Seconds a stop may spend closing workers on its way out (the engine asks each to exit,
+and a busy or hung one may not answer for its 10 s timeout); then the CLI leaves without
+them. They end anyway: on EOF, once this process is gone."""
+
+
 class _Signals:
     """SIGINT (a terminal's Ctrl-C) and SIGTERM (a service manager's stop) during one command.
 
@@ -229,8 +236,9 @@ class _Signals:
     - Once the run has ended, signals are ignored: only its result is left to write, whole.
 
     A stop raises Interrupted, so that what it leaves (workers, the progress bar) is closed on
-    the way out; should that get stuck too (a hung worker), one more signal exits on the spot.
-    The first signal sets the exit status: 128 + its number.
+    the way out. Should that take longer than STOP_GRACE, or a signal come meanwhile, the
+    process exits on the spot. Either way exactly one line says why: whoever takes `_word`
+    first prints it. The first signal sets the exit status: 128 + its number.
     """
 
     def __init__(self) -> None:
@@ -240,18 +248,29 @@ class _Signals:
         self._mode = "start"
         """start (nothing written yet), run, stopping (an Interrupted is on its way out), or
         quiet (the outcome is being written)."""
+        self._dry_run = False
         self._stopping = ""
         """The line of the stop on its way out."""
-        self._dry_run = False
+        self._word = threading.Lock()
+        """Taken, never released, by whoever prints a stop's line (never blocking on it: the
+        signal handler may run while the main thread holds it)."""
+        self._stop = threading.Event()
+        self._finished = threading.Event()
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _Signals:
-        if threading.current_thread() is threading.main_thread():  # only there can they be set
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread can set handlers
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        # Started now, not by the handler: starting a thread takes locks that the main
+        # thread, interrupted by the handler, may hold.
+        threading.Thread(target=self._watch, name="stop-watch", daemon=True).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._finished.set()
+        self._stop.set()
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
@@ -260,8 +279,12 @@ class _Signals:
         self._mode, self._dry_run = "run", dry_run
 
     def quiet(self) -> None:
-        """The run has ended: ignore signals while its outcome is written."""
+        """The command's outcome is decided: ignore signals while it is written."""
         self._mode = "quiet"
+
+    def take_word(self) -> bool:
+        """Whether the caller is the one to print the stop's line."""
+        return self._word.acquire(blocking=False)
 
     @property
     def status(self) -> int:
@@ -280,15 +303,30 @@ class _Signals:
             return
         if self.received is None:
             self.received = signum
-        if self._mode == "stopping":  # the way out is stuck: the line is still ours to print
-            _say(f"blocksync-tui: {self._stopping}")
-            os._exit(self.status)
+        if self._mode == "stopping":  # impatient, or the way out is stuck
+            self._leave_now()
+            return
         if self._mode == "run" and not self.cancel_requested:
             self.cancel_requested = True
             return
         self._stopping = self._stop_message(signal.Signals(signum).name)
         self._mode = "stopping"
+        self._stop.set()
         raise Interrupted(self.status, self._stopping)
+
+    def _watch(self) -> None:
+        self._stop.wait()
+        if not self._finished.wait(STOP_GRACE):
+            self._leave_now()
+
+    def _leave_now(self) -> None:
+        """Print the stop's line, unless the main thread is printing it, and exit."""
+        if not self.take_word():
+            return  # the main thread has it: it ends in a moment
+        if sys.stderr.isatty():
+            sys.stderr.write("\033[?25h")  # the progress bar hid the cursor
+        _say(f"blocksync-tui: {self._stopping}")
+        os._exit(self.status)
 
     def _stop_message(self, name: str) -> str:
         if self._mode == "start":
@@ -453,8 +491,11 @@ def _headless_main(argv: list[str]) -> int:
                 "run with --debug for the traceback", signals.quiet,
             )
         except Interrupted as exc:
-            signals.quiet()  # first: a signal after this line would be a second line
-            _say(f"blocksync-tui: {exc}")
+            signals.quiet()
+            if signals.take_word():
+                _say(f"blocksync-tui: {exc}")
+            else:  # the watch thread has it: let it print and exit, not the end of main
+                time.sleep(STOP_GRACE)
             return exc.status
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from blocksync_tui.cli import main
+from blocksync_tui.cli import STOP_GRACE, main
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 256 << 20
@@ -268,14 +268,17 @@ def test_second_sigint_stops_a_stuck_cancel_at_once(
     _rerun_finishes(big_source, zero_destination, tmp_path, None)
 
 
-@pytest.mark.parametrize("stuck", [False, True], ids=["responsive", "stuck-worker"])
+@pytest.mark.parametrize(
+    "stuck, signals", [(False, 1), (True, 1), (True, 2)],
+    ids=["responsive", "stuck-worker", "stuck-worker-twice"],
+)
 def test_sigterm_while_connecting_stops_at_once(
-    cli: Cli, zero_destination: Path, stuck: bool
+    cli: Cli, zero_destination: Path, stuck: bool, signals: int
 ) -> None:
     """Before the run nothing is written: a signal during prepare (here an SSH host that
     accepts the connection and never says a word) ends the CLI at once, with one line. If
-    closing the other side's worker on the way out hangs too (stopped, like a hung device),
-    one more signal ends it on the spot, still with one line."""
+    closing the other side's worker on the way out hangs (stopped, like a hung device), the
+    CLI leaves without it after STOP_GRACE, or on the spot at a second signal."""
     with socket.create_server(("127.0.0.1", 0)) as silent:
         port = silent.getsockname()[1]
         process = cli.start("compare", f"nobody@127.0.0.1:{port}:/x", str(zero_destination),
@@ -291,15 +294,19 @@ def test_sigterm_while_connecting_stops_at_once(
                 os.kill(worker, signal.SIGSTOP)
             try:
                 os.killpg(process.pid, signal.SIGTERM)
-                if stuck:  # the way out waits for the stopped worker's answer to EXIT
+                signalled = time.monotonic()
+                if signals == 2:  # the way out waits for the stopped worker: do not wait too
                     with pytest.raises(subprocess.TimeoutExpired):
-                        process.wait(timeout=1.0)
+                        process.wait(timeout=0.5)
                     os.killpg(process.pid, signal.SIGTERM)
-                out, err = process.communicate(timeout=5)
+                out, err = process.communicate(timeout=STOP_GRACE + 5)
+                took = time.monotonic() - signalled
             finally:
                 if stuck:  # still there, stopped: it ends on its closed pipes once it runs
                     os.kill(worker, signal.SIGCONT)
     assert process.returncode == 143, err
     _assert_one_line(err)
     assert err == "blocksync-tui: SIGTERM: stopped before anything was written\n" and out == ""
+    if signals == 2:
+        assert took < STOP_GRACE, "the second signal did not end the CLI before the grace did"
     _assert_gone(workers)
