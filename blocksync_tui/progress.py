@@ -25,7 +25,7 @@ def human_bytes(n: float) -> str:
 def _description(p: EngineProgress, cancelling: bool) -> str:
     if cancelling and p.phase not in ("done", "failed", "cancelled"):
         # The writes in flight are being completed; say how to stop without waiting for them.
-        return "cancelling (Ctrl-C again: stop at once)"
+        return "cancelling (^C again: stop now)"
     return p.phase + (" (paused)" if p.paused else "")
 
 
