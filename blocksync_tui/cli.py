@@ -126,7 +126,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     ssh.add_argument("-i", "--identity", action="append", default=[], metavar="KEY",
                      help="private key file (may be repeated); ~/.ssh/config and the agent also apply")
     ssh.add_argument("--ssh-config", metavar="FILE", help="ssh_config file (default ~/.ssh/config)")
-    ssh.add_argument("--known-hosts", metavar="FILE", help="known_hosts file (default ~/.ssh/known_hosts)")
+    ssh.add_argument("--known-hosts", metavar="FILE", help="the only known_hosts file to read and write (default: ssh_config's "
+                     "UserKnownHostsFile and GlobalKnownHostsFile)")
     ssh.add_argument("--accept-new-host-key", action="store_true",
                      help="trust and remember a host key not yet in known_hosts (never a changed one)")
     ssh.add_argument("--remote-python", default="python3", metavar="PATH",

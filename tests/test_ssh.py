@@ -397,18 +397,25 @@ def test_strict_host_key_checking_no_warns_and_still_refuses_a_changed_key(
     known = tmp_path / "known_hosts"
     options = host_config(sshd, tmp_path, f"UserKnownHostsFile {known}\nStrictHostKeyChecking no\n")
     transport = open_ssh(sshd, options)
-    err = capfd.readouterr().err
     fingerprint = ssh_keygen_fingerprint(sshd.host_key.with_suffix(".pub"))
-    assert err.count("\n") == 1 and err.startswith("blocksync-tui: warning: ")
-    assert "NOT verified (StrictHostKeyChecking no)" in err and fingerprint in err
-    assert transport.warnings == [err.strip().removeprefix("blocksync-tui: warning: ")]
+    [warning] = transport.warnings
+    assert "NOT verified (StrictHostKeyChecking no)" in warning and fingerprint in warning
+    assert "\n" not in warning
     assert known.read_text() == sshd.known_hosts_line() + "\n"  # remembered, as OpenSSH does
     # Safer than OpenSSH here: a changed key is refused even so.
     known.write_text(sshd.known_hosts_line(key_file=sshd.other_key) + "\n")
     assert "has CHANGED" in str(refusal(sshd, options))
     # UserKnownHostsFile /dev/null: accepted with the warning, nothing written anywhere.
-    open_ssh(sshd, host_config(sshd, tmp_path, "UserKnownHostsFile /dev/null\nStrictHostKeyChecking no\n"))
-    assert "NOT verified" in capfd.readouterr().err
+    again = open_ssh(sshd, host_config(sshd, tmp_path, "UserKnownHostsFile /dev/null\nStrictHostKeyChecking no\n"))
+    assert "NOT verified" in again.warnings[0]
+
+
+def test_an_unverified_host_key_is_in_the_runs_warnings(sshd: SshServer, tmp_path: Path) -> None:
+    """StrictHostKeyChecking no: the report and the app see the warning, not only a terminal."""
+    src, dst = make_pair(tmp_path)
+    options = host_config(sshd, tmp_path, f"UserKnownHostsFile {tmp_path / 'kh'}\nStrictHostKeyChecking no\n")
+    report = sync(str(src), sshd.endpoint(dst), options, dry_run=True)
+    assert any("NOT verified (StrictHostKeyChecking no)" in w for w in report.warnings)
 
 
 @needs_openssh

@@ -19,7 +19,6 @@ import os
 import re
 import shlex
 import socket
-import sys
 import threading
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -456,9 +455,9 @@ class SshTransport(Transport):
         return _KeysOnly(hop.user, files, self._agent, only)
 
     def _warn(self, text: str) -> None:
-        """A key accepted without the usual checks: said at once, on stderr, and kept."""
+        """A key accepted without the usual checks: kept for the engine's warnings, which the
+        CLI prints, the app shows and the report lists."""
         self.warnings.append(text)
-        print(f"blocksync-tui: warning: {text}", file=sys.stderr, flush=True)
 
     def _explain(self, exc: Exception, hop: _Hop) -> str:
         """The one line a user reads when connecting failed."""

@@ -250,6 +250,8 @@ class SyncEngine:
         self._prepare_seconds = 0.0
         try:
             self._start_workers()
+            for side in self._sides.values():  # e.g. a host key accepted under StrictHostKeyChecking no
+                self.warnings.extend(getattr(side.conn.transport, "warnings", ()))
             src, dst = self._sides[SOURCE].info, self._sides[DESTINATION].info
             self._check(src, dst)
             self._negotiate()
