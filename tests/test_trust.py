@@ -186,18 +186,19 @@ def test_a_peer_that_stops_answering_ends_the_run_naming_it(tmp_path: Path) -> N
     assert time.monotonic() - started < 15
 
 
-def test_a_frozen_destination_ends_the_run_naming_it(tmp_path: Path) -> None:
-    """SIGSTOP: the worker is alive but reads nothing; sends never block the engine's loop."""
-    rnd = random.Random(11)
-    src = _write(tmp_path / "src", rnd.randbytes(64 * CHUNK))
-    dst = _write(tmp_path / "dst", rnd.randbytes(64 * CHUNK))
+def _prepared_with_its_destination_pid(tmp_path: Path, chunks: int, seed: int) -> tuple[SyncEngine, int]:
+    rnd = random.Random(seed)
+    src = _write(tmp_path / "src", rnd.randbytes(chunks * CHUNK))
+    dst = _write(tmp_path / "dst", rnd.randbytes(chunks * CHUNK))
     engine = SyncEngine(
         Endpoint.parse(str(src)), Endpoint.parse(str(dst)),
         SyncOptions(chunk_size=CHUNK, peer_timeout=1.5, direct=False),
     )
     engine.prepare()
-    pid = engine._sides["destination"].conn.transport.process.pid
-    os.kill(pid, 19)  # SIGSTOP
+    return engine, engine._sides["destination"].conn.transport.process.pid
+
+
+def _run_expecting_a_silent_destination(engine: SyncEngine, pid: int) -> None:
     try:
         started = time.monotonic()
         with pytest.raises(ConnectionLost, match="destination stopped answering"):
@@ -208,6 +209,13 @@ def test_a_frozen_destination_ends_the_run_naming_it(tmp_path: Path) -> None:
             os.kill(pid, 18)  # SIGCONT, in case it outlived the run
         except ProcessLookupError:
             pass  # killed when the run closed it
+
+
+def test_a_frozen_destination_ends_the_run_naming_it(tmp_path: Path) -> None:
+    """SIGSTOP: the worker is alive but reads nothing; sends never block the engine's loop."""
+    engine, pid = _prepared_with_its_destination_pid(tmp_path, 64, 11)
+    os.kill(pid, 19)  # SIGSTOP
+    _run_expecting_a_silent_destination(engine, pid)
 
 
 def test_a_corrupt_compressed_piece_fails_its_chunk_and_verify_says_false(tmp_path: Path) -> None:
@@ -275,15 +283,7 @@ def test_cli_no_space_is_one_error_line_and_verified_false(tmp_path: Path, tiny_
 
 def test_a_cancel_ends_the_run_even_when_the_destination_froze(tmp_path: Path, monkeypatch) -> None:
     """Writes in flight that are never acknowledged do not hold a cancelled run for ever."""
-    rnd = random.Random(15)
-    src = _write(tmp_path / "src", rnd.randbytes(256 * CHUNK))
-    dst = _write(tmp_path / "dst", rnd.randbytes(256 * CHUNK))
-    engine = SyncEngine(
-        Endpoint.parse(str(src)), Endpoint.parse(str(dst)),
-        SyncOptions(chunk_size=CHUNK, peer_timeout=2.0, direct=False),
-    )
-    engine.prepare()
-    pid = engine._sides["destination"].conn.transport.process.pid
+    engine, pid = _prepared_with_its_destination_pid(tmp_path, 256, 15)
     original = SyncEngine._on_data
 
     def freeze_then_cancel(self: SyncEngine, frame) -> None:
@@ -293,16 +293,7 @@ def test_a_cancel_ends_the_run_even_when_the_destination_froze(tmp_path: Path, m
             self.cancel()
 
     monkeypatch.setitem(SyncEngine._handlers, wire.OP_DATA, freeze_then_cancel)
-    try:
-        started = time.monotonic()
-        with pytest.raises(ConnectionLost, match="destination stopped answering"):
-            engine.run()
-        assert time.monotonic() - started < 20
-    finally:
-        try:
-            os.kill(pid, 18)
-        except ProcessLookupError:
-            pass
+    _run_expecting_a_silent_destination(engine, pid)
 
 
 @pytest.mark.parametrize("chunk_size", [4096, 64 << 20])
