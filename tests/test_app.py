@@ -109,6 +109,27 @@ async def test_a_length_difference_shows_on_the_review(tmp_path: Path) -> None:
         assert not review.query_one("#sync").disabled
 
 
+async def test_paths_with_brackets_are_shown_as_they_are(tmp_path: Path) -> None:
+    """User strings are never Rich markup: "[v1]" stays in the title, the review and the dialog."""
+    src, dst = _pair(tmp_path)
+    src = src.rename(tmp_path / "disk[v1].img")
+    dst = dst.rename(tmp_path / "copy[b].img")
+    app = BlocksyncApp(RunRequest(str(src), str(dst)), list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+d")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        summary = _summary_text(app.screen)
+        assert "disk[v1].img" in summary and "copy[b].img" in summary
+        await pilot.press("ctrl+s")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen))
+        await _wait_for(pilot, lambda: bool(app.screen.query(".dialog-body")))
+        body = str(app.screen.query_one(".dialog-body").render())
+        assert "copy[b].img" in body and "disk[v1].img" in body
+        await _click(pilot, "#go")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen) and app.screen.report.mode == "sync")
+        assert dst.read_bytes() == src.read_bytes()
+
+
 def _big_sync_app(tmp_path: Path, seed: int) -> tuple[BlocksyncApp, Path, Path]:
     """An app set to sync 256 MiB into an empty file in 64 KiB chunks: several times what is in
     flight at once (32 MiB), so that a cancel or a quit lands mid-way."""

@@ -202,7 +202,7 @@ class BlocksyncApp(App[int]):
             except (OSError, BlocksyncError) as exc:
                 self.push_screen(ErrorScreen("Cannot trust the host key", str(exc)))
                 return
-            self.notify(f"Added {error.host} to {error.known_hosts}.")
+            self.notify(f"Added {error.host} to {error.known_hosts}.", markup=False)
             self.start_run(message.request)
 
         self.push_screen(HostKeyScreen(error), answer)
@@ -240,7 +240,7 @@ class BlocksyncApp(App[int]):
         if message.error and not message.cancelled:
             self.push_screen(ErrorScreen("The run failed", message.error))
         elif message.cancelled:
-            self.notify(message.error, title="Cancelled", severity="warning", timeout=10)
+            self.notify(message.error, title="Cancelled", severity="warning", timeout=10, markup=False)
 
     @on(DevicesListed)
     def _devices_listed(self, message: DevicesListed) -> None:

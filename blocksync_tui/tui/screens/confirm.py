@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -49,9 +50,9 @@ class ConfirmSyncScreen(ModalScreen[bool]):
         lines += [f"⚠ {warning}" for warning in engine.warnings]
         with Vertical(classes="dialog confirm-dialog"):
             yield Label("Confirm sync", classes="dialog-title")
-            yield Static("\n".join(lines), classes="dialog-body")
+            yield Static("\n".join(lines), classes="dialog-body", markup=False)
             if self.is_device:
-                yield Label(f"Type [b]{self.expected}[/b] to confirm:")
+                yield Label(Text.assemble("Type ", (self.expected, "bold"), " to confirm:"))
                 yield Input(placeholder=self.expected, id="confirm-name")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Sync", id="go", variant="error", disabled=self.is_device)

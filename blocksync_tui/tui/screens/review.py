@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from rich.table import Table
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -101,7 +102,7 @@ class ReviewScreen(Screen[None]):
             moved = "copied on the host" if r.method == "direct" else "sent"
             rows.append(("Written", f"{r.chunks.get('written', 0):,} chunks, {human_bytes(r.bytes_sent)} {moved}"))
         if r.verified is not None:
-            rows.append(("Verified", "yes, re-read from disk" if r.verified else "[red]FAILED[/]"))
+            rows.append(("Verified", "yes, re-read from disk" if r.verified else Text("FAILED", style="red")))
         rows += [
             ("On the wire", human_bytes(r.wire_bytes)),
             ("Compared", "byte for byte, on one host"
@@ -112,11 +113,11 @@ class ReviewScreen(Screen[None]):
         if r.message:
             rows.append(("Note", r.message))
         for error in r.errors[:5]:
-            rows.append(("Error", f"[red]{error}[/]"))
+            rows.append(("Error", Text(error, style="red")))
         for warning in r.warnings:
             rows.append(("Warning", warning))
-        for name, value in rows:
-            table.add_row(name, value)
+        for name, value in rows:  # as text: paths and messages are the user's, never markup
+            table.add_row(name, value if isinstance(value, Text) else Text(value))
         return table
 
     @on(DataTable.RowHighlighted, "#runs")
@@ -149,9 +150,10 @@ class ReviewScreen(Screen[None]):
             self.report.save(prefix.with_suffix(".json"))
             prefix.with_suffix(".svg").write_text(self.map_picture())
         except OSError as exc:
-            self.notify(f"Cannot export: {exc.strerror}: {exc.filename}", severity="error")
+            self.notify(f"Cannot export: {exc.strerror}: {exc.filename}", severity="error", markup=False)
             return
-        self.notify(f"Saved {prefix.with_suffix('.json')} and {prefix.with_suffix('.svg')}", title="Exported")
+        self.notify(f"Saved {prefix.with_suffix('.json')} and {prefix.with_suffix('.svg')}", title="Exported",
+                    markup=False)
 
     def map_picture(self) -> str:
         """The map as SVG, in the colours the map shows now."""

@@ -54,7 +54,7 @@ class RunScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         engine = self.engine
         verb = "Dry run" if engine.options.dry_run else "Sync"
-        yield Static(f"{verb}: {engine.source}  →  {engine.destination}", id="run-title")
+        yield Static(f"{verb}: {engine.source}  →  {engine.destination}", id="run-title", markup=False)
         with Horizontal(id="run-body"):
             with Vertical(id="map-column"):
                 yield BlockMap(engine.chunk_map, engine.options.chunk_size, engine.size,
@@ -73,7 +73,7 @@ class RunScreen(Screen[None]):
         if self._on_ready is not None:
             self.call_after_refresh(self._on_ready)
         for warning in self.engine.warnings:
-            self.notify(warning, title="Warning", severity="warning", timeout=8)
+            self.notify(warning, title="Warning", severity="warning", timeout=8, markup=False)
 
     def refresh_figures(self) -> None:
         """Poll the engine (cheap, thread-safe) and show its figures."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 
 from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label, Sparkline, Static
@@ -64,7 +65,7 @@ class StatsPanel(Vertical):
         rows = [
             ("Mode", ("dry run (writes nothing)" if p.dry_run else "sync")
              + (", bytes compared on one host" if p.method == "direct" else "")),
-            ("Phase", p.phase + ("  [paused]" if p.paused else "")),
+            ("Phase", Text(p.phase + ("  [paused]" if p.paused else ""))),
             ("Source", self.source),
             ("Destination", self.destination),
             ("Size", f"{human_bytes(p.size)} in {p.total_chunks:,} chunks of {human_bytes(p.chunk_size)}"),
