@@ -349,3 +349,26 @@ def test_waiting_for_a_confirmation_is_not_run_time(tmp_path: Path) -> None:
     time.sleep(1.5)
     report = engine.run()
     assert 0 < report.seconds < 1.5
+
+
+def test_a_full_copy_keeps_a_bounded_backlog(tmp_path: Path, monkeypatch) -> None:
+    """Every chunk differs: the scan waits for the transfer instead of queueing the whole device."""
+    import blocksync_tui.engine.sync as sync
+
+    monkeypatch.setattr(sync, "HASH_WINDOW_BYTES", 64 * KIB)  # windows of 16 chunks
+    monkeypatch.setattr(sync, "INFLIGHT_BYTES", 16 * KIB)  # a slow transfer: 4 chunks at a time
+    rnd = random.Random(21)
+    src = _write(tmp_path / "src", rnd.randbytes(4 << 20))
+    dst = _write(tmp_path / "dst", rnd.randbytes(4 << 20))
+    most: list[int] = [0]
+    issue = SyncEngine._issue_chunks
+
+    def watching(self: SyncEngine) -> None:
+        most[0] = max(most[0], len(self._todo))
+        issue(self)
+
+    monkeypatch.setattr(SyncEngine, "_issue_chunks", watching)
+    run_engine(src, dst, chunk_size=4 * KIB, direct=False)
+    window = 16
+    assert most[0] <= (sync.BACKLOG_WINDOWS + sync.WINDOWS_AHEAD) * window < 1024
+    assert dst.read_bytes() == src.read_bytes()

@@ -39,6 +39,10 @@ HASH_WINDOW_BYTES = 32 << 20
 """Chunks are requested for hashing in windows of this size..."""
 WINDOWS_AHEAD = 4
 """...and one side may run this many windows ahead of the other (bounds memory)."""
+BACKLOG_WINDOWS = 8
+"""No new window is scanned while this many windows of differing chunks wait for the transfer:
+a full copy of a huge device keeps a bounded backlog (and the source's kept sub-digests of
+what waits stay in its bounded cache), not a record per chunk of the whole device."""
 PAIR_WINDOW_BYTES = 8 << 20
 """A direct compare writes as it goes: smaller windows, fewer ahead, so a cancel or a pause
 takes effect within 16 MiB."""
@@ -529,6 +533,8 @@ class SyncEngine:
         if self.method == "direct":
             self._issue_pairs()
             return
+        if len(self._todo) >= BACKLOG_WINDOWS * self._window:
+            return  # the transfer lags: scan no further until it catches up
         low = min(s.windows_done for s in self._sides.values())
         request = {"chunk_size": self.options.chunk_size, "size": self.size, "algo": self.algorithm}
         if self.sub_algorithm == "xxh64" and self.options.chunk_size > self.options.sub_block:
