@@ -106,6 +106,7 @@ async def test_a_length_difference_shows_on_the_review(tmp_path: Path) -> None:
         review = app.screen
         assert review.report.outcome == "differs" and review.report.size_difference == 4096
         assert "the destination is 4.0 KiB longer than the source" in _summary_text(review)
+        await _wait_for(pilot, lambda: bool(review.query("#sync")))
         assert not review.query_one("#sync").disabled
 
 

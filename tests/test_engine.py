@@ -372,3 +372,23 @@ def test_a_full_copy_keeps_a_bounded_backlog(tmp_path: Path, monkeypatch) -> Non
     window = 16
     assert most[0] <= (sync.BACKLOG_WINDOWS + sync.WINDOWS_AHEAD) * window < 1024
     assert dst.read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_sparse_files_either_way(tmp_path: Path, direct: bool) -> None:
+    """Holes read as zeros without a read: a sparse source onto a dense destination and back."""
+    rnd = random.Random(22)
+    size = 16 << 20
+    sparse = tmp_path / "sparse.img"
+    with open(sparse, "wb") as f:
+        f.truncate(size)
+        for at in (3 * KIB, 5 << 20, size - 5000):
+            f.seek(at)
+            f.write(rnd.randbytes(4000))
+    dense = _write(tmp_path / "dense.img", rnd.randbytes(size))
+    for src, dst in ((sparse, dense), (dense, sparse)):
+        assert run_engine(src, dst, chunk_size=64 * KIB, direct=direct).outcome == "synced"
+        assert dst.read_bytes() == src.read_bytes()
+        assert run_engine(src, dst, chunk_size=64 * KIB, dry_run=True, direct=direct).outcome == "identical"
+        if src is sparse:
+            dense.write_bytes(rnd.randbytes(size))  # dense again for the way back

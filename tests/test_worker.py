@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import time
 import zlib
@@ -236,3 +237,36 @@ def test_random_and_mutated_writes_never_kill_the_writer_or_leave_their_chunk(
     after = path.read_bytes()
     assert len(after) == len(data)
     assert after[:CHUNK] == data[:CHUNK] and after[2 * CHUNK :] == data[2 * CHUNK :]
+
+
+def _bytes_read(conn: Connection) -> int:
+    io = Path(f"/proc/{conn.transport.process.pid}/io").read_text()
+    return int(next(line.split()[1] for line in io.splitlines() if line.startswith("rchar")))
+
+
+def test_holes_are_zero_chunks_without_a_read(worker, tmp_path: Path) -> None:
+    """A sparse 64 MiB image with three data extents: the scan reads about what is allocated, and
+    reports every chunk right (data where written, zero in holes and in allocated zeros)."""
+    conn, events = worker
+    path = tmp_path / "sparse.img"
+    size = 64 << 20
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for at in (0, 10 << 20, size - CHUNK // 2):
+            f.seek(at)
+            f.write(b"\x01" * (CHUNK // 2))
+        f.seek(20 << 20)
+        f.write(bytes(CHUNK))  # allocated zeros: read, and zero all the same
+    if os.lseek(os.open(path, os.O_RDONLY), 0, os.SEEK_HOLE) == size:
+        pytest.skip("this file system does not report holes")
+    conn.call_json(wire.OP_OPEN, {"path": str(path)})
+    before = _bytes_read(conn)
+    total = size // CHUNK
+    rid = conn.post(wire.OP_HASH, {"ranges": [[0, total]], "chunk_size": CHUNK, "size": size, "algo": "xxh128"})
+    flags = []
+    for frame in _until_done(events, rid):
+        first, count, dsize = wire.DIGESTS_HEAD.unpack_from(frame.payload)
+        flags += [frame.payload[wire.DIGESTS_HEAD.size + i * (1 + dsize)] for i in range(count)]
+    data_chunks = {0, (10 << 20) // CHUNK, total - 1}
+    assert flags == [wire.FLAG_DATA if i in data_chunks else wire.FLAG_ZERO for i in range(total)]
+    assert _bytes_read(conn) - before < 8 * CHUNK  # not the 64 MiB a dense read takes
