@@ -299,7 +299,7 @@ def test_sigterm_while_connecting_stops_at_once(
                     with pytest.raises(subprocess.TimeoutExpired):
                         process.wait(timeout=0.5)
                     os.killpg(process.pid, signal.SIGTERM)
-                out, err = process.communicate(timeout=STOP_GRACE + 5)
+                out, err = process.communicate(timeout=STOP_GRACE + 20)  # a loaded CI machine
                 took = time.monotonic() - signalled
             finally:
                 if stuck:  # still there, stopped: it ends on its closed pipes once it runs
