@@ -649,28 +649,32 @@ class _NoHash:
 
 class _HoleFinder:
     """Tells, for a file scanned front to back, whether a range lies wholly in a hole, from
-    SEEK_DATA and without reading it (a 1 GiB image holding 16 MiB of data is scanned for the
-    price of its data). One lseek per data extent crossed, not per chunk: the answer "no data
-    from q until d" holds for every later offset below d, because nothing is written ahead of
-    the scan. Block devices and file systems without SEEK_DATA always answer no."""
+    SEEK_DATA and SEEK_HOLE and without reading it (a 1 GiB image holding 16 MiB of data is
+    scanned for the price of its data). Two lseeks per data extent crossed, not per chunk: what
+    they say of the file from the scan's position on stays true, because nothing is written
+    ahead of the scan. Block devices and file systems without SEEK_DATA always answer no."""
 
     def __init__(self, fd: int, enabled: bool) -> None:
         self.fd = fd
         self.enabled = enabled and hasattr(os, "SEEK_DATA")
         self.checked_from = -1
         self.data_at = -1
+        """No data in [checked_from, data_at)..."""
+        self.hole_at = -1
+        """...and data all through [data_at, hole_at)."""
 
     def covers(self, offset: int, length: int) -> bool:
         if not self.enabled:
             return False
-        if not self.checked_from <= offset < self.data_at:
+        if not self.checked_from <= offset < self.hole_at:
             try:
                 self.data_at = os.lseek(self.fd, offset, os.SEEK_DATA)
+                self.hole_at = os.lseek(self.fd, self.data_at, os.SEEK_HOLE)
             except OSError as exc:
                 if exc.errno != errno.ENXIO:  # ENXIO: no data at all past offset
                     self.enabled = False
                     return False
-                self.data_at = 1 << 63
+                self.data_at = self.hole_at = 1 << 63
             self.checked_from = offset
         return self.data_at >= offset + length
 
