@@ -1013,21 +1013,13 @@ def _where(conn: Connection, message: str) -> str:
 def _overlap(a: dict, b: dict) -> bool:
     """Whether two opened endpoints on one host share storage without being the same object:
     a partition and its disk, a device-mapper device and what it is built on (each worker
-    lists its device's stack), or a loop device and its backing file."""
-    def devnum(info: dict) -> str:
-        rdev = (info.get("identity") or [0, 0, 0])[2]
-        return f"{rdev >> 8 & 0xFFF | (rdev >> 32 & ~0xFFF)}:{rdev & 0xFF | (rdev >> 12 & ~0xFF)}"
-
-    def backs(file: dict, device: dict) -> bool:
+    lists its device's stack, by "major:minor"), or a loop device and its backing file."""
+    if a.get("kind") == b.get("kind") == "block":
+        return a.get("devnum") in (b.get("stack") or []) or b.get("devnum") in (a.get("stack") or [])
+    if {a.get("kind"), b.get("kind")} == {"file", "block"}:
+        file, device = (a, b) if a.get("kind") == "file" else (b, a)
         ident = file.get("identity") or [None, None]
         return [ident[0], ident[1]] in (device.get("backing") or [])
-
-    if a.get("kind") == b.get("kind") == "block":
-        return devnum(a) in (b.get("stack") or []) or devnum(b) in (a.get("stack") or [])
-    if a.get("kind") == "file" and b.get("kind") == "block":
-        return backs(a, b)
-    if a.get("kind") == "block" and b.get("kind") == "file":
-        return backs(b, a)
     return False
 
 

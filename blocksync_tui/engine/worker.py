@@ -959,12 +959,14 @@ class Worker:
             "holders": [],
             "swap": [],
             "readonly": False,
+            "devnum": "",
             "stack": [],
             "backing": None,
         }
         if is_block:
             info.update(device_usage(st.st_rdev, real))
             info["readonly"] = _read_text(_sys_block_dir(st.st_rdev) + "/ro") == "1"
+            info["devnum"] = "%d:%d" % (os.major(st.st_rdev), os.minor(st.st_rdev))
             info["stack"] = device_stack(st.st_rdev)
             name = os.path.basename(os.path.realpath(_sys_block_dir(st.st_rdev)))
             if name.startswith("loop"):
