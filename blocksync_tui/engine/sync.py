@@ -54,7 +54,6 @@ has its first chunks in memory when the scan begins."""
 INFLIGHT_BYTES = 32 << 20
 """At most this much chunk data is between the source and a completed write."""
 FAST_CODECS = ("zstd", "lz4")
-DIGEST_SIZES = {"xxh128": 16, "sha256": 32, "sha1": 20, "blake2b": 32, "md5": 16}
 PEER_TIMEOUT = 120.0
 """A worker that owes an answer and says nothing for this long ends the run. A scan reports at
 least every 50 ms while it reads, so only a hung disk or a dead link stays this quiet."""
@@ -371,7 +370,7 @@ class SyncEngine:
             self.algorithm = wanted
         else:
             self.algorithm = both[0]
-        self._digest_size = DIGEST_SIZES[self.algorithm]
+        self._digest_size = len(wire.new_hash(self.algorithm)().digest())
         self.sub_algorithm = "xxh64" if "xxh128" in both else self.algorithm
         codecs = [c for c in src["compressors"] if c in dst["compressors"]]
         choice = self.options.compress
@@ -512,12 +511,17 @@ class SyncEngine:
         limit = self.options.peer_timeout
         if self.cancelled:
             limit = min(limit, CANCEL_TIMEOUT)
-        now = time.monotonic()
-        for name, side in self._sides.items():
-            if now - side.conn.last_heard > limit and self._owes(name):
-                reason = _where(side.conn, f"the {name} stopped answering ({limit:.0f} s without a reply)")
-                side.conn.abandon(reason)
-                raise ConnectionLost(reason).on(name)
+        for name in self._sides:
+            if self._owes(name):
+                self._end_if_silent(name, limit)
+
+    def _end_if_silent(self, name: str, limit: float) -> None:
+        """Give up on a side that has said nothing for `limit` seconds, in one line."""
+        conn = self._sides[name].conn
+        if time.monotonic() - conn.last_heard > limit:
+            reason = _where(conn, f"the {name} stopped answering ({limit:.0f} s without a reply)")
+            conn.abandon(reason)
+            raise ConnectionLost(reason).on(name)
 
     def _owes(self, name: str) -> bool:
         """Whether a side has a request outstanding."""
@@ -875,9 +879,7 @@ class SyncEngine:
             try:
                 frame = self._events.get(timeout=0.2)
             except queue.Empty:
-                if time.monotonic() - conn.last_heard > self.options.peer_timeout:
-                    conn.abandon(f"{conn.transport.label}: the {side} stopped answering")
-                    raise ConnectionLost(_where(conn, f"the {side} stopped answering")).on(side)
+                self._end_if_silent(side, self.options.peer_timeout)
                 continue
             if frame.op == EOF_OP:
                 raise ConnectionLost(frame.payload.decode()).on(frame.side)

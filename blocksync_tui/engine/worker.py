@@ -1317,14 +1317,15 @@ class Worker:
             text = _os_error_text(exc, self.path)
             if code in FATAL_ERRNOS:
                 self.write_failure = (code, text)
-            # The error first, then the acknowledgement that settles the chunk.
-            self._send_acks(force=True)
-            self.error(rid, text, chunk=index, code=code, written=self.bytes_written)
-            self.acks.append(ACK_ITEM.pack(index, code))
+            self._write_failed(rid, index, text, code)
         except (WorkerError, ValueError, struct.error, zlib.error) as exc:
-            self._send_acks(force=True)
-            self.error(rid, "bad write for chunk %d: %s" % (index, exc), chunk=index, code=errno.EINVAL)
-            self.acks.append(ACK_ITEM.pack(index, errno.EINVAL))
+            self._write_failed(rid, index, "bad write for chunk %d: %s" % (index, exc), errno.EINVAL)
+
+    def _write_failed(self, rid: int, index: int, text: str, code: int) -> None:
+        """The error first, then the acknowledgement (with its errno) that settles the chunk."""
+        self._send_acks(force=True)
+        self.error(rid, text, chunk=index, code=code, written=self.bytes_written)
+        self.acks.append(ACK_ITEM.pack(index, code))
 
     def _send_acks(self, force: bool) -> None:
         if self.acks and (force or len(self.acks) >= 256 or time.monotonic() - self.last_ack > 0.05):
