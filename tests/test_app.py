@@ -311,7 +311,8 @@ async def test_unknown_host_key_asks_then_trusts_and_runs(tmp_path: Path, sshd, 
                             capture_output=True, text=True, check=True)
     fingerprint = listed.stdout.split()[1]
     async with app.run_test(size=SIZE) as pilot:
-        await _wait_for(pilot, lambda: isinstance(app.screen, HostKeyScreen) and bool(app.screen.query("#trust")))
+        # Focus lands a refresh after the dialog's widgets exist: wait for it, then check where.
+        await _wait_for(pilot, lambda: isinstance(app.screen, HostKeyScreen) and app.screen.focused is not None)
         dialog = app.screen
         assert str(dialog.query_one("#fingerprint").render()) == fingerprint
         assert f"[{sshd.host}]:{sshd.port}" in _dialog_text(dialog) and str(known) in _dialog_text(dialog)
