@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from blocksync_tui.endpoint import Endpoint
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.errors import Cancelled, EndpointError, UsageError
+from blocksync_tui.engine.pipeline import Transfer
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions
 from helpers import expected_states, run_engine
 
@@ -273,10 +274,10 @@ def test_engine_imports_no_textual() -> None:
 @pytest.mark.parametrize("direct", [False, True])
 def test_many_hash_windows_with_changes_everywhere(tmp_path: Path, monkeypatch, direct: bool) -> None:
     """Regression: request ids are per connection; window bookkeeping must not mix the sides."""
-    import blocksync_tui.engine.sync as sync
+    import blocksync_tui.engine.pipeline as pipeline
 
-    monkeypatch.setattr(sync, "HASH_WINDOW_BYTES", 64 * KIB)  # many windows on a small file
-    monkeypatch.setattr(sync, "PAIR_WINDOW_BYTES", 64 * KIB)
+    monkeypatch.setattr(pipeline, "HASH_WINDOW_BYTES", 64 * KIB)  # many windows on a small file
+    monkeypatch.setattr(pipeline, "PAIR_WINDOW_BYTES", 64 * KIB)
     rnd = random.Random(8)
     data = rnd.randbytes(3 << 20)
     changed = bytearray(data)
@@ -295,10 +296,10 @@ def test_source_changed_during_the_sync_is_sent_again(tmp_path: Path, monkeypatc
     rnd = random.Random(9)
     src = _write(tmp_path / "src", rnd.randbytes(8 * chunk))
     dst = _write(tmp_path / "dst", rnd.randbytes(8 * chunk))
-    start_chunk = SyncEngine._start_chunk
+    start_chunk = Transfer._start_chunk
     touched: list[int] = []
 
-    def start_after_a_live_write(self: SyncEngine, job) -> None:
+    def start_after_a_live_write(self: Transfer, job) -> None:
         if not touched:  # a writer on the source, between the compare and the transfer
             with open(src, "r+b") as f:
                 f.seek(job.index * chunk + 100)
@@ -306,7 +307,7 @@ def test_source_changed_during_the_sync_is_sent_again(tmp_path: Path, monkeypatc
             touched.append(job.index)
         start_chunk(self, job)
 
-    monkeypatch.setattr(SyncEngine, "_start_chunk", start_after_a_live_write)
+    monkeypatch.setattr(Transfer, "_start_chunk", start_after_a_live_write)
     # Digests: a direct compare writes the very bytes it compared, so it has no such window.
     report = run_engine(src, dst, chunk_size=chunk, verify=True, direct=False)
     assert report.chunks["updated"] == 1 and report.chunks["written"] == 7
@@ -353,24 +354,25 @@ def test_waiting_for_a_confirmation_is_not_run_time(tmp_path: Path) -> None:
 
 def test_a_full_copy_keeps_a_bounded_backlog(tmp_path: Path, monkeypatch) -> None:
     """Every chunk differs: the scan waits for the transfer instead of queueing the whole device."""
-    import blocksync_tui.engine.sync as sync
+    import blocksync_tui.engine.pipeline as pipeline
+    from blocksync_tui.engine.pipeline import Transfer
 
-    monkeypatch.setattr(sync, "HASH_WINDOW_BYTES", 64 * KIB)  # windows of 16 chunks
-    monkeypatch.setattr(sync, "INFLIGHT_BYTES", 16 * KIB)  # a slow transfer: 4 chunks at a time
+    monkeypatch.setattr(pipeline, "HASH_WINDOW_BYTES", 64 * KIB)  # windows of 16 chunks
+    monkeypatch.setattr(pipeline, "INFLIGHT_BYTES", 16 * KIB)  # a slow transfer: 4 chunks at a time
     rnd = random.Random(21)
     src = _write(tmp_path / "src", rnd.randbytes(4 << 20))
     dst = _write(tmp_path / "dst", rnd.randbytes(4 << 20))
     most: list[int] = [0]
-    issue = SyncEngine._issue_chunks
+    issue = Transfer._issue_chunks
 
-    def watching(self: SyncEngine) -> None:
+    def watching(self: Transfer) -> None:
         most[0] = max(most[0], len(self._todo))
         issue(self)
 
-    monkeypatch.setattr(SyncEngine, "_issue_chunks", watching)
+    monkeypatch.setattr(Transfer, "_issue_chunks", watching)
     run_engine(src, dst, chunk_size=4 * KIB, direct=False)
     window = 16
-    assert most[0] <= (sync.BACKLOG_WINDOWS + sync.WINDOWS_AHEAD) * window < 1024
+    assert most[0] <= (pipeline.BACKLOG_WINDOWS + pipeline.WINDOWS_AHEAD) * window < 1024
     assert dst.read_bytes() == src.read_bytes()
 
 

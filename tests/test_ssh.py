@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -143,7 +144,8 @@ def test_direct_compare_needs_the_very_same_source(sshd: SshServer, tmp_path: Pa
         SyncOptions(chunk_size=CHUNK), transport_factory(sshd.ssh_options()),
     )
     engine.prepare()
-    engine.source_info["identity"] = [0, 0, 0]  # as if the source's worker saw another file
+    seen = engine._opened["source"]  # as if the source's worker saw another file
+    engine._opened["source"] = dataclasses.replace(seen, identity=(0, 0, 0))
     try:
         report = engine.run()
     finally:

@@ -16,6 +16,7 @@ from blocksync_tui.cli import main
 from blocksync_tui.endpoint import Endpoint
 from blocksync_tui.engine import worker as wire
 from blocksync_tui.engine.errors import ConnectionLost, EndpointError, ProtocolError
+from blocksync_tui.engine.pipeline import Transfer
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions
 from helpers import run_engine, tampered_engine
 
@@ -195,7 +196,7 @@ def _prepared_with_its_destination_pid(tmp_path: Path, chunks: int, seed: int) -
         SyncOptions(chunk_size=CHUNK, peer_timeout=1.5, direct=False),
     )
     engine.prepare()
-    return engine, engine._sides["destination"].conn.transport.process.pid
+    return engine, engine._conns["destination"].transport.process.pid
 
 
 def _run_expecting_a_silent_destination(engine: SyncEngine, pid: int) -> None:
@@ -284,15 +285,15 @@ def test_cli_no_space_is_one_error_line_and_verified_false(tmp_path: Path, tiny_
 def test_a_cancel_ends_the_run_even_when_the_destination_froze(tmp_path: Path, monkeypatch) -> None:
     """Writes in flight that are never acknowledged do not hold a cancelled run for ever."""
     engine, pid = _prepared_with_its_destination_pid(tmp_path, 256, 15)
-    original = SyncEngine._on_data
+    original = Transfer._on_data
 
-    def freeze_then_cancel(self: SyncEngine, frame) -> None:
+    def freeze_then_cancel(self: Transfer, frame) -> None:
         original(self, frame)
-        if not self.cancelled:
+        if not self.control.cancelled:
             os.kill(pid, 19)  # SIGSTOP, with a write in flight
-            self.cancel()
+            self.control.cancel()
 
-    monkeypatch.setitem(SyncEngine._handlers, wire.OP_DATA, freeze_then_cancel)
+    monkeypatch.setitem(Transfer._handlers, wire.OP_DATA, freeze_then_cancel)
     _run_expecting_a_silent_destination(engine, pid)
 
 

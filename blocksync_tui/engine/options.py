@@ -1,0 +1,46 @@
+"""Provides SyncOptions, what a user may choose about a run, and the engine's fixed tunables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from blocksync_tui.engine import worker as wire
+from blocksync_tui.engine.errors import UsageError
+
+MIN_CHUNK = 4096
+MAX_CHUNK = wire.MAX_CHUNK_SIZE
+SUB_BLOCK = 4096
+"""The unit of a delta inside a differing chunk: the page size of every file system in use."""
+COMPRESSIONS = ("auto", "none", "zlib", "lz4", "zstd")
+PEER_TIMEOUT = 120.0
+"""A worker that owes an answer and says nothing for this long ends the run. A scan reports at
+least every 50 ms while it reads, so only a hung disk or a dead link stays this quiet."""
+
+
+@dataclass
+class SyncOptions:
+    """How to run a compare or a sync."""
+
+    chunk_size: int = 1 << 20
+    algorithm: str | None = None
+    """Chunk digest; None picks the fastest collision-safe one both workers have."""
+    compress: str = "auto"
+    """auto (a fast codec if both ends have one), none, zlib, lz4, zstd."""
+    verify: bool = False
+    dry_run: bool = False
+    sub_block: int = SUB_BLOCK
+    direct: bool = True
+    """When both ends are on one machine, the destination's worker reads the source itself and
+    compares bytes: no digests, no data through the controller. False forces digests."""
+    peer_timeout: float = PEER_TIMEOUT
+    """Seconds a worker that owes an answer may stay silent before the run ends."""
+
+    def check(self) -> None:
+        """Raises UsageError for options that cannot work."""
+        size = self.chunk_size
+        if size & (size - 1) or not MIN_CHUNK <= size <= MAX_CHUNK:
+            raise UsageError(
+                f"chunk size {size} must be a power of two from {MIN_CHUNK} to {MAX_CHUNK} bytes"
+            )
+        if self.compress not in COMPRESSIONS:
+            raise UsageError(f"unknown compression {self.compress!r}")

@@ -1,0 +1,566 @@
+"""Provides Transfer: the scan, compare and write pipeline between two started workers.
+
+Both workers hash ahead in windows and stream digest batches; a chunk is compared as soon as
+both digests are in; a differing chunk becomes a `_Job` that goes through its own pipeline
+(destination sub-block digests, then the source's differing pieces, then a write) with many
+jobs in flight at once. Nothing waits for one chunk before asking for the next. Every frame a
+worker sends is checked against what was asked of it and against our own chunk geometry; what
+does not fit ends the run as a protocol error, never a guess.
+"""
+
+from __future__ import annotations
+
+import queue
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from blocksync_tui.engine import worker as wire
+from blocksync_tui.engine.chunkmap import ChunkMap, State
+from blocksync_tui.engine.connection import EOF_OP, Connection, Frame
+from blocksync_tui.engine.errors import BlocksyncError, ConnectionLost, EndpointError, ProtocolError, RemoteError
+from blocksync_tui.engine.options import SyncOptions
+from blocksync_tui.engine.preflight import DESTINATION, SOURCE, Negotiated
+
+HASH_WINDOW_BYTES = 32 << 20
+"""Chunks are requested for hashing in windows of this size..."""
+WINDOWS_AHEAD = 4
+"""...and one side may run this many windows ahead of the other (bounds memory)."""
+BACKLOG_WINDOWS = 8
+"""No new window is scanned while this many windows of differing chunks wait for the transfer:
+a full copy of a huge device keeps a bounded backlog (and the source's kept sub-digests of
+what waits stay in its bounded cache), not a record per chunk of the whole device."""
+PAIR_WINDOW_BYTES = 8 << 20
+"""A direct compare writes as it goes: smaller windows, fewer ahead, so a cancel or a pause
+takes effect within 16 MiB."""
+PAIR_WINDOWS_AHEAD = 2
+INFLIGHT_BYTES = 32 << 20
+"""At most this much chunk data is between the source and a completed write."""
+CANCEL_TIMEOUT = 30.0
+"""After a cancel, the writes in flight get this long to be acknowledged."""
+POLL_SECONDS = 0.2
+"""How often a wait for frames wakes to check for silence, a pause or a cancel."""
+MAX_DIGEST_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a device of `size` bytes is cut into chunks."""
+
+    size: int
+    chunk_size: int
+
+    @property
+    def total(self) -> int:
+        """The number of chunks: the last one may be short."""
+        return -(-self.size // self.chunk_size)
+
+    def chunk(self, index: int) -> tuple[int, int]:
+        """(offset, length) of a chunk."""
+        offset = index * self.chunk_size
+        return offset, min(self.chunk_size, self.size - offset)
+
+
+class Control:
+    """Cancel and pause, set from any thread, obeyed at chunk boundaries."""
+
+    def __init__(self) -> None:
+        self._cancel = threading.Event()
+        self._resume = threading.Event()
+        self._resume.set()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self._resume.set()
+
+    def pause(self) -> None:
+        self._resume.clear()
+
+    def resume(self) -> None:
+        self._resume.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._resume.is_set()
+
+
+def where(conn: Connection, message: str) -> str:
+    """A message prefixed with the host it came from (unless it is local or already says so)."""
+    label = conn.transport.label
+    return message if label == "local" or message.startswith(label) else f"{label}: {message}"
+
+
+def end_if_silent(conn: Connection, limit: float) -> None:
+    """Give up on a worker that has said nothing for `limit` seconds, in one line."""
+    if time.monotonic() - conn.last_heard > limit:
+        reason = where(conn, f"the {conn.side} stopped answering ({limit:.0f} s without a reply)")
+        conn.abandon(reason)
+        raise ConnectionLost(reason).on(conn.side)
+
+
+def protocol_error(conn: Connection, frame: Frame, what: str) -> ProtocolError:
+    """The one-line error for a frame that does not fit what was asked."""
+    name = wire.OP_NAMES.get(frame.op, str(frame.op))
+    return ProtocolError(
+        where(conn, f"the {frame.side}'s worker sent {what}: {name} for request {frame.rid}")
+    ).on(frame.side)
+
+
+@dataclass
+class Side:
+    """The pipeline's view of one worker: its connection and how far its scan is."""
+
+    conn: Connection
+    next_window: int = 0
+    windows_done: int = 0
+    scanned: int = 0
+    window_first: dict[int, int] = field(default_factory=dict)
+    """The first chunk of each window in flight, by request id (ids are per connection)."""
+    window_got: dict[int, int] = field(default_factory=dict)
+    """How many chunks of each window in flight have been answered, by request id."""
+
+
+@dataclass
+class _Job:
+    """One differing chunk on its way through the pipeline: sub-digests, pieces, write."""
+
+    index: int
+    src_flag: int
+    dst_flag: int
+    whole: bool = False
+    """Send it whole (its source changed during the run)."""
+    writing: bool = False
+    """Its write (or zeroing) was sent: the destination's acknowledgement settles it."""
+    subs: dict[str, bytes] = field(default_factory=dict)
+    """Dry run: each side's sub-block digests, as they arrive."""
+
+
+class Transfer:
+    """Settles every chunk of a prepared pair: compares it and, unless a dry run, fixes it.
+
+    `method` is "digests" (both workers hash; differing pieces go through the controller) or
+    "direct" (both ends on one machine: the destination's worker reads the source itself).
+    """
+
+    def __init__(
+        self,
+        conns: dict[str, Connection],
+        names: dict[str, str],
+        events: queue.Queue[Frame],
+        chunk_map: ChunkMap,
+        geometry: Geometry,
+        negotiated: Negotiated,
+        options: SyncOptions,
+        control: Control,
+        method: str,
+        dest_absent: bool,
+    ) -> None:
+        self.sides = {name: Side(conn) for name, conn in conns.items()}
+        self.names = names
+        """Each side's endpoint as the user wrote it, for messages."""
+        self.events = events
+        self.chunk_map = chunk_map
+        self.geometry = geometry
+        self.negotiated = negotiated
+        self.options = options
+        self.control = control
+        self.method = method
+        self.dest_absent = dest_absent
+        self.errors: list[str] = []
+        self.bytes_sent = 0
+        """Encoded chunk data relayed to the destination (or, direct, bytes it rewrote)."""
+        self.bytes_differing = 0
+        self.verify_digests: dict[int, bytes] = {}
+        """With --verify only: the source digest of each chunk written (b"" for zeros)."""
+        window_bytes = PAIR_WINDOW_BYTES if method == "direct" else HASH_WINDOW_BYTES
+        self._window = max(1, window_bytes // options.chunk_size)
+        self._windows = -(-geometry.total // self._window)
+        self._digests: dict[str, dict[int, tuple[int, bytes]]] = {SOURCE: {}, DESTINATION: {}}
+        self._todo: deque[_Job] = deque()
+        self._jobs: dict[int, _Job] = {}
+        """The differing chunks in flight, by index: one record each."""
+        self._by_request: dict[tuple[str, int], _Job] = {}
+        """The job each outstanding SUBHASH or DELTA answers to, by (side, request id)."""
+        self._max_inflight = max(2, INFLIGHT_BYTES // options.chunk_size)
+        self._settled = 0
+        if method == "direct":
+            self.sides[SOURCE].next_window = self.sides[SOURCE].windows_done = self._windows
+        elif dest_absent:
+            self.sides[DESTINATION].windows_done = self._windows  # nothing to hash: all zero
+
+    @property
+    def _record_digests(self) -> bool:
+        return self.options.verify and not self.options.dry_run
+
+    # -- the loop
+
+    def run(self) -> None:
+        """Issue work and handle replies until every chunk is settled and nothing is in flight
+        (after a cancel: until the writes in flight are acknowledged)."""
+        total = self.geometry.total
+        control = self.control
+        while True:
+            if not control.paused and not control.cancelled:
+                self._issue_windows()
+                self._issue_chunks()
+            if control.cancelled:  # a direct compare's window writes as it goes: wait for it
+                if not self._jobs and not (self.method == "direct" and self._windows_in_flight()):
+                    return
+            elif self._settled >= total and not self._jobs and not self._windows_in_flight():
+                return
+            try:
+                frame = self.events.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                self._check_silence()
+                continue
+            self._handle(frame)
+
+    def resend(self, indexes: list[int], digests: dict[int, bytes | None]) -> None:
+        """Send chunks again, whole (their source changed during the run), and wait for the
+        writes; `digests` are their source digests now, for the verify that follows."""
+        for index in indexes:
+            self.verify_digests[index] = digests[index] or b""
+            self.chunk_map.set(index, State.DIFFERS)
+            self._todo.append(_Job(index, wire.FLAG_DATA, wire.FLAG_DATA, whole=True))
+        self._settled -= len(indexes)
+        self.run()
+
+    def _windows_in_flight(self) -> bool:
+        return any(side.window_first for side in self.sides.values())
+
+    def _check_silence(self) -> None:
+        """End the run, naming the side, when a worker that owes an answer has said nothing for
+        `peer_timeout` seconds (after a cancel, for at most CANCEL_TIMEOUT)."""
+        limit = self.options.peer_timeout
+        if self.control.cancelled:
+            limit = min(limit, CANCEL_TIMEOUT)
+        for name, side in self.sides.items():
+            if self._owes(name):
+                end_if_silent(side.conn, limit)
+
+    def _owes(self, name: str) -> bool:
+        """Whether a side has a request outstanding."""
+        if self.control.paused:
+            return False  # nothing new was asked, and answers may trickle in slowly
+        if self.sides[name].window_first:
+            return True
+        if any(side == name for side, _ in self._by_request):
+            return True
+        return name == DESTINATION and any(job.writing for job in self._jobs.values())
+
+    # -- windows of chunks to scan
+
+    def _issue_windows(self) -> None:
+        if self.method == "direct":
+            self._issue_pairs()
+            return
+        if len(self._todo) >= BACKLOG_WINDOWS * self._window:
+            return  # the transfer lags: scan no further until it catches up
+        low = min(s.windows_done for s in self.sides.values())
+        request = {"chunk_size": self.geometry.chunk_size, "size": self.geometry.size,
+                   "algo": self.negotiated.algorithm}
+        if self.negotiated.subs_during_scan and self.options.chunk_size > self.options.sub_block:
+            # Cheap enough to take during the scan, for every chunk: a differing chunk is then
+            # never read twice (SUBHASH answers from them, DELTA reads only differing pieces).
+            request.update(sub_block=self.options.sub_block, sub_algo=self.negotiated.sub_algorithm)
+        for name, side in self.sides.items():
+            if name == DESTINATION and self.dest_absent:
+                continue
+            while side.next_window < min(self._windows, low + WINDOWS_AHEAD):
+                self._post_window(name, wire.OP_HASH, request)
+
+    def _issue_pairs(self) -> None:
+        """Direct mode: ask the destination's worker to compare (and fix) windows of chunks.
+        A window in flight counts as in flight: a cancel waits for its writes."""
+        side = self.sides[DESTINATION]
+        request = {
+            "chunk_size": self.geometry.chunk_size,
+            "size": self.geometry.size,
+            "sub_block": self.options.sub_block,
+            "algo": self.negotiated.algorithm,
+            "write": not self.options.dry_run,
+            "digests": self.options.verify,
+        }
+        while side.next_window < min(self._windows, side.windows_done + PAIR_WINDOWS_AHEAD):
+            self._post_window(DESTINATION, wire.OP_PAIR, request)
+
+    def _post_window(self, name: str, op: int, request: dict) -> None:
+        """Send one side the request for its next window of chunks."""
+        side = self.sides[name]
+        first = side.next_window * self._window
+        count = min(self._window, self.geometry.total - first)
+        rid = side.conn.post(op, {**request, "ranges": [[first, count]]})
+        side.window_first[rid] = first
+        side.next_window += 1
+
+    # -- frames
+
+    def _handle(self, frame: Frame) -> None:
+        """Act on one frame. Anything a worker sends that we did not ask for, or that does not
+        parse, ends the run as a protocol error: it is never guessed at."""
+        if frame.op == EOF_OP:
+            raise ConnectionLost(frame.payload.decode()).on(frame.side)
+        handler = self._handlers.get(frame.op)
+        if handler is None:
+            raise self._protocol_error(frame, "an unexpected frame")
+        try:
+            handler(self, frame)
+        except BlocksyncError:
+            raise
+        except (ValueError, KeyError, IndexError, TypeError, struct.error) as exc:
+            raise self._protocol_error(frame, f"a malformed frame ({exc})") from None
+
+    def _protocol_error(self, frame: Frame, what: str) -> ProtocolError:
+        return protocol_error(self.sides[frame.side].conn, frame, what)
+
+    def _on_done(self, frame: Frame) -> None:
+        side = self.sides[frame.side]
+        if frame.rid not in side.window_first:
+            raise self._protocol_error(frame, "an unexpected end of a request")
+        first = side.window_first.pop(frame.rid)
+        count = min(self._window, self.geometry.total - first)
+        if side.window_got.pop(frame.rid, 0) != count:
+            raise self._protocol_error(frame, "an incomplete window of chunks")
+        side.windows_done += 1
+
+    def _window_entries(self, frame: Frame, entry_size: int) -> tuple[int, int, int]:
+        """(first, count, digest size) of a DIGESTS or PAIRED batch, checked: it belongs to a
+        window in flight, continues it where the last batch ended, and has its stated length."""
+        first, count, dsize = wire.DIGESTS_HEAD.unpack_from(frame.payload)
+        side = self.sides[frame.side]
+        if frame.rid not in side.window_first:
+            raise self._protocol_error(frame, "chunk states nobody asked for")
+        expected = side.window_first[frame.rid] + side.window_got.get(frame.rid, 0)
+        window_end = side.window_first[frame.rid] + self._window
+        size = wire.DIGESTS_HEAD.size + count * (entry_size + dsize)
+        if first != expected or first + count > min(window_end, self.geometry.total):
+            raise self._protocol_error(frame, f"chunks {first}..{first + count} out of order")
+        if len(frame.payload) != size or dsize > MAX_DIGEST_SIZE:
+            raise self._protocol_error(frame, "a batch of the wrong length")
+        side.window_got[frame.rid] = side.window_got.get(frame.rid, 0) + count
+        return first, count, dsize
+
+    def _on_digests(self, frame: Frame) -> None:
+        first, count, dsize = self._window_entries(frame, 1)
+        if dsize != self.negotiated.digest_size:
+            raise self._protocol_error(frame, f"{dsize}-byte digests for {self.negotiated.algorithm}")
+        entry = 1 + dsize
+        pos = wire.DIGESTS_HEAD.size
+        mine = self._digests[frame.side]
+        other = self._digests[DESTINATION if frame.side == SOURCE else SOURCE]
+        side = self.sides[frame.side]
+        for index in range(first, first + count):
+            flag = frame.payload[pos]
+            if flag not in (wire.FLAG_DATA, wire.FLAG_ZERO, wire.FLAG_ERROR):
+                raise self._protocol_error(frame, f"an unknown chunk flag {flag}")
+            # Only data chunks carry a digest; the field of a zero or failed chunk is padding.
+            item = (flag, frame.payload[pos + 1 : pos + entry] if flag == wire.FLAG_DATA else b"")
+            pos += entry
+            side.scanned += self.geometry.chunk(index)[1]
+            if self.dest_absent:
+                self._resolve(index, item, (wire.FLAG_ZERO, b""))
+            elif index in other:
+                theirs = other.pop(index)
+                pair = (item, theirs) if frame.side == SOURCE else (theirs, item)
+                self._resolve(index, *pair)
+            else:
+                mine[index] = item
+        if self.dest_absent:
+            self.sides[DESTINATION].scanned = side.scanned
+
+    def _on_paired(self, frame: Frame) -> None:
+        if frame.side != DESTINATION:
+            raise self._protocol_error(frame, "a direct compare from the source")
+        first, count, dsize = self._window_entries(frame, wire.PAIRED_ITEM.size)
+        pos = wire.DIGESTS_HEAD.size
+        wrote = not self.options.dry_run
+        states = {wire.PAIR_SAME: State.SAME, wire.PAIR_ZERO: State.ZERO, wire.PAIR_ERROR: State.ERROR}
+        for index in range(first, first + count):
+            outcome, flag, differing = wire.PAIRED_ITEM.unpack_from(frame.payload, pos)
+            pos += wire.PAIRED_ITEM.size
+            _, length = self.geometry.chunk(index)
+            if differing > length or (outcome != wire.PAIR_DIFFERS and outcome not in states):
+                raise self._protocol_error(frame, f"an impossible outcome for chunk {index}")
+            for side in self.sides.values():
+                side.scanned += length
+            if outcome == wire.PAIR_DIFFERS:
+                self.bytes_differing += differing
+                if wrote:
+                    self.bytes_sent += differing
+                    if self.options.verify:
+                        digest = bytes(frame.payload[pos : pos + dsize])
+                        self.verify_digests[index] = digest if flag == wire.FLAG_DATA else b""
+                self.chunk_map.set(index, State.WRITTEN if wrote else State.DIFFERS)
+            else:
+                self.chunk_map.set(index, states[outcome])
+            pos += dsize
+            self._settled += 1
+
+    def _resolve(self, index: int, src: tuple[int, bytes], dst: tuple[int, bytes]) -> None:
+        """Compare one chunk's two digests and decide what it needs."""
+        if src[0] == wire.FLAG_ERROR or dst[0] == wire.FLAG_ERROR:
+            which = SOURCE if src[0] == wire.FLAG_ERROR else DESTINATION
+            self.errors.append(f"{self.names[which]}: cannot read chunk {index}")
+            self.chunk_map.set(index, State.ERROR)
+            self._settled += 1
+            return
+        if src == dst:
+            self.chunk_map.set(index, State.ZERO if src[0] == wire.FLAG_ZERO else State.SAME)
+            self._settled += 1
+            return
+        self.chunk_map.set(index, State.DIFFERS)
+        if self._record_digests:
+            self.verify_digests[index] = src[1] if src[0] == wire.FLAG_DATA else b""
+        self._todo.append(_Job(index, src[0], dst[0]))
+
+    # -- differing chunks
+
+    def _issue_chunks(self) -> None:
+        while self._todo and len(self._jobs) < self._max_inflight:
+            self._start_chunk(self._todo.popleft())
+
+    def _chunk_request(self, index: int, mode: int, tail: bytes = b"") -> bytes:
+        offset, length = self.geometry.chunk(index)
+        compression = self.negotiated.compression
+        codec = "" if compression == "none" else compression
+        return wire.pack_chunk_request(
+            index, offset, length, self.options.sub_block, mode, self.negotiated.sub_algorithm,
+            codec, tail,
+        )
+
+    def _ask(self, side: str, op: int, job: _Job, payload: bytes) -> None:
+        """Send one request of a job's pipeline and remember whose answer it awaits."""
+        rid = self.sides[side].conn.post(op, payload)
+        self._by_request[(side, rid)] = job
+
+    def _start_chunk(self, job: _Job) -> None:
+        """Send the first request of a differing chunk's pipeline."""
+        self._jobs[job.index] = job
+        index = job.index
+        offset, length = self.geometry.chunk(index)
+        if self.options.dry_run:
+            # Both sides' sub-block digests tell how many bytes really differ.
+            for side in (SOURCE, DESTINATION):
+                if side == DESTINATION and self.dest_absent:
+                    job.subs[DESTINATION] = b""
+                    continue
+                self._ask(side, wire.OP_SUBHASH, job, self._chunk_request(index, 0))
+        elif job.whole:
+            self._ask(SOURCE, wire.OP_DELTA, job, self._chunk_request(index, wire.DELTA_WHOLE))
+        elif job.src_flag == wire.FLAG_ZERO:
+            self.bytes_differing += length  # at chunk granularity: it costs no wire bytes
+            job.writing = True
+            self.sides[DESTINATION].conn.post(wire.OP_ZERO, wire.ZERO_REQ.pack(index, length, offset))
+        elif job.dst_flag == wire.FLAG_ZERO or length <= self.options.sub_block:
+            mode = wire.DELTA_DEST_ZERO if job.dst_flag == wire.FLAG_ZERO else wire.DELTA_WHOLE
+            self._ask(SOURCE, wire.OP_DELTA, job, self._chunk_request(index, mode))
+        else:
+            self._ask(DESTINATION, wire.OP_SUBHASH, job, self._chunk_request(index, 0))
+
+    def _answering(self, frame: Frame) -> _Job:
+        """The job a SUBDIGESTS or DATA frame answers; a stray one is a protocol error."""
+        job = self._by_request.pop((frame.side, frame.rid), None)
+        if job is None:
+            raise self._protocol_error(frame, "an answer to no request")
+        return job
+
+    def _on_subdigests(self, frame: Frame) -> None:
+        job = self._answering(frame)
+        index, length = wire.CHUNK_HEAD.unpack_from(frame.payload)
+        digests = frame.payload[wire.CHUNK_HEAD.size :]
+        _, expected = self.geometry.chunk(job.index)
+        blocks = -(-expected // self.options.sub_block)
+        if (index, length) != (job.index, expected) or len(digests) != blocks * wire.SUB_DIGEST_SIZE:
+            raise self._protocol_error(frame, f"sub-digests that are not those of chunk {job.index}")
+        if not self.options.dry_run:
+            request = self._chunk_request(job.index, wire.DELTA_SUBDIGESTS, digests)
+            self._ask(SOURCE, wire.OP_DELTA, job, request)
+            return
+        job.subs[frame.side] = digests
+        if len(job.subs) == 2:
+            self.bytes_differing += self._differing_bytes(
+                job.index, job.subs[SOURCE], job.subs[DESTINATION]
+            )
+            self._finish_chunk(job, State.DIFFERS)
+
+    def _differing_bytes(self, index: int, src: bytes, dst: bytes) -> int:
+        _, length = self.geometry.chunk(index)
+        sub = self.options.sub_block
+        starts = range(0, length, sub)
+        differs = wire.differing_sub_blocks(src, dst, len(starts))
+        return sum(min(sub, length - start) for start, flag in zip(starts, differs) if flag)
+
+    def _on_data(self, frame: Frame) -> None:
+        """Check the source's pieces against our own geometry of the chunk asked for, then
+        relay them to the destination unchanged (it checks them again against its own)."""
+        if frame.side != SOURCE:
+            raise self._protocol_error(frame, "chunk data from the destination")
+        job = self._answering(frame)
+        _, length = self.geometry.chunk(job.index)
+        try:
+            self.bytes_differing += wire.raw_bytes(frame.payload, job.index, length)
+        except ValueError as exc:
+            raise self._protocol_error(frame, f"pieces that do not fit chunk {job.index} ({exc})") from None
+        # Writes are acknowledged in batches (OP_WRITTEN), never one round trip each.
+        job.writing = True
+        self.sides[DESTINATION].conn.post(wire.OP_WRITE, frame.payload)
+        self.bytes_sent += len(frame.payload)
+
+    def _on_written(self, frame: Frame) -> None:
+        if frame.side != DESTINATION or len(frame.payload) % wire.ACK_ITEM.size:
+            raise self._protocol_error(frame, "a malformed acknowledgement")
+        for pos in range(0, len(frame.payload), wire.ACK_ITEM.size):
+            index, status = wire.ACK_ITEM.unpack_from(frame.payload, pos)
+            job = self._jobs.get(index)
+            if job is None or not job.writing:
+                raise self._protocol_error(frame, f"an acknowledgement of chunk {index}, never sent")
+            self._finish_chunk(job, State.WRITTEN if status == 0 else State.ERROR)
+
+    def _on_error(self, frame: Frame) -> None:
+        error = wire.decode_json(frame.payload)
+        conn = self.sides[frame.side].conn
+        message = where(conn, str(error["message"]))
+        chunk, code = int(error.get("chunk", -1)), int(error.get("errno", 0))
+        if frame.side == DESTINATION and code in wire.FATAL_ERRNOS and not self.options.dry_run:
+            written = int(error.get("written", 0))
+            raise EndpointError(
+                f"{message} after {written:,} bytes were written: the sync stopped "
+                "(the destination is partly updated; run it again once this is fixed)"
+            ).on(DESTINATION)
+        if frame.rid in self.sides[frame.side].window_first:
+            if chunk < 0:
+                raise RemoteError(message).on(frame.side)
+            self.errors.append(message)  # one chunk of a direct compare: its entry settles it
+            return
+        job = self._by_request.pop((frame.side, frame.rid), None)
+        if job is not None:
+            self.errors.append(message)
+            self._finish_chunk(job, State.ERROR)
+            return
+        writing = self._jobs.get(chunk)
+        if frame.side == DESTINATION and writing is not None and writing.writing:
+            self.errors.append(message)  # the write's acknowledgement carries its errno
+            return
+        raise self._protocol_error(frame, f"an error for no request ({message})")
+
+    _handlers: dict[int, Callable[[Transfer, Frame], None]] = {
+        wire.OP_DIGESTS: _on_digests,
+        wire.OP_DONE: _on_done,
+        wire.OP_PAIRED: _on_paired,
+        wire.OP_SUBDIGESTS: _on_subdigests,
+        wire.OP_DATA: _on_data,
+        wire.OP_WRITTEN: _on_written,
+        wire.OP_ERROR: _on_error,
+    }
+
+    def _finish_chunk(self, job: _Job, state: State) -> None:
+        self.chunk_map.set(job.index, state)
+        del self._jobs[job.index]
+        self._settled += 1
