@@ -23,6 +23,8 @@ from blocksync_tui.engine.transport import Transport
 _BANNER_SEARCH = 64 * 1024
 """How much stray output (a chatty login shell) may precede the worker's banner."""
 _EOF = -1
+_RECV_SIZE = 1 << 20
+"""Ask for at least this much per recv: paramiko's recv(32 KiB) costs twice recv(1 MiB)."""
 
 
 @dataclass
@@ -43,23 +45,39 @@ class _Waiter:
 
 
 class _Reader:
-    """Reads exact byte counts from a transport with few large recv calls."""
+    """Reads exact byte counts from a transport with few large recv calls, copying each byte
+    of a large payload once (into the joined result), not once per step of a growing buffer."""
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self.buffer = bytearray()
+        """What a recv returned beyond the last read: the start of the next frame."""
         self.bytes_in = 0
 
     def read_exact(self, size: int) -> bytes | None:
-        while len(self.buffer) < size:
-            data = self.transport.recv(max(size - len(self.buffer), 1 << 20))
+        buffer = self.buffer
+        if len(buffer) >= size:
+            out = bytes(memoryview(buffer)[:size])
+            del buffer[:size]
+            return out
+        parts: list[bytes | memoryview] = [bytes(buffer)] if buffer else []
+        have = len(buffer)
+        buffer.clear()
+        while have < size:
+            data = self.transport.recv(max(size - have, _RECV_SIZE))
             if not data:
                 return None
             self.bytes_in += len(data)
-            self.buffer += data
-        out = bytes(self.buffer[:size])
-        del self.buffer[:size]
-        return out
+            parts.append(data)
+            have += len(data)
+        if have > size:  # the last recv ran into the next frame: keep that part
+            last = memoryview(parts[-1])
+            keep = len(last) - (have - size)
+            buffer += last[keep:]
+            parts[-1] = last[:keep]
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)
 
 
 class Connection:

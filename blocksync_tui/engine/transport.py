@@ -102,6 +102,8 @@ class LocalTransport(Transport):
         except OSError as exc:
             raise ConnectError(f"cannot start {self.python}: {exc.strerror}") from exc
         assert self.process.stderr is not None and self.process.stdout is not None
+        for pipe in (self.process.stdin, self.process.stdout):
+            _widen(pipe)
         self._drain_stderr(self.process.stderr.read)
 
     def send(self, data: bytes | memoryview) -> None:
@@ -135,6 +137,21 @@ class LocalTransport(Transport):
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
+
+
+PIPE_SIZE = 1 << 20
+"""A pipe holds 64 KiB by default: a 1 MiB chunk would take 16 reads and 16 wake-ups."""
+_F_SETPIPE_SZ = 1031
+
+
+def _widen(pipe) -> None:
+    """Make a pipe hold PIPE_SIZE (Linux; the unprivileged limit is 1 MiB). Best effort."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", _F_SETPIPE_SZ), PIPE_SIZE)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _without_site(argv: list[str]) -> tuple[list[str], dict[str, str]]:
