@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from blocksync_tui.cli import parse_size  # noqa: E402
 from blocksync_tui.demo import make_changed_pair  # noqa: E402
-from blocksync_tui.endpoint import Endpoint  # noqa: E402
+from blocksync_tui.engine.endpoint import Endpoint  # noqa: E402
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions  # noqa: E402
 from blocksync_tui.tui.app import BlocksyncApp  # noqa: E402
 from blocksync_tui.tui.request import RunRequest  # noqa: E402

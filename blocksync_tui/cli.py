@@ -18,11 +18,12 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any, NoReturn
 
 from blocksync_tui import __version__
-from blocksync_tui.endpoint import Endpoint
+from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, UsageError
 from blocksync_tui.engine.report import Report
 from blocksync_tui.engine.sync import MAX_CHUNK, MIN_CHUNK, SyncEngine, SyncOptions
-from blocksync_tui.engine.transports import SshOptions, transport_factory
+from blocksync_tui.engine.options import SshOptions
+from blocksync_tui.engine.transports import transport_factory
 
 EXIT_OK = 0
 EXIT_DIFFERS = 1

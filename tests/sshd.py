@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from blocksync_tui.engine.transports import SshOptions
+from blocksync_tui.engine.options import SshOptions
 
 SSHD = "/usr/sbin/sshd"
 """Debian's sshd; `shutil.which` would miss it when /usr/sbin is not on PATH."""

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from blocksync_tui.endpoint import Endpoint
+from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine import errors
 from blocksync_tui.engine.chunkmap import ChunkMap, State
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled
 from blocksync_tui.engine.report import Progress, Report
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions
-from blocksync_tui.engine.transports import SshOptions, transport_factory
+from blocksync_tui.engine.options import SshOptions
+from blocksync_tui.engine.transports import transport_factory
 
 PROGRESS_INTERVAL = 0.1
 """Seconds between the progress snapshots the child sends."""

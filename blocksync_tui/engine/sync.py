@@ -10,12 +10,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
 
-from blocksync_tui.endpoint import Endpoint
 from blocksync_tui.engine import worker as wire
 from blocksync_tui.engine.chunkmap import ChunkMap, State
 from blocksync_tui.engine.connection import Connection, Frame
+from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, EndpointError, RemoteError, UsageError
 from blocksync_tui.engine.options import MAX_CHUNK, MIN_CHUNK, SyncOptions
 from blocksync_tui.engine.pipeline import Control, Geometry, Transfer, where
@@ -30,10 +29,10 @@ from blocksync_tui.engine.preflight import (
     same_host,
 )
 from blocksync_tui.engine.report import Progress, Report
-from blocksync_tui.engine.transport import LocalTransport, Transport
+from blocksync_tui.engine.transports import TransportFactory, local_only
 from blocksync_tui.engine.verify import Verified, verify
 
-__all__ = ["MAX_CHUNK", "MIN_CHUNK", "SyncEngine", "SyncOptions", "TransportFactory", "local_only"]
+__all__ = ["MAX_CHUNK", "MIN_CHUNK", "SyncEngine", "SyncOptions"]
 
 PREFETCH_BYTES = 256 << 20
 """Each worker asks its kernel to read this much ahead as soon as its end is open: the side up
@@ -41,15 +40,6 @@ first (a local one, while an SSH handshake and a remote Python start take 0.5 s 
 has its first chunks in memory when the scan begins."""
 FLUSH_TIMEOUT = 600.0
 """An fsync of a slow disk full of dirty pages can take minutes."""
-
-TransportFactory = Callable[[Endpoint], Transport]
-
-
-def local_only(endpoint: Endpoint) -> Transport:
-    """The default transport factory: workers on this machine."""
-    if endpoint.is_remote:
-        raise UsageError(f"{endpoint}: remote endpoints need an SSH transport")
-    return LocalTransport()
 
 
 class SyncEngine:

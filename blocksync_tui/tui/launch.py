@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blocksync_tui.engine.sync import SyncOptions
-from blocksync_tui.engine.transports import SshOptions
+from blocksync_tui.engine.options import SshOptions
 from blocksync_tui.tui.request import RunRequest
 
 if TYPE_CHECKING:

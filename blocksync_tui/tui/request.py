@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from blocksync_tui.engine.sync import SyncOptions
-from blocksync_tui.engine.transports import SshOptions
+from blocksync_tui.engine.options import SshOptions
 
 
 @dataclass

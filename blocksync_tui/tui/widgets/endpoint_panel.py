@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, Static
 
-from blocksync_tui.endpoint import Endpoint
+from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import UsageError
 from blocksync_tui.engine.inventory import Device
 from blocksync_tui.progress import human_bytes
