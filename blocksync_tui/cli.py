@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import sys
 import threading
@@ -24,6 +23,7 @@ from blocksync_tui.engine.report import Report
 from blocksync_tui.engine.sync import MAX_CHUNK, MIN_CHUNK, SyncEngine, SyncOptions
 from blocksync_tui.engine.options import SshOptions
 from blocksync_tui.engine.transports import transport_factory
+from blocksync_tui.engine.units import parse_size, size_text
 
 EXIT_OK = 0
 EXIT_DIFFERS = 1
@@ -36,31 +36,7 @@ HEADLESS_COMMANDS = ("sync", "compare")
 DEBUG_ENV = "BLOCKSYNC_DEBUG"
 """Set to 1 for tracebacks of unexpected errors, like --debug (also for the app)."""
 
-_SIZE = re.compile(r"^(\d+)\s*([KMG]?)(i?B)?$", re.IGNORECASE)
-
-
 # -- sizes
-
-
-def parse_size(text: str) -> int:
-    """Parse "1048576", "64K", "1M", "4MiB" into bytes.
-
-    Raises:
-        argparse.ArgumentTypeError: not a size.
-    """
-    match = _SIZE.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 65536, 64K, 1M)")
-    factor = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[match[2].upper()]
-    return int(match[1]) * factor
-
-
-def size_text(size: int) -> str:
-    """4096 -> "4K", 1 << 26 -> "64M": the largest unit that divides the size."""
-    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
-        if size >= 1 << shift and size % (1 << shift) == 0:
-            return f"{size >> shift}{unit}"
-    return str(size)
 
 
 def chunk_size_ok(size: int) -> bool:
@@ -90,7 +66,7 @@ class _ChunkSizeAction(argparse.Action):
     ) -> None:
         try:
             size = parse_size(str(values))
-        except argparse.ArgumentTypeError:
+        except ValueError:
             size = 0
         if not chunk_size_ok(size):
             message = f"{option_string} {values}: must be {CHUNK_RANGE}"

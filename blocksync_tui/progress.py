@@ -8,18 +8,10 @@ from typing import TYPE_CHECKING
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.report import Progress as EngineProgress
 from blocksync_tui.engine.report import Report
+from blocksync_tui.engine.units import human_bytes, human_rate, rate
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> "1.5 KiB"."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"
 
 
 def _description(p: EngineProgress, cancelling: bool) -> str:
@@ -82,21 +74,21 @@ class ProgressDisplay:
             description=_description(p, cancelling),
             total=max(p.size, 1),
             completed=p.scanned,
-            rate=f"{human_bytes(p.rate)}/s",
+            rate=human_rate(p.rate),
             detail=detail,
         )
 
     @staticmethod
     def summary(report: Report) -> str:
         """One line that says what happened."""
-        rate = report.size / report.seconds if report.seconds else 0
+        speed = human_rate(rate(report.size, report.seconds))
         text = (
             f"{report.outcome}: {report.chunks_differing} of {report.total_chunks} chunks differ "
             f"({human_bytes(report.bytes_differing)} in {report.change_runs} runs); "
             f"{human_bytes(report.bytes_sent)} "
             + ("copied on the host" if report.method == "direct" else "sent")
             + f", {human_bytes(report.wire_bytes)} on the wire; "
-            f"{human_bytes(report.size)} in {report.seconds:.2f} s ({human_bytes(rate)}/s)"
+            f"{human_bytes(report.size)} in {report.seconds:.2f} s ({speed})"
         )
         if report.verified is not None:
             text += "; verified" if report.verified else "; VERIFY FAILED"

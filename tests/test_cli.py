@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from blocksync_tui.cli import build_parser, main, parse_size, size_text
+from blocksync_tui.cli import build_parser, main
 from blocksync_tui.engine.sync import MAX_CHUNK, SyncEngine
+from blocksync_tui.engine.units import parse_size, size_text
 
 
 @pytest.fixture
@@ -188,3 +189,15 @@ def test_help_still_shows_the_usage(capsys) -> None:
     out = capsys.readouterr().out
     assert out.startswith("usage: blocksync-tui sync") and "--chunk-size SIZE" in out
     assert "--debug" in out
+
+
+def test_units_format_and_parse() -> None:
+    from blocksync_tui.engine.units import format_duration, human_bytes, human_rate, rate
+
+    assert human_bytes(1536) == "1.5 KiB" and human_bytes(100) == "100 B"
+    assert human_rate(1 << 20) == "1.0 MiB/s"
+    assert rate(10, 0) == 0.0 and rate(10, 2) == 5.0
+    assert format_duration(3725) == "1:02:05" and format_duration(65) == "1:05"
+    assert format_duration(None) == "–"
+    with pytest.raises(ValueError):
+        parse_size("4X")

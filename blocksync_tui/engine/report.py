@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from blocksync_tui.engine.chunkmap import STATE_NAMES, ChunkMap, State
+from blocksync_tui.engine.units import rate
 
 MAX_RUNS_IN_REPORT = 1000
 """The report lists the largest runs of changes, not all of them (a disk can have millions)."""
@@ -50,7 +51,7 @@ class Progress:
     @property
     def rate(self) -> float:
         """Scan throughput so far, bytes per second."""
-        return self.scanned / self.elapsed if self.elapsed > 0 else 0.0
+        return rate(self.scanned, self.elapsed)
 
     @property
     def eta(self) -> float | None:

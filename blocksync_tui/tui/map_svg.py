@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 
 from blocksync_tui.engine.chunkmap import STATE_NAMES, State
-from blocksync_tui.progress import human_bytes
+from blocksync_tui.engine.units import human_bytes
 from blocksync_tui.tui.widgets.block_cells import cell_states, chunks_per_cell
 
 CELL = 6

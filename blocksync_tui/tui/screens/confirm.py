@@ -13,7 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 from blocksync_tui.engine.process import Engine
-from blocksync_tui.progress import human_bytes
+from blocksync_tui.engine.units import human_bytes
 
 
 class ConfirmSyncScreen(ModalScreen[bool]):

@@ -17,12 +17,11 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.report import Report
 from blocksync_tui.engine.process import Engine
-from blocksync_tui.progress import human_bytes
+from blocksync_tui.engine.units import format_duration, human_bytes, human_rate
 from blocksync_tui.tui.map_svg import map_svg
 from blocksync_tui.tui.request import RunRequest
 from blocksync_tui.tui.widgets.block_map import BlockMap
 from blocksync_tui.tui.widgets.block_map_legend import BlockMapLegend
-from blocksync_tui.tui.widgets.stats import format_duration
 
 _TITLES = {
     "identical": "Identical: nothing to do",
@@ -108,7 +107,7 @@ class ReviewScreen(Screen[None]):
             ("Compared", "byte for byte, on one host"
              if r.method == "direct" else f"{r.algorithm} digests, compression {r.compression}"),
             ("Time", (f"{r.seconds:.2f} s" if r.seconds < 60 else format_duration(r.seconds))
-             + f" ({human_bytes(r.size / max(r.seconds, 1e-9))}/s)"),
+             + f" ({human_rate(r.size / max(r.seconds, 1e-9))})"),
         ]
         if r.message:
             rows.append(("Note", r.message))

@@ -14,7 +14,7 @@ from textual.widgets import Button, DataTable, Input, Label, Static
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import UsageError
 from blocksync_tui.engine.inventory import Device
-from blocksync_tui.progress import human_bytes
+from blocksync_tui.engine.units import human_bytes
 
 
 class EndpointPanel(Vertical):

@@ -12,19 +12,10 @@ from textual.widgets import Label, Sparkline, Static
 
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.report import Progress
-from blocksync_tui.progress import human_bytes
+from blocksync_tui.engine.units import format_duration, human_bytes, human_rate
 
 _HISTORY = 60
 """Throughput samples kept for the sparkline."""
-
-
-def format_duration(seconds: float | None) -> str:
-    """3725 -> "1:02:05"; None -> "–"."""
-    if seconds is None:
-        return "–"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 class StatsPanel(Vertical):
@@ -82,7 +73,7 @@ class StatsPanel(Vertical):
                 rows.append(("Sent", human_bytes(p.bytes_sent)))
         rows += [
             ("On the wire", human_bytes(p.wire_bytes)),
-            ("Throughput", f"{human_bytes(self.rates[-1])}/s now, {human_bytes(p.rate)}/s average"),
+            ("Throughput", f"{human_rate(self.rates[-1])} now, {human_rate(p.rate)} average"),
             ("Elapsed", format_duration(p.elapsed)),
             ("ETA", format_duration(p.eta)),
         ]
