@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any, NoReturn
 
 from blocksync_tui import __version__
+from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, UsageError
 from blocksync_tui.engine.report import Report
@@ -377,7 +378,7 @@ def run_headless(args: argparse.Namespace, signals: _Signals | None = None) -> i
     return EXIT_DIFFERS if dry_run and report.outcome == "differs" else EXIT_OK
 
 
-def _run(engine: SyncEngine, display: Any, signals: _Signals) -> Report | BaseException:
+def _run(engine: Engine, display: Any, signals: _Signals) -> Report | BaseException:
     """Run the engine in a thread while showing its progress; its report, or what it raised."""
     result: list[Report | BaseException] = []
     done = threading.Event()

@@ -65,8 +65,7 @@ class ProgressDisplay:
         """Show one engine snapshot; `cancelling` once a signal asked for a cancel."""
         if not self.enabled or self._task is None:
             return
-        differs = p.counts[State.DIFFERS] + p.counts[State.WRITTEN] + p.counts[State.ERROR]
-        detail = f"{differs} chunks differ"
+        detail = f"{p.differing} chunks differ"
         if not p.dry_run:
             detail += f", {p.counts[State.WRITTEN]} written, {human_bytes(p.bytes_sent)} sent"
         self._progress.update(

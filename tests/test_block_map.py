@@ -627,7 +627,8 @@ async def test_poll_after_too_many_changes_redraws_everything() -> None:
     app = MapApp(chunk_map, poll_interval=None)
     async with app.run_test(size=(40, 12)):
         block_map = app.query_one(BlockMap)
-        chunk_map.set_range(0, 70_000, State.SAME)  # over the ChunkMap's dirty limit
+        for index in range(70_000):  # over the ChunkMap's dirty limit
+            chunk_map.set(index, State.SAME)
         assert chunk_map.generation
         block_map.poll()
         layout = block_map.cell_layout

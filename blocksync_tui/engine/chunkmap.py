@@ -1,4 +1,5 @@
-"""Provides ChunkMap: one byte of state per chunk, counters, dirty tracking and change runs.
+"""Provides ChunkMap: one byte of state per chunk, counters, dirty tracking and change runs;
+and ChunkView, the read side that every reader of chunk states uses.
 
 The engine thread writes states; a UI thread polls `counts()` and `take_dirty()` at its own
 rate. A single byte store into a bytearray is atomic under the GIL, so readers never see a torn
@@ -10,7 +11,8 @@ from __future__ import annotations
 import mmap
 import re
 import threading
-from collections.abc import Iterable
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -36,8 +38,17 @@ class State(IntEnum):
 
 STATE_NAMES: dict[State, str] = {s: s.name.lower() for s in State}
 
-# Chunks that differ(ed) between source and destination before the run.
-_CHANGED = bytes([State.DIFFERS, State.WRITTEN, State.ERROR, State.UPDATED])
+DIFFERING: tuple[State, ...] = (State.DIFFERS, State.WRITTEN, State.ERROR, State.UPDATED)
+"""The states of a chunk that differed between source and destination before the run: the one
+rule every count of "differing" chunks follows (report, progress bar, stats, review). An UPDATED
+chunk differed and was written, then rewritten because the source changed under it: it counts."""
+
+_CHANGED = bytes(DIFFERING)
+
+
+def differing(counts: Mapping[State, int]) -> int:
+    """How many chunks differ(ed), from a chunk count per state."""
+    return sum(counts.get(state, 0) for state in DIFFERING)
 
 # Past this many dirty chunks between two polls, the reader simply repaints everything.
 _DIRTY_LIMIT = 1 << 16
@@ -51,7 +62,55 @@ class Run:
     count: int
 
 
-class ChunkMap:
+class ChunkView(ABC):
+    """The read side of per-chunk states: what a map, a legend or a report reads.
+
+    `ChunkMap` (the engine's own, written in this process) and `process.SharedChunkView` (states
+    in shared memory, written by the engine's process) both are one, so a reader cannot tell
+    them apart. Readers poll: `generation` says whether anything changed, `take_dirty` what.
+    """
+
+    total: int
+    """How many chunks the device has."""
+    states: bytearray | mmap.mmap
+    """One State byte per chunk."""
+
+    def get(self, index: int) -> State:
+        """The state of one chunk."""
+        return State(self.states[index])
+
+    def snapshot(self) -> bytes:
+        """An immutable copy of all states (for rendering or reports)."""
+        return bytes(self.states[: self.total])
+
+    def changed_runs(self) -> list[Run]:
+        """Runs of consecutive chunks that differed before the run, in device order."""
+        return self.runs(_CHANGED)
+
+    def runs(self, states: Iterable[int]) -> list[Run]:
+        """Runs of consecutive chunks whose state is one of `states`, in device order."""
+        pattern = re.compile(b"[" + re.escape(bytes(states)) + b"]+")
+        return [Run(m.start(), m.end() - m.start()) for m in pattern.finditer(self.snapshot())]
+
+    @abstractmethod
+    def count(self, state: State) -> int:
+        """How many chunks are in `state` now."""
+
+    @abstractmethod
+    def counts(self) -> dict[State, int]:
+        """A consistent copy of the chunk count per state."""
+
+    @property
+    @abstractmethod
+    def generation(self) -> int:
+        """Changes whenever a state changed: a cheap "did anything change" test for pollers."""
+
+    @abstractmethod
+    def take_dirty(self) -> set[int] | None:
+        """The chunks changed since the last call, or None when everything should be redrawn."""
+
+
+class ChunkMap(ChunkView):
     """Per-chunk states of one device, readable from another thread while being written."""
 
     def __init__(self, total_chunks: int, buffer: bytearray | mmap.mmap | None = None) -> None:
@@ -71,8 +130,7 @@ class ChunkMap:
         self._dirty: set[int] = set()
         self._all_dirty = False
         self._lock = threading.Lock()
-        self.generation = 0
-        """Bumped on every change; a cheap "did anything change" test for pollers."""
+        self._generation = 0
 
     def set(self, index: int, state: State) -> None:
         """Set the state of one chunk."""
@@ -83,21 +141,12 @@ class ChunkMap:
         with self._lock:
             self._counts[old] -= 1
             self._counts[state] += 1
-            self.generation += 1
+            self._generation += 1
             if not self._all_dirty:
                 self._dirty.add(index)
                 if len(self._dirty) > _DIRTY_LIMIT:
                     self._all_dirty = True
                     self._dirty.clear()
-
-    def set_range(self, first: int, count: int, state: State) -> None:
-        """Set `count` chunks from `first` on to one state (used for whole regions)."""
-        for index in range(first, first + count):
-            self.set(index, state)
-
-    def get(self, index: int) -> State:
-        """The state of one chunk."""
-        return State(self.states[index])
 
     def count(self, state: State) -> int:
         """How many chunks are in `state` now."""
@@ -108,6 +157,11 @@ class ChunkMap:
         with self._lock:
             return {s: self._counts[s] for s in State}
 
+    @property
+    def generation(self) -> int:
+        """Bumped on every change."""
+        return self._generation
+
     def take_dirty(self) -> set[int] | None:
         """The chunks changed since the last call, or None when everything should be redrawn."""
         with self._lock:
@@ -116,16 +170,3 @@ class ChunkMap:
                 return None
             dirty, self._dirty = self._dirty, set()
             return dirty
-
-    def snapshot(self) -> bytes:
-        """An immutable copy of all states (for rendering or reports)."""
-        return bytes(self.states[: self.total])
-
-    def changed_runs(self) -> list[Run]:
-        """Runs of consecutive chunks that differed before the run, in device order."""
-        return self.runs(_CHANGED)
-
-    def runs(self, states: Iterable[int]) -> list[Run]:
-        """Runs of consecutive chunks whose state is one of `states`, in device order."""
-        pattern = re.compile(b"[" + re.escape(bytes(states)) + b"]+")
-        return [Run(m.start(), m.end() - m.start()) for m in pattern.finditer(self.snapshot())]

@@ -1,10 +1,11 @@
-"""Provides EngineProcess: a SyncEngine in a child process, with the same API as SyncEngine.
+"""Provides EngineProcess: a SyncEngine in a child process, the same `api.Engine` as SyncEngine.
 
 A UI that runs the engine in one of its own threads slows it down: both share one GIL, and the
 engine's reader threads wait behind the UI's event loop (measured: a sync ran 1.6-1.8x slower
 inside the app, even with nothing repainting). In its own process the engine keeps its speed.
 Chunk states live in a shared memory-mapped file that the UI reads directly; progress snapshots
-and the result come over a pipe. Nothing here knows about Textual.
+and the result come over a pipe, as the small frozen dataclasses below (one class per kind of
+message, dispatched by type). Nothing here knows about Textual.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from pathlib import Path
 
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine import errors
-from blocksync_tui.engine.chunkmap import ChunkMap, State
-from blocksync_tui.engine.errors import BlocksyncError, Cancelled
+from blocksync_tui.engine.chunkmap import ChunkMap, ChunkView, State
+from blocksync_tui.engine.errors import BlocksyncError, Cancelled, ProtocolError
 from blocksync_tui.engine.report import Progress, Report
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions
 from blocksync_tui.engine.options import SshOptions
@@ -36,11 +37,11 @@ _DIRTY_BLOCKS_LIMIT = 64
 """Past this many changed blocks, the reader is told to redraw everything."""
 
 
-class SharedChunkView:
+class SharedChunkView(ChunkView):
     """The read side of a ChunkMap whose states live in shared memory (another process writes).
 
-    It offers what a map widget polls: `total`, `states`, `get`, `counts`, `generation` and
-    `take_dirty`, the last two by comparing with the copy taken at the previous poll.
+    The same `ChunkView` as the engine's own map; `generation` and `take_dirty` work by comparing
+    with the copy taken at the previous poll, the counts by counting the states.
     """
 
     def __init__(self, states: mmap.mmap | bytearray, total: int) -> None:
@@ -51,14 +52,6 @@ class SharedChunkView:
         self._generation = 0
         self._lock = threading.Lock()
         self._pending_dirty: set[int] | None = set()
-
-    def snapshot(self) -> bytes:
-        """An immutable copy of all states."""
-        return bytes(self.states[: self.total])
-
-    def get(self, index: int) -> State:
-        """The state of one chunk."""
-        return State(self.states[index])
 
     def count(self, state: State) -> int:
         """How many chunks are in `state` now."""
@@ -104,8 +97,23 @@ class SharedChunkView:
             self._generation += 1
 
 
-@dataclass
-class _Prepared:
+# -- the messages between the app's process and the engine's, one class a kind
+
+
+@dataclass(frozen=True)
+class Start:
+    """Parent -> child, first: what to prepare."""
+
+    source: Endpoint
+    destination: Endpoint
+    options: SyncOptions
+    ssh: SshOptions
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Child -> parent: both ends are open and checked; what the parent shows of them."""
+
     size: int
     total: int
     warnings: list[str]
@@ -113,6 +121,81 @@ class _Prepared:
     destination_info: dict
     algorithm: str
     compression: str
+
+
+@dataclass(frozen=True)
+class PrepareFailed:
+    """Child -> parent: prepare raised; enough to raise the same error in the parent."""
+
+    kind: str
+    """The BlocksyncError subclass's name."""
+    message: str
+    side: str | None
+    details: dict
+
+
+@dataclass(frozen=True)
+class Run:
+    """Parent -> child: run, writing chunk states into the shared file `map_file`."""
+
+    map_file: str
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Parent -> child: stop issuing new work."""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Parent -> child: continue after a Pause."""
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Parent -> child: stop at the next chunk boundary."""
+
+
+@dataclass(frozen=True)
+class Close:
+    """Parent -> child: stop the workers (before a Run: do not run at all)."""
+
+
+@dataclass(frozen=True)
+class ProgressUpdate:
+    """Child -> parent, every PROGRESS_INTERVAL while running: a snapshot."""
+
+    progress: Progress
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Child -> parent, last: the run ended well."""
+
+    report: Report
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """Child -> parent, last: the run was cancelled."""
+
+    message: str
+    report: Report
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Child -> parent, last: the run failed (or the child's process went away: no report)."""
+
+    kind: str
+    message: str
+    report: Report | None
+
+
+Command = Pause | Resume | Cancel | Close
+"""What the parent may send while the child runs."""
+Outcome = Finished | Stopped | Failed
+"""The child's last message of a run."""
 
 
 class _Duplex:
@@ -132,21 +215,21 @@ def _child_main() -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 1)  # the pipe carries messages; a stray print must not go into it
     conn = _Duplex(Connection(0, writable=False), Connection(out, readable=False))
-    _, source, destination, options, ssh = conn.recv()
-    engine = SyncEngine(source, destination, options, transport_factory(ssh))
+    start: Start = conn.recv()
+    engine = SyncEngine(start.source, start.destination, start.options, transport_factory(start.ssh))
     try:
         engine.prepare()
     except BlocksyncError as exc:
-        conn.send(("error", type(exc).__name__, str(exc), exc.side, _details(exc)))
+        conn.send(PrepareFailed(type(exc).__name__, str(exc), exc.side, _details(exc)))
         return
-    conn.send(("prepared", _Prepared(engine.size, engine.chunk_map.total, engine.warnings,
-                                     engine.source_info, engine.destination_info,
-                                     engine.algorithm, engine.compression)))
+    conn.send(Prepared(engine.size, engine.chunk_map.total, engine.warnings,
+                       engine.source_info, engine.destination_info,
+                       engine.algorithm, engine.compression))
     command = conn.recv()
-    if command[0] != "run":
+    if not isinstance(command, Run):
         engine.close()
         return
-    with open(command[1], "r+b") as f:
+    with open(command.map_file, "r+b") as f:
         shared = mmap.mmap(f.fileno(), max(1, engine.chunk_map.total))
     engine.chunk_map = ChunkMap(engine.chunk_map.total, buffer=shared)
     send_lock = threading.Lock()
@@ -155,32 +238,51 @@ def _child_main() -> None:
     def listen() -> None:  # pause, resume and cancel arrive while run() blocks
         while not done.is_set():
             try:
-                message = conn.recv()
+                message: Command = conn.recv()
             except (EOFError, OSError):
                 engine.cancel()  # the UI is gone: stop writing at the next chunk
                 return
-            getattr(engine, message[0])()
+            _obey(engine, message)
 
     def report_progress() -> None:
         while not done.wait(PROGRESS_INTERVAL):
             with send_lock:
-                conn.send(("progress", engine.progress()))
+                conn.send(ProgressUpdate(engine.progress()))
 
     threading.Thread(target=listen, daemon=True).start()
     threading.Thread(target=report_progress, daemon=True).start()
-    outcome: tuple = ("finished",)
+    kind, text = "", ""
     try:
         engine.run()
     except Cancelled as exc:
-        outcome = ("cancelled", str(exc))
+        kind, text = "Cancelled", str(exc)
     except BlocksyncError as exc:
-        outcome = ("failed", type(exc).__name__, str(exc))
+        kind, text = type(exc).__name__, str(exc)
     except Exception as exc:  # reported, never lost in a process nobody watches
-        outcome = ("failed", "BlocksyncError", f"unexpected error: {type(exc).__name__}: {exc}")
+        kind, text = "BlocksyncError", f"unexpected error: {type(exc).__name__}: {exc}"
     done.set()
     with send_lock:
-        conn.send(("progress", engine.progress()))
-        conn.send((*outcome, engine.report()))
+        conn.send(ProgressUpdate(engine.progress()))
+        report = engine.report()
+        if not kind:
+            conn.send(Finished(report))
+        elif kind == "Cancelled":
+            conn.send(Stopped(text, report))
+        else:
+            conn.send(Failed(kind, text, report))
+
+
+def _obey(engine: SyncEngine, command: Command) -> None:
+    """Carry out one command from the parent while the engine runs."""
+    match command:
+        case Pause():
+            engine.pause()
+        case Resume():
+            engine.resume()
+        case Cancel():
+            engine.cancel()
+        case Close():
+            engine.close()
 
 
 class EngineProcess:
@@ -226,12 +328,15 @@ class EngineProcess:
         )
         self._process.stdin.close()
         self._process.stdout.close()
-        self._conn.send(("start", self.source, self.destination, self.options, self.ssh))
-        message = self._receive()
-        if message[0] == "error":
+        self._conn.send(Start(self.source, self.destination, self.options, self.ssh))
+        info = self._receive()
+        if isinstance(info, PrepareFailed):
             self.close()
-            raise _rebuild(message[1], message[2], message[3], message[4])
-        info: _Prepared = message[1]
+            raise _rebuild(info.kind, info.message, info.side, info.details)
+        if isinstance(info, Failed):  # the child's process went away
+            self.close()
+            raise _rebuild(info.kind, info.message, None)
+        assert isinstance(info, Prepared), info
         self.size, self.warnings = info.size, info.warnings
         self.source_info, self.destination_info = info.source_info, info.destination_info
         self.algorithm, self.compression = info.algorithm, info.compression
@@ -246,50 +351,56 @@ class EngineProcess:
         if self._process is None:
             self.prepare()
         assert self._conn is not None
-        self._conn.send(("run", self._map_file))
-        while True:
-            message = self._receive()
-            if message[0] == "progress":
-                self._progress = message[1]
-                continue
-            break
-        self._report = message[-1]
+        assert self._map_file is not None
+        self._conn.send(Run(self._map_file))
+        while isinstance(message := self._receive(), ProgressUpdate):
+            self._progress = message.progress
         self.close()
-        if message[0] == "cancelled":
-            raise Cancelled(message[1])
-        if message[0] == "failed":
-            raise _rebuild(message[1], message[2], None)
-        return self._report
+        match message:
+            case Finished(report):
+                self._report = report
+                return report
+            case Stopped(text, report):
+                self._report = report
+                raise Cancelled(text)
+            case Failed(kind, text, report):
+                self._report = report
+                raise _rebuild(kind, text, None)
+        raise ProtocolError(f"the engine's process sent {type(message).__name__} during a run")
 
-    def _receive(self) -> tuple:
+    def _receive(self) -> Prepared | PrepareFailed | ProgressUpdate | Outcome:
         assert self._conn is not None
         try:
             return self._conn.recv()
         except (EOFError, OSError):
             code = self._process.poll() if self._process else None
-            return ("failed", "ConnectionLost", f"the engine's process ended (exit status {code})", None)
+            return Failed("ConnectionLost", f"the engine's process ended (exit status {code})", None)
 
-    def _command(self, name: str) -> None:
+    def _command(self, command: Command) -> None:
         if self._conn is not None and self._report is None:
             try:
-                self._conn.send((name,))
+                self._conn.send(command)
             except OSError:
                 pass
 
     def cancel(self) -> None:
+        """Stop at the next chunk boundary (see SyncEngine.cancel)."""
         self._cancelled = True
-        self._command("cancel")
+        self._command(Cancel())
 
     def pause(self) -> None:
+        """Stop issuing new work until `resume()`."""
         self._paused = True
-        self._command("pause")
+        self._command(Pause())
 
     def resume(self) -> None:
+        """Continue after `pause()`."""
         self._paused = False
-        self._command("resume")
+        self._command(Resume())
 
     @property
     def cancelled(self) -> bool:
+        """True once `cancel()` was called."""
         return self._cancelled
 
     def progress(self) -> Progress:
@@ -311,7 +422,7 @@ class EngineProcess:
     def close(self) -> None:
         """Stop the child (it closes its workers) and remove the shared map's file."""
         if self._conn is not None and self._report is None:
-            self._command("close")
+            self._command(Close())
         if self._process is not None:
             try:
                 self._process.wait(10)
@@ -324,10 +435,6 @@ class EngineProcess:
             except FileNotFoundError:
                 pass
             self._map_file = None
-
-
-Engine = SyncEngine | EngineProcess
-"""What the UI drives: the same API in this process or in a child one."""
 
 
 def _shm_dir() -> str | None:

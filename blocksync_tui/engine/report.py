@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from blocksync_tui.engine.chunkmap import STATE_NAMES, ChunkMap, State
+from blocksync_tui.engine.chunkmap import STATE_NAMES, ChunkView, State, differing
 from blocksync_tui.engine.units import rate
 
 MAX_RUNS_IN_REPORT = 1000
@@ -37,6 +37,11 @@ class Progress:
     paused: bool = False
     method: str = "digests"
     """"direct" once the destination's worker compares bytes on one host."""
+
+    @property
+    def differing(self) -> int:
+        """Chunks that differ(ed), by the one rule of `chunkmap.DIFFERING`."""
+        return differing(self.counts)
 
     @property
     def scanned(self) -> int:
@@ -99,7 +104,7 @@ class Report:
     a difference of its own, which a sync removes by truncating or growing the file."""
 
     @classmethod
-    def runs_of(cls, chunk_map: ChunkMap, chunk_size: int, size: int) -> tuple[int, list[dict]]:
+    def runs_of(cls, chunk_map: ChunkView, chunk_size: int, size: int) -> tuple[int, list[dict]]:
         """The number of change runs and the largest ones, with byte offsets."""
         runs = chunk_map.changed_runs()
         largest = sorted(runs, key=lambda r: (-r.count, r.first))[:MAX_RUNS_IN_REPORT]
@@ -114,7 +119,7 @@ class Report:
         ]
 
     @staticmethod
-    def state_counts(chunk_map: ChunkMap) -> dict[str, int]:
+    def state_counts(chunk_map: ChunkView) -> dict[str, int]:
         """Chunk counts keyed by state name."""
         return {STATE_NAMES[s]: n for s, n in chunk_map.counts().items()}
 

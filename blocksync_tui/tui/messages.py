@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
+from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.inventory import Device
 from blocksync_tui.engine.report import Report
-from blocksync_tui.engine.process import Engine
 
 
 @dataclass

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
-from blocksync_tui.engine.process import Engine
+from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.units import human_bytes
 
 

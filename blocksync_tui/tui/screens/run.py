@@ -12,8 +12,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.report import Progress, Report
-from blocksync_tui.engine.process import Engine
 from blocksync_tui.tui.screens.dialogs import YesNoScreen
 from blocksync_tui.tui.widgets.block_map import BlockMap
 from blocksync_tui.tui.widgets.block_map_legend import BlockMapLegend

@@ -15,7 +15,7 @@ from textual.signal import Signal
 from textual.strip import Strip
 from textual.timer import Timer
 
-from blocksync_tui.engine.chunkmap import STATE_NAMES, ChunkMap, State
+from blocksync_tui.engine.chunkmap import STATE_NAMES, ChunkView, State
 from blocksync_tui.tui.widgets.block_cells import (
     EMPTY,
     PRIORITY,
@@ -126,7 +126,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
 
     def __init__(
         self,
-        chunk_map: ChunkMap | None = None,
+        chunk_map: ChunkView | None = None,
         chunk_size: int = 1 << 20,
         device_size: int = 0,
         *,
@@ -156,7 +156,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         self.poll_interval = poll_interval
         """Seconds between automatic polls (None: the owner calls `poll`)."""
         self.counts_changed: Signal[dict[State, int]] = Signal(self, "counts-changed")
-        """Published with `ChunkMap.counts()` by each poll that saw a change (the legend's feed)."""
+        """Published with `ChunkView.counts()` by each poll that saw a change (the legend's feed)."""
         self._zoom = 0
         self._first = 0  # wanted first chunk of the window; the layout clamps it
         self._cursor = 0  # a chunk, not a cell, so that it survives zooms and resizes
@@ -173,7 +173,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
     # -- public API ------------------------------------------------------------------------
 
     @property
-    def chunk_map(self) -> ChunkMap | None:
+    def chunk_map(self) -> ChunkView | None:
         """The states shown."""
         return self._chunk_map
 
@@ -199,7 +199,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         return self.device_size or total * self.chunk_size
 
     def set_map(
-        self, chunk_map: ChunkMap | None, chunk_size: int = 1 << 20, device_size: int = 0
+        self, chunk_map: ChunkView | None, chunk_size: int = 1 << 20, device_size: int = 0
     ) -> None:
         """Show another map (or none); resets zoom and cursor.
 

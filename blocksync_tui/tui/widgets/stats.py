@@ -62,7 +62,7 @@ class StatsPanel(Vertical):
             ("Size", f"{human_bytes(p.size)} in {p.total_chunks:,} chunks of {human_bytes(p.chunk_size)}"),
             ("Scanned src", f"{human_bytes(p.scanned_source)}  {100 * _frac(p.scanned_source, p.size):.0f}%"),
             ("Scanned dst", f"{human_bytes(p.scanned_destination)}  {100 * _frac(p.scanned_destination, p.size):.0f}%"),
-            ("Differing", f"{counts[State.DIFFERS] + counts[State.WRITTEN] + counts[State.ERROR]:,} chunks, "
+            ("Differing", f"{p.differing:,} chunks, "
                           f"{human_bytes(p.bytes_differing)}"),
         ]
         if not p.dry_run:
