@@ -2,7 +2,7 @@
 
 from blocksync_tui.cli import main
 
-# Guarded: the app's engine process is started with multiprocessing's "spawn", which imports
-# the main module again in the child.
+# Guarded, so that importing this module (as tools and tests do) runs nothing. The app's engine
+# process does not come through here: it is `python -c` importing engine.process directly.
 if __name__ == "__main__":
     raise SystemExit(main())

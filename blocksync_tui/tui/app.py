@@ -26,7 +26,15 @@ from blocksync_tui.engine.inventory import list_devices
 from blocksync_tui.engine.process import EngineProcess
 from blocksync_tui.engine.options import SshOptions
 from blocksync_tui.engine.transports import transport_factory
-from blocksync_tui.tui.messages import DevicesListed, RunFailed, RunFinished, RunPrepared
+from blocksync_tui.tui.messages import (
+    DevicesListed,
+    DevicesRequested,
+    RunFailed,
+    RunFinished,
+    RunPrepared,
+    RunRequested,
+    SyncRequested,
+)
 from blocksync_tui.tui.request import RunRequest
 from blocksync_tui.tui.screens.confirm import ConfirmSyncScreen
 from blocksync_tui.tui.screens.dialogs import ErrorScreen, YesNoScreen
@@ -177,6 +185,20 @@ class BlocksyncApp(App[int]):
             self.post_message(DevicesListed(side, [], str(exc)))
             return
         self.post_message(DevicesListed(side, devices))
+
+    # -- what the screens ask for
+
+    @on(RunRequested)
+    def _run_requested(self, message: RunRequested) -> None:
+        self.start_run(message.request)
+
+    @on(SyncRequested)
+    def _sync_requested(self, message: SyncRequested) -> None:
+        self.sync_after_review()
+
+    @on(DevicesRequested)
+    def _devices_requested(self, message: DevicesRequested) -> None:
+        self.list_devices(message.side, message.host, message.ssh)
 
     # -- engine events
 

@@ -1,4 +1,5 @@
-"""Provides the messages that engine threads post to the app (post_message is thread-safe)."""
+"""Provides the messages the app acts on: from its engine threads (post_message is thread-safe)
+and from its screens, which ask for work this way and never call the app's methods."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from textual.message import Message
 
 from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.inventory import Device
+from blocksync_tui.engine.options import SshOptions
 from blocksync_tui.engine.report import Report
+from blocksync_tui.tui.request import RunRequest
 
 
 @dataclass
@@ -44,3 +47,28 @@ class DevicesListed(Message):
     side: str
     devices: list[Device]
     error: str = ""
+
+
+# -- from the screens
+
+
+@dataclass
+class RunRequested(Message):
+    """The setup screen asks for a dry run or a sync (a sync is confirmed before writing)."""
+
+    request: RunRequest
+
+
+@dataclass
+class SyncRequested(Message):
+    """The review screen asks to sync what the reviewed dry run found."""
+
+
+@dataclass
+class DevicesRequested(Message):
+    """A panel of the setup screen wants its host's block devices listed."""
+
+    side: str
+    host: str
+    """The host, "" for this machine."""
+    ssh: SshOptions

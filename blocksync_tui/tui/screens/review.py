@@ -19,6 +19,7 @@ from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.report import Report
 from blocksync_tui.engine.units import format_duration, human_bytes, human_rate
 from blocksync_tui.tui.map_svg import map_svg
+from blocksync_tui.tui.messages import SyncRequested
 from blocksync_tui.tui.request import RunRequest
 from blocksync_tui.tui.widgets.block_map import BlockMap
 from blocksync_tui.tui.widgets.block_map_legend import BlockMapLegend
@@ -136,7 +137,7 @@ class ReviewScreen(Screen[None]):
     def action_sync(self) -> None:
         """Sync what the dry run found (the app confirms first)."""
         if self.report.mode == "compare" and self.report.outcome == "differs":
-            self.app.sync_after_review()  # type: ignore[attr-defined]
+            self.post_message(SyncRequested())
 
     def action_back(self) -> None:
         """Back to the setup screen."""

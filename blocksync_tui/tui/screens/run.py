@@ -27,7 +27,11 @@ Redrawing them is what the app's cost to a sync came from: at 10 Hz it slowed a 
 
 
 class RunScreen(Screen[None]):
-    """Shows a run as it happens. The engine runs in a thread; this screen only polls it."""
+    """Shows a run as it happens; this screen only polls the engine, it never waits for it.
+
+    The engine runs in a process of its own (`engine.process.EngineProcess`), which an app thread
+    worker waits on; its chunk states are read from shared memory, its figures from `progress()`.
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("space", "toggle_pause", "Pause/resume", id="pause",
@@ -46,7 +50,7 @@ class RunScreen(Screen[None]):
         super().__init__()
         self._on_ready = on_ready
         self.engine = engine
-        """The engine being watched (running in a thread worker of the app)."""
+        """The engine being watched (in its own process, waited on by a thread worker of the app)."""
         self.poll = poll
         """Poll the engine on a timer (off only to show a fixed snapshot)."""
         self.finished = False

@@ -14,7 +14,7 @@ from textual.widgets import Button, Checkbox, Footer, Header, Label, Select
 
 from blocksync_tui.engine.errors import UsageError
 from blocksync_tui.engine.sync import SyncOptions
-from blocksync_tui.tui.messages import DevicesListed
+from blocksync_tui.tui.messages import DevicesListed, DevicesRequested, RunRequested
 from blocksync_tui.tui.request import RunRequest
 from blocksync_tui.tui.widgets.endpoint_panel import EndpointPanel
 
@@ -87,7 +87,7 @@ class SetupScreen(Screen[None]):
     def _start(self, dry_run: bool) -> None:
         request = self.build_request(dry_run)
         if request is not None:
-            self.app.start_run(request)  # type: ignore[attr-defined]
+            self.post_message(RunRequested(request))
 
     def build_request(self, dry_run: bool) -> RunRequest | None:
         """Validate the form; show errors beside their fields and return None if any."""
@@ -124,7 +124,7 @@ class SetupScreen(Screen[None]):
         ssh = self.request.ssh
         if event.panel.key:
             ssh = replace(ssh, identity_files=[event.panel.key, *ssh.identity_files])
-        self.app.list_devices(event.panel.side, event.host, ssh)  # type: ignore[attr-defined]
+        self.post_message(DevicesRequested(event.panel.side, event.host, ssh))
 
     def show_devices(self, message: DevicesListed) -> None:
         """Fill a panel's device table with what its host's worker listed."""
