@@ -14,7 +14,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import IO, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from blocksync_tui import __version__
 from blocksync_tui.engine.api import Engine
@@ -25,6 +25,10 @@ from blocksync_tui.engine.sync import MAX_CHUNK, MIN_CHUNK, SyncEngine, SyncOpti
 from blocksync_tui.engine.options import SshOptions
 from blocksync_tui.engine.transports import transport_factory
 from blocksync_tui.engine.units import parse_size, size_text
+from blocksync_tui.tui.request import RunRequest
+
+if TYPE_CHECKING:
+    from blocksync_tui.tui.app import BlocksyncApp
 
 EXIT_OK = 0
 EXIT_DIFFERS = 1
@@ -34,6 +38,8 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 HEADLESS_COMMANDS = ("sync", "compare")
+APP_COMMAND = "app"
+"""The app's command, which may be left out: any other first argument starts the app."""
 DEBUG_ENV = "BLOCKSYNC_DEBUG"
 """Set to 1 for tracebacks of unexpected errors, like --debug (also for the app)."""
 
@@ -76,8 +82,7 @@ class _ChunkSizeAction(argparse.Action):
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="file or block device: /path or [user@]host[:port]:/path")
-    parser.add_argument("destination", help="file or block device: /path or [user@]host[:port]:/path")
+    _add_endpoints(parser, optional=False)
     parser.add_argument(
         "--chunk-size", action=_ChunkSizeAction, default=1 << 20, metavar="SIZE",
         help=f"bytes per compared chunk, {CHUNK_RANGE} (default 1M)",
@@ -100,6 +105,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true",
                         help=f"print the traceback of an error (or set {DEBUG_ENV}=1)")
+    _add_ssh_options(parser)
+
+
+def _add_ssh_options(parser: argparse.ArgumentParser) -> None:
+    """The SSH options, one group for every command (the app's too)."""
     ssh = parser.add_argument_group("SSH (remote endpoints)")
     ssh.add_argument("-i", "--identity", action="append", default=[], metavar="KEY",
                      help="private key file (may be repeated); ~/.ssh/config and the agent also apply")
@@ -111,6 +121,24 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     ssh.add_argument("--remote-python", default="python3", metavar="PATH",
                      help="Python 3.8+ interpreter on remote hosts (default python3)")
     ssh.add_argument("--sudo", action="store_true", help="run remote workers under sudo -n")
+
+
+def _add_endpoints(parser: argparse.ArgumentParser, optional: bool) -> None:
+    """SOURCE and DESTINATION; the app may start without them (then they are picked there)."""
+    where = "file or block device: /path or [user@]host[:port]:/path"
+    more: dict[str, Any] = {"nargs": "?", "default": ""} if optional else {}
+    parser.add_argument("source", help=where, **more)
+    parser.add_argument("destination", help=where, **more)
+
+
+def _add_app_options(parser: argparse.ArgumentParser) -> None:
+    """The app's arguments: endpoints to fill the setup screen with, the demo, and SSH."""
+    _add_endpoints(parser, optional=True)
+    parser.add_argument("--demo", action="store_true",
+                        help="open on two generated demo images (in a temp dir) and dry-run them")
+    parser.add_argument("--demo-size", type=int, default=256, metavar="MIB",
+                        help="demo image size in MiB (default 256)")
+    _add_ssh_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="do not ask before writing to a block device")
     compare = commands.add_parser("compare", help="dry run: report what differs, write nothing")
     _add_run_options(compare)
+    app = commands.add_parser(
+        APP_COMMAND, help="the full-screen app (the default: `blocksync-tui [SOURCE DESTINATION]`)",
+        description="The full-screen app: pick endpoints, dry-run, review, sync. It is also what "
+        "runs with no command, so `app` may be left out.",
+    )
+    _add_app_options(app)
     return parser
 
 
@@ -478,11 +512,30 @@ def _headless_main(argv: list[str]) -> int:
             return exc.status
 
 
+def make_app(argv: Sequence[str]) -> BlocksyncApp:
+    """The app for the app's command line (without the `app` command itself).
+
+    Raises:
+        SystemExit: --help, or a usage error (already printed).
+    """
+    from blocksync_tui.tui.launch import make_app as make
+
+    args = build_parser().parse_args([APP_COMMAND, *argv])
+    request = RunRequest(args.source, args.destination, SyncOptions(), _ssh_options(args))
+    return make(request, demo_size=args.demo_size << 20 if args.demo else None)
+
+
 def _app_main(argv: list[str]) -> int:
     from blocksync_tui.tui.launch import launch
 
+    if argv[:1] == [APP_COMMAND]:
+        argv = argv[1:]
+    try:
+        app = make_app(argv)
+    except SystemExit as exc:  # --help, or a usage error: already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     return _guarded(
-        lambda: launch(argv), _debug_from_env(), f"set {DEBUG_ENV}=1 for the traceback",
+        lambda: launch(app), _debug_from_env(), f"set {DEBUG_ENV}=1 for the traceback",
         lambda: None,
     )
 

@@ -356,7 +356,7 @@ async def test_unknown_host_key_not_trusted(tmp_path: Path, sshd, monkeypatch: p
 
 async def test_demo_opens_on_a_dry_run_of_generated_images(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """`blocksync-tui --demo`: two images in a temp dir, and a dry run that finds their differences."""
-    from blocksync_tui.tui.launch import make_app
+    from blocksync_tui.cli import make_app
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     import tempfile
@@ -373,7 +373,7 @@ async def test_demo_opens_on_a_dry_run_of_generated_images(monkeypatch: pytest.M
 
 
 async def test_endpoints_on_the_command_line_fill_the_setup() -> None:
-    from blocksync_tui.tui.launch import make_app
+    from blocksync_tui.cli import make_app
 
     app = make_app(["/dev/sdz", "backup@nas:2222:/images/sdz.img", "-i", "/keys/id"])
     assert app.request.ssh.identity_files == ["/keys/id"] and not app.autostart

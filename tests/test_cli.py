@@ -201,3 +201,15 @@ def test_units_format_and_parse() -> None:
     assert format_duration(None) == "–"
     with pytest.raises(ValueError):
         parse_size("4X")
+
+
+def test_the_app_has_the_same_ssh_options_as_sync(capsys: pytest.CaptureFixture[str]) -> None:
+    """One front door: `app --help` lists the SSH group of `sync --help`, help texts and all."""
+
+    def ssh_section(argv: list[str]) -> str:
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        return out[out.index("SSH (remote endpoints):"):]
+
+    assert ssh_section(["app", "--help"]) == ssh_section(["sync", "--help"])
+    assert main(["--help"]) == 0 and "app " in capsys.readouterr().out
