@@ -38,8 +38,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from blocksync_tui.cli import parse_size
 from blocksync_tui.demo import RandomStream
 from blocksync_tui.engine.endpoint import Endpoint
-from blocksync_tui.engine.ssh import SshTransport
 from blocksync_tui.engine.options import SshOptions
+from blocksync_tui.engine.ssh import SshTransport
 
 CIPHER = "aes128-gcm@openssh.com"
 BLOCK = 1 << 20

@@ -20,9 +20,9 @@ from blocksync_tui import __version__
 from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, UsageError
+from blocksync_tui.engine.options import MAX_CHUNK, MIN_CHUNK, SshOptions, SyncOptions
 from blocksync_tui.engine.report import Report
-from blocksync_tui.engine.sync import MAX_CHUNK, MIN_CHUNK, SyncEngine, SyncOptions
-from blocksync_tui.engine.options import SshOptions
+from blocksync_tui.engine.sync import SyncEngine
 from blocksync_tui.engine.transports import transport_factory
 from blocksync_tui.engine.units import parse_size, size_text
 from blocksync_tui.tui.request import RunRequest

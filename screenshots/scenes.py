@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from blocksync_tui.demo import make_pair
-from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.chunkmap import State
+from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.inventory import Device
 from blocksync_tui.engine.report import Progress
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.chunkmap import State
+from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import Cancelled, EndpointError, UsageError
 from blocksync_tui.engine.pipeline import Transfer
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions

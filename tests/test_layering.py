@@ -157,9 +157,9 @@ def test_the_cycle_finder_finds_cycles() -> None:
 _LOCAL_SYNC = """
 import sys, tempfile, os
 from blocksync_tui.engine.endpoint import Endpoint
+from blocksync_tui.engine.options import SshOptions
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions
 from blocksync_tui.engine.transports import transport_factory
-from blocksync_tui.engine.options import SshOptions
 d = tempfile.mkdtemp()
 src, dst = os.path.join(d, "src"), os.path.join(d, "dst")
 open(src, "wb").write(os.urandom(1 << 16)); open(dst, "wb").write(bytes(1 << 16))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from blocksync_tui.endpoint import Endpoint
+from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import EndpointError, ProtocolError, UsageError
 from blocksync_tui.engine.options import SyncOptions
 from blocksync_tui.engine.preflight import Hello, Opened, check_pair, negotiate, overlap, same_host, same_object

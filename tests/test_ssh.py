@@ -23,10 +23,10 @@ from sshd import SshServer
 
 from blocksync_tui.cli import main
 from blocksync_tui.demo import RandomStream
-from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine import known_hosts
 from blocksync_tui.engine import ssh as ssh_module
 from blocksync_tui.engine.chunkmap import State
+from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import (
     ConnectError,
     ConnectionLost,
@@ -34,10 +34,10 @@ from blocksync_tui.engine.errors import (
     UnknownHostKey,
     UsageError,
 )
+from blocksync_tui.engine.options import SshOptions
 from blocksync_tui.engine.process import EngineProcess
 from blocksync_tui.engine.report import Report
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions
-from blocksync_tui.engine.options import SshOptions
 from blocksync_tui.engine.transports import transport_factory
 
 pytestmark = pytest.mark.ssh

@@ -11,8 +11,8 @@ from typing import Protocol, runtime_checkable
 
 from blocksync_tui.engine.chunkmap import ChunkView
 from blocksync_tui.engine.endpoint import Endpoint
+from blocksync_tui.engine.options import SyncOptions
 from blocksync_tui.engine.report import Progress, Report
-from blocksync_tui.engine.sync import SyncOptions
 
 
 @runtime_checkable

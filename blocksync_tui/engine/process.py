@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine import errors
 from blocksync_tui.engine.chunkmap import ChunkMap, ChunkView, State
+from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, ProtocolError
+from blocksync_tui.engine.options import SshOptions, SyncOptions
 from blocksync_tui.engine.report import Progress, Report
-from blocksync_tui.engine.sync import SyncEngine, SyncOptions
-from blocksync_tui.engine.options import SshOptions
+from blocksync_tui.engine.sync import SyncEngine
 from blocksync_tui.engine.transports import transport_factory
 
 PROGRESS_INTERVAL = 0.1

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 import paramiko
 from paramiko.auth_strategy import AuthFailure, AuthStrategy, InMemoryPrivateKey, OnDiskPrivateKey
 
-from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine import bootstrap, known_hosts
+from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import ConnectError, UnknownHostKey
 from blocksync_tui.engine.known_hosts import Status, Verdict
-from blocksync_tui.engine.transport import Transport
 from blocksync_tui.engine.options import SshOptions
+from blocksync_tui.engine.transport import Transport
 
 SSH_PORT = 22
 GCM_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")

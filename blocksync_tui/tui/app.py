@@ -23,8 +23,8 @@ from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, UnknownHostKey
 from blocksync_tui.engine.inventory import list_devices
-from blocksync_tui.engine.process import EngineProcess
 from blocksync_tui.engine.options import SshOptions
+from blocksync_tui.engine.process import EngineProcess
 from blocksync_tui.engine.transports import transport_factory
 from blocksync_tui.tui.messages import (
     DevicesListed,

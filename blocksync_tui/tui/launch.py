@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from blocksync_tui.engine.sync import SyncOptions
+from blocksync_tui.engine.options import SyncOptions
 from blocksync_tui.tui.request import RunRequest
 
 if TYPE_CHECKING:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from blocksync_tui.engine.sync import SyncOptions
-from blocksync_tui.engine.options import SshOptions
+from blocksync_tui.engine.options import SshOptions, SyncOptions
 
 
 @dataclass

@@ -13,7 +13,7 @@ from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Header, Label, Select
 
 from blocksync_tui.engine.errors import UsageError
-from blocksync_tui.engine.sync import SyncOptions
+from blocksync_tui.engine.options import SyncOptions
 from blocksync_tui.tui.messages import DevicesListed, DevicesRequested, RunRequested
 from blocksync_tui.tui.request import RunRequest
 from blocksync_tui.tui.widgets.endpoint_panel import EndpointPanel
