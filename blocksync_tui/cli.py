@@ -25,7 +25,6 @@ from blocksync_tui.engine.report import Report
 from blocksync_tui.engine.sync import SyncEngine
 from blocksync_tui.engine.transports import transport_factory
 from blocksync_tui.engine.units import parse_size, size_text
-from blocksync_tui.tui.request import RunRequest
 
 if TYPE_CHECKING:
     from blocksync_tui.tui.app import BlocksyncApp
@@ -518,7 +517,8 @@ def make_app(argv: Sequence[str]) -> BlocksyncApp:
     Raises:
         SystemExit: --help, or a usage error (already printed).
     """
-    from blocksync_tui.tui.launch import make_app as make
+    from blocksync_tui.tui.launch import make_app as make  # the headless commands load no tui
+    from blocksync_tui.tui.request import RunRequest
 
     args = build_parser().parse_args([APP_COMMAND, *argv])
     request = RunRequest(args.source, args.destination, SyncOptions(), _ssh_options(args))
