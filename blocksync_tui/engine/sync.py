@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 
+from blocksync_tui.engine import chunkmap
 from blocksync_tui.engine import worker as wire
 from blocksync_tui.engine.chunkmap import ChunkMap, State
 from blocksync_tui.engine.connection import Connection, Frame
@@ -349,9 +350,7 @@ class SyncEngine:
     def report(self) -> Report:
         """The result of the run so far."""
         p = self.progress()
-        differing = sum(
-            p.counts[s] for s in (State.DIFFERS, State.WRITTEN, State.ERROR, State.UPDATED)
-        )
+        differing = chunkmap.differing(p.counts)
         changed = bool(differing or self.size_difference)
         if self.errors or self.phase == "failed":
             outcome = "failed"
