@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blocksync_tui.engine import worker as wire
+from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.report import Report
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from blocksync_tui.cli import main
-from blocksync_tui.engine import worker as wire
+from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import ConnectionLost, EndpointError, ProtocolError
 from blocksync_tui.engine.pipeline import Transfer

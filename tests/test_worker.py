@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blocksync_tui.engine import worker as wire
+from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.connection import Connection, Frame
 from blocksync_tui.engine.transport import LocalTransport
 

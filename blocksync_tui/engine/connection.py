@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from blocksync_tui.engine import bootstrap
-from blocksync_tui.engine import worker as wire
+from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.errors import ConnectError, ConnectionLost, ProtocolError, RemoteError
 from blocksync_tui.engine.transport import Transport
 
@@ -137,7 +137,7 @@ class Connection:
                 f"{self.transport.label}: worker speaks protocol {hello.get('protocol')}, "
                 f"we speak {wire.PROTOCOL_VERSION}"
             )
-        if hello.get("sha256") != bootstrap.worker_sha256():
+        if hello.get("sha256") != bootstrap.payload_sha256():
             raise ProtocolError(f"{self.transport.label}: the worker's code arrived altered")
         self.hello = hello
         return hello

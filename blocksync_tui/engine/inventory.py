@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 from dataclasses import dataclass, field
 
-from blocksync_tui.engine import worker as wire
+from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.connection import Connection, Frame
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.transports import TransportFactory, local_only

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from blocksync_tui.engine import worker as wire
+from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.chunkmap import ChunkMap, State
 from blocksync_tui.engine.connection import EOF_OP, Connection, Frame
 from blocksync_tui.engine.errors import BlocksyncError, ConnectionLost, EndpointError, ProtocolError, RemoteError

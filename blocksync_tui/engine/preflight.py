@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from blocksync_tui.engine import worker as wire
+from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import EndpointError, ProtocolError, UsageError
 from blocksync_tui.engine.options import SyncOptions

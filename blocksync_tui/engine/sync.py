@@ -12,7 +12,7 @@ import threading
 import time
 
 from blocksync_tui.engine import chunkmap
-from blocksync_tui.engine import worker as wire
+from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.chunkmap import ChunkMap, State
 from blocksync_tui.engine.connection import Connection, Frame
 from blocksync_tui.engine.endpoint import Endpoint

@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 from dataclasses import dataclass
 
-from blocksync_tui.engine import worker as wire
+from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.connection import EOF_OP
 from blocksync_tui.engine.errors import ConnectionLost, RemoteError

@@ -1,0 +1,68 @@
+"""Provides the worker's end of stdout: whole frames from many threads, and one-line errors.
+
+Stdout belongs to the protocol alone: the scan, the service threads and the writer all answer
+through one `Output`, which never lets two frames interleave and goes quiet once the
+controller has gone (the writer must still finish and flush what it got).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from . import protocol
+
+
+class WorkerError(Exception):
+    """An error to report to the controller as one line."""
+
+
+def os_error_text(exc: OSError, path: str) -> str:
+    """An OSError as the controller shows it: "path: reason"."""
+    return "%s: %s" % (path, exc.strerror or exc)
+
+
+def exception_text(exc: Exception) -> str:
+    """Any failure of a request as one line: ours as they are, a bug with its type."""
+    if isinstance(exc, WorkerError):
+        return str(exc)
+    return "%s: %s" % (type(exc).__name__, exc)
+
+
+class Output:
+    """Frames to the controller, written whole, from any thread."""
+
+    def __init__(self, out_fd: int) -> None:
+        self.out_fd = out_fd
+        self.lock = threading.Lock()
+        self.broken = False
+        """The controller has gone: frames are dropped from then on."""
+
+    def write_all(self, data) -> None:
+        """Write every byte (the banner, or a part of a frame under the lock)."""
+        view = memoryview(data)
+        while view:
+            n = os.write(self.out_fd, view)
+            view = view[n:]
+
+    def send(self, op: int, rid: int, payload=b"") -> None:
+        """Send one frame; frames from different threads never interleave."""
+        with self.lock:
+            if self.broken:
+                return
+            try:
+                self.write_all(protocol.pack_header(op, rid, len(payload)))
+                if payload:
+                    self.write_all(payload)
+            except OSError:
+                self.broken = True
+
+    def reply(self, rid: int, obj: dict) -> None:
+        """Answer a control request."""
+        self.send(protocol.OP_REPLY, rid, protocol.encode_json(obj))
+
+    def error(self, rid: int, message: str, chunk: int = -1, code: int = 0, **extra) -> None:
+        """Report an error for one request (and chunk)."""
+        body = {"message": message, "chunk": chunk, "errno": code}
+        body.update(extra)
+        self.send(protocol.OP_ERROR, rid, protocol.encode_json(body))
