@@ -235,7 +235,15 @@ class Interrupted(BaseException):
 STOP_GRACE = 2.0
 """Seconds a stop may spend closing workers on its way out (the engine asks each to exit,
 and a busy or hung one may not answer for its 10 s timeout); then the CLI leaves without
-them. They end anyway: on EOF, once this process is gone."""
+them. They end anyway: on EOF, once this process is gone. BLOCKSYNC_STOP_GRACE sets another
+(a service manager that waits longer before its SIGKILL may give the workers more time)."""
+
+
+def _stop_grace() -> float:
+    try:
+        return max(0.0, float(os.environ.get("BLOCKSYNC_STOP_GRACE", STOP_GRACE)))
+    except ValueError:
+        return STOP_GRACE
 
 
 class _Signals:
@@ -328,7 +336,7 @@ class _Signals:
 
     def _watch(self) -> None:
         self._stop.wait()
-        if not self._finished.wait(STOP_GRACE):
+        if not self._finished.wait(_stop_grace()):
             self._leave_now()
 
     def _leave_now(self) -> None:
@@ -507,7 +515,7 @@ def _headless_main(argv: list[str]) -> int:
             if signals.take_word():
                 _say(f"blocksync-tui: {exc}")
             else:  # the watch thread has it: let it print and exit, not the end of main
-                time.sleep(STOP_GRACE)
+                time.sleep(_stop_grace())
             return exc.status
 
 

@@ -37,6 +37,13 @@ PAIR_WINDOW_BYTES = 8 << 20
 """A direct compare writes as it goes: smaller windows, fewer ahead, so a cancel or a pause
 takes effect within 16 MiB."""
 PAIR_WINDOWS_AHEAD = 2
+STREAM_WINDOW_BYTES = 16 << 20
+"""A stream sends whole chunks: windows small enough that a cancel or pause acts soon..."""
+STREAM_WINDOWS_AHEAD = 2
+"""...and two in flight, so the source reads the next while the last one's frames travel."""
+STREAM_UNACKED_BYTES = 64 << 20
+"""No new window is streamed while this much data awaits the destination's acknowledgement:
+the controller's queues stay bounded however slow the destination's disk or link."""
 INFLIGHT_BYTES = 32 << 20
 """At most this much chunk data is between the source and a completed write."""
 CANCEL_TIMEOUT = 30.0
@@ -145,8 +152,10 @@ class _Job:
 class Transfer:
     """Settles every chunk of a prepared pair: compares it and, unless a dry run, fixes it.
 
-    `method` is "digests" (both workers hash; differing pieces go through the controller) or
-    "direct" (both ends on one machine: the destination's worker reads the source itself).
+    `method` is "digests" (both workers hash; differing pieces go through the controller),
+    "direct" (both ends on one machine: the destination's worker reads the source itself) or
+    "stream" (a destination just created: nothing to compare, the source sends every chunk that
+    is not zeros, read once, and the destination writes it).
     """
 
     def __init__(
@@ -179,7 +188,9 @@ class Transfer:
         self.bytes_differing = 0
         self.verify_digests: dict[int, bytes] = {}
         """With --verify only: the source digest of each chunk written (b"" for zeros)."""
-        window_bytes = PAIR_WINDOW_BYTES if method == "direct" else HASH_WINDOW_BYTES
+        window_bytes = {"direct": PAIR_WINDOW_BYTES, "stream": STREAM_WINDOW_BYTES}.get(
+            method, HASH_WINDOW_BYTES
+        )
         self._window = max(1, window_bytes // options.chunk_size)
         self._windows = -(-geometry.total // self._window)
         self._digests: dict[str, dict[int, tuple[int, bytes]]] = {SOURCE: {}, DESTINATION: {}}
@@ -190,9 +201,11 @@ class Transfer:
         """The job each outstanding SUBHASH or DELTA answers to, by (side, request id)."""
         self._max_inflight = max(2, INFLIGHT_BYTES // options.chunk_size)
         self._settled = 0
+        self._streamed: set[int] = set()
+        """Stream: chunks whose data was relayed and whose entry in the window is still due."""
         if method == "direct":
             self.sides[SOURCE].next_window = self.sides[SOURCE].windows_done = self._windows
-        elif dest_absent:
+        elif dest_absent or method == "stream":
             self.sides[DESTINATION].windows_done = self._windows  # nothing to hash: all zero
 
     @property
@@ -261,6 +274,9 @@ class Transfer:
         if self.method == "direct":
             self._issue_pairs()
             return
+        if self.method == "stream":
+            self._issue_streams()
+            return
         if len(self._todo) >= BACKLOG_WINDOWS * self._window:
             return  # the transfer lags: scan no further until it catches up
         low = min(s.windows_done for s in self.sides.values())
@@ -290,6 +306,25 @@ class Transfer:
         }
         while side.next_window < min(self._windows, side.windows_done + PAIR_WINDOWS_AHEAD):
             self._post_window(DESTINATION, wire.OP_PAIR, request)
+
+    def _issue_streams(self) -> None:
+        """Stream mode: ask the source to send windows of chunks, a bounded amount ahead."""
+        side = self.sides[SOURCE]
+        compression = self.negotiated.compression
+        request = {
+            "chunk_size": self.geometry.chunk_size,
+            "size": self.geometry.size,
+            "sub_block": self.options.sub_block,
+            "codec": "" if compression == "none" else compression,
+        }
+        if self._record_digests:
+            request["algo"] = self.negotiated.algorithm
+        while (
+            side.next_window < self._windows
+            and len(side.window_first) < STREAM_WINDOWS_AHEAD
+            and len(self._jobs) * self.geometry.chunk_size < STREAM_UNACKED_BYTES
+        ):
+            self._post_window(SOURCE, wire.OP_STREAM, request)
 
     def _post_window(self, name: str, op: int, request: dict) -> None:
         """Send one side the request for its next window of chunks."""
@@ -348,6 +383,9 @@ class Transfer:
         return first, count, dsize
 
     def _on_digests(self, frame: Frame) -> None:
+        if self.method == "stream":
+            self._on_streamed_entries(frame)
+            return
         first, count, dsize = self._window_entries(frame, 1)
         if dsize != self.negotiated.digest_size:
             raise self._protocol_error(frame, f"{dsize}-byte digests for {self.negotiated.algorithm}")
@@ -374,6 +412,68 @@ class Transfer:
                 mine[index] = item
         if self.dest_absent:
             self.sides[DESTINATION].scanned = side.scanned
+
+    def _on_streamed_entries(self, frame: Frame) -> None:
+        """A stream's chunk states, in order: a data chunk's DATA frame came before its entry
+        (and may be written already); a zero one needs nothing (the new file is all holes)."""
+        if frame.side != SOURCE:
+            raise self._protocol_error(frame, "chunk states from the destination")
+        first, count, dsize = self._window_entries(frame, 1)
+        if dsize != (self.negotiated.digest_size if self._record_digests else 0):
+            raise self._protocol_error(frame, f"{dsize}-byte digests in a stream")
+        pos = wire.DIGESTS_HEAD.size
+        entry = 1 + dsize
+        source, destination = self.sides[SOURCE], self.sides[DESTINATION]
+        for index in range(first, first + count):
+            flag = frame.payload[pos]
+            length = self.geometry.chunk(index)[1]
+            if flag == wire.FLAG_DATA:
+                if index in self._streamed:
+                    self._streamed.discard(index)
+                    if self._record_digests:
+                        self.verify_digests[index] = bytes(frame.payload[pos + 1 : pos + entry])
+                elif not self.control.cancelled:  # after a cancel, its data was not relayed
+                    raise self._protocol_error(frame, f"a data chunk {index} it never sent")
+            elif flag == wire.FLAG_ZERO:
+                if index in self._streamed:
+                    raise self._protocol_error(frame, f"data for chunk {index}, then called it zeros")
+                self.chunk_map.set(index, State.ZERO)
+                self._settled += 1
+            elif flag == wire.FLAG_ERROR:
+                if index in self._streamed:
+                    raise self._protocol_error(frame, f"data for chunk {index}, then called it unreadable")
+                self.errors.append(f"{self.names[SOURCE]}: cannot read chunk {index}")
+                self.chunk_map.set(index, State.ERROR)
+                self._settled += 1
+            else:
+                raise self._protocol_error(frame, f"an unknown chunk flag {flag}")
+            pos += entry
+            source.scanned += length
+            destination.scanned += length
+
+    def _on_streamed_data(self, frame: Frame) -> None:
+        """One whole chunk of a stream: it must be the window's next chunk not yet settled
+        (entries lag behind data, never run ahead) and its pieces must fit our geometry."""
+        side = self.sides[SOURCE]
+        index, _, _ = wire.PIECES_HEAD.unpack_from(frame.payload)
+        first = side.window_first[frame.rid]
+        due = first + side.window_got.get(frame.rid, 0)
+        end = min(first + self._window, self.geometry.total)
+        if not due <= index < end or index in self._streamed or index in self._jobs:
+            raise self._protocol_error(frame, f"data for chunk {index} out of order")
+        _, length = self.geometry.chunk(index)
+        try:
+            raw = wire.raw_bytes(frame.payload, index, length)
+        except ValueError as exc:
+            raise self._protocol_error(frame, f"pieces that do not fit chunk {index} ({exc})") from None
+        if self.control.cancelled:
+            return  # stop writing at once: this chunk stays as it was (a hole)
+        self._streamed.add(index)
+        self._jobs[index] = _Job(index, wire.FLAG_DATA, wire.FLAG_ZERO, writing=True)
+        self.chunk_map.set(index, State.DIFFERS)
+        self.bytes_differing += raw
+        self.sides[DESTINATION].conn.post(wire.OP_WRITE, frame.payload)
+        self.bytes_sent += len(frame.payload)
 
     def _on_paired(self, frame: Frame) -> None:
         if frame.side != DESTINATION:
@@ -502,6 +602,9 @@ class Transfer:
         relay them to the destination unchanged (it checks them again against its own)."""
         if frame.side != SOURCE:
             raise self._protocol_error(frame, "chunk data from the destination")
+        if frame.rid in self.sides[SOURCE].window_first:
+            self._on_streamed_data(frame)
+            return
         job = self._answering(frame)
         _, length = self.geometry.chunk(job.index)
         try:

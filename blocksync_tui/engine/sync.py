@@ -67,7 +67,8 @@ class SyncEngine:
         self.warnings: list[str] = []
         self.errors: list[str] = []
         self.method = "digests"
-        """How chunks are compared: "digests", or "direct" (bytes, both ends on one machine)."""
+        """How chunks are settled: "digests", "direct" (bytes, both ends on one machine) or
+        "stream" (a new destination: the source sends every chunk that holds data)."""
         self.size = 0
         self.phase = "connecting"
         self.size_difference = 0
@@ -260,6 +261,8 @@ class SyncEngine:
             self.phase = "scanning"
             if self._can_compare_directly():
                 self.method = "direct"
+            elif self._dest_absent and not self.options.dry_run:
+                self.method = "stream"  # a new file: nothing to compare, every chunk sent once
             self._transfer = Transfer(
                 self._conns,
                 {SOURCE: str(self.source), DESTINATION: str(self.destination)},

@@ -13,6 +13,10 @@ import threading
 from . import protocol
 
 
+IOV_BATCH = 64
+"""Buffers per writev call, well under any system's IOV_MAX (1024 on Linux)."""
+
+
 class WorkerError(Exception):
     """An error to report to the controller as one line."""
 
@@ -54,6 +58,27 @@ class Output:
                 self.write_all(protocol.pack_header(op, rid, len(payload)))
                 if payload:
                     self.write_all(payload)
+            except OSError:
+                self.broken = True
+
+    def send_parts(self, op: int, rid: int, parts: list) -> None:
+        """Send one frame whose payload is the concatenation of `parts` (bytes, memoryviews),
+        gathered by writev: a chunk's data is written from where it was read, never joined."""
+        views = [memoryview(part).cast("B") for part in parts if len(part)]
+        length = sum(len(view) for view in views)
+        views.insert(0, memoryview(protocol.pack_header(op, rid, length)))
+        with self.lock:
+            if self.broken:
+                return
+            try:
+                while views:
+                    written = os.writev(self.out_fd, views[:IOV_BATCH])
+                    while written:
+                        if written >= len(views[0]):
+                            written -= len(views.pop(0))
+                        else:
+                            views[0] = views[0][written:]
+                            written = 0
             except OSError:
                 self.broken = True
 

@@ -44,6 +44,7 @@ OP_FLUSH = 8
 OP_DEVICES = 9
 OP_EXIT = 10
 OP_PAIR = 11
+OP_STREAM = 12
 # Replies (worker -> controller).
 OP_REPLY = 64
 OP_DIGESTS = 65
@@ -300,6 +301,12 @@ def _codec_functions(name: str):
         # lz4's level 0 is its fast mode: its level 1 already trades speed for ratio.
         return CODEC_LZ4, lambda d: lz4.frame.compress(d, compression_level=0), _lz4_decompress
     raise ValueError("unknown codec %r" % name)
+
+
+def compressor(name: str):
+    """(code, compress) of a codec the sender uses; compress takes any buffer."""
+    code, compress, _ = _codec_functions(name)
+    return code, compress
 
 
 _CODEC_NAMES = {CODEC_ZLIB: "zlib", CODEC_ZSTD: "zstd", CODEC_LZ4: "lz4"}

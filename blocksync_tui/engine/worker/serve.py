@@ -13,6 +13,7 @@ from . import devices, protocol
 from .opening import Files
 from .output import Output, WorkerError, exception_text
 from .scan import Scanner, SubDigestCache
+from .stream import Streamer
 from .writer import Writer
 
 SERVICE_THREADS = 2
@@ -33,6 +34,7 @@ class Worker:
         self.cache = SubDigestCache()
         self.writer = Writer(self.files, self.out, self.cache)
         self.scanner = Scanner(self.files, self.out, self.cache, self.writer)
+        self.streamer = Streamer(self.files, self.out)
         # Long scans, short service requests and writes each get their own thread, in order,
         # so a DELTA for an early chunk is not stuck behind the whole scan.
         self.scan_queue: "queue.Queue" = queue.Queue()
@@ -86,6 +88,8 @@ class Worker:
             self.scan_queue.put((self.scanner.hash_chunks, rid, protocol.decode_json(payload)))
         elif op == protocol.OP_PAIR:
             self.scan_queue.put((self.scanner.pair, rid, protocol.decode_json(payload)))
+        elif op == protocol.OP_STREAM:
+            self.scan_queue.put((self.streamer.stream, rid, protocol.decode_json(payload)))
         elif op in (protocol.OP_SUBHASH, protocol.OP_DELTA):
             handler = self.scanner.subhash if op == protocol.OP_SUBHASH else self.scanner.delta
             self.service_queue.put((handler, rid, payload))

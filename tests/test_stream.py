@@ -1,0 +1,157 @@
+"""The first copy: a destination that does not exist is not compared; the source streams every
+chunk that holds data, read once, and the result is byte-identical and as sparse as the source."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from blocksync_tui.engine.chunkmap import State
+from blocksync_tui.engine.errors import Cancelled, ProtocolError
+from blocksync_tui.engine.worker import protocol as wire
+from helpers import run_engine, tampered_engine
+
+KIB = 1024
+CHUNK = 64 * KIB
+
+
+def _sparse_image(path: Path, size: int, extents: list[tuple[int, bytes]]) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in extents:
+            f.seek(offset)
+            f.write(data)
+    return path
+
+
+def _allocated(path: Path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+@pytest.mark.parametrize("size", [1, CHUNK - 1, CHUNK, 5 * CHUNK + 4097])
+def test_a_first_copy_streams_and_is_exact(tmp_path: Path, size: int) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(random.Random(size).randbytes(size))
+    dst = tmp_path / "new" / "dst"
+    dst.parent.mkdir()
+    report = run_engine(src, dst, chunk_size=CHUNK, direct=False, verify=True)
+    assert report.method == "stream" and report.outcome == "synced" and report.verified
+    assert dst.read_bytes() == src.read_bytes()
+    assert report.chunks["written"] == report.total_chunks
+    assert report.bytes_differing == size
+    assert size <= report.bytes_sent < size + 64 * report.total_chunks  # frame heads only
+
+
+def test_a_sparse_source_gives_a_sparse_destination(tmp_path: Path) -> None:
+    """Holes are not read, zero chunks are not sent, zero sub-blocks of a data chunk are left
+    out: the destination allocates what the source does, not its whole size."""
+    rnd = random.Random(3)
+    extents = [(0, rnd.randbytes(4 * KIB)), (10 * CHUNK + 8 * KIB, rnd.randbytes(20 * KIB)),
+               (200 * CHUNK, rnd.randbytes(3 * CHUNK))]
+    src = _sparse_image(tmp_path / "src", 256 * CHUNK, extents)
+    with open(src, "r+b") as f:  # allocated zeros, which read as zeros all the same
+        f.seek(100 * CHUNK)
+        f.write(bytes(2 * CHUNK))
+    dst = tmp_path / "dst"
+    report = run_engine(src, dst, chunk_size=CHUNK, direct=False)
+    assert report.method == "stream" and dst.read_bytes() == src.read_bytes()
+    data = sum(len(d) for _, d in extents)
+    assert report.bytes_differing == data and report.chunks["written"] == 5
+    assert report.chunks["zero"] == 256 - 5
+    assert _allocated(dst) <= data + 16 * KIB  # file-system blocks at the edges of extents
+
+
+def _stream_pair(tmp_path: Path, chunks: int = 64) -> tuple[Path, Path]:
+    src = tmp_path / "src"
+    src.write_bytes(random.Random(9).randbytes(chunks * CHUNK))
+    return src, tmp_path / "dst"
+
+
+@pytest.mark.parametrize(
+    "what, tamper_of, message",
+    [
+        ("data ahead of its window", lambda: _shift_index(1000), "out of order"),
+        ("an entry for data never sent", lambda: _drop_data(3), "never sent"),
+        ("data sent twice", lambda: _repeat_data(2), "out of order"),
+        ("data then called zeros", lambda: _data_called_zero(1), "called it zeros"),
+    ],
+)
+def test_a_hostile_source_in_a_stream_is_a_protocol_error(tmp_path: Path, what, tamper_of, message) -> None:
+    src, dst = _stream_pair(tmp_path)
+    engine = tampered_engine(src, dst, "source", tamper_of(), chunk_size=CHUNK, compress="none", direct=False)
+    engine.prepare()
+    with pytest.raises(ProtocolError, match=message) as caught:
+        engine.run()
+    assert "\n" not in str(caught.value), what
+
+
+def _shift_index(by: int):
+    def tamper(op: int, rid: int, payload: bytes):
+        if op == wire.OP_DATA:
+            index, length, count = wire.PIECES_HEAD.unpack_from(payload)
+            payload = wire.PIECES_HEAD.pack(index + by, length, count) + payload[wire.PIECES_HEAD.size:]
+        return [(op, rid, payload)]
+    return tamper
+
+
+def _drop_data(index_to_drop: int):
+    def tamper(op: int, rid: int, payload: bytes):
+        if op == wire.OP_DATA and wire.PIECES_HEAD.unpack_from(payload)[0] == index_to_drop:
+            return []
+        return [(op, rid, payload)]
+    return tamper
+
+
+def _repeat_data(index_to_repeat: int):
+    def tamper(op: int, rid: int, payload: bytes):
+        frames = [(op, rid, payload)]
+        if op == wire.OP_DATA and wire.PIECES_HEAD.unpack_from(payload)[0] == index_to_repeat:
+            frames.append((op, rid, payload))
+        return frames
+    return tamper
+
+
+def _data_called_zero(index: int):
+    def tamper(op: int, rid: int, payload: bytes):
+        if op == wire.OP_DIGESTS:
+            first, count, dsize = wire.DIGESTS_HEAD.unpack_from(payload)
+            if first <= index < first + count:
+                entries = bytearray(payload)
+                entries[wire.DIGESTS_HEAD.size + (index - first) * (1 + dsize)] = wire.FLAG_ZERO
+                payload = bytes(entries)
+        return [(op, rid, payload)]
+    return tamper
+
+
+def test_a_cancelled_stream_stops_writing_and_a_rerun_finishes(tmp_path: Path) -> None:
+    """After a cancel no further chunk is written; the chunks written are acknowledged and on
+    disk; the rerun (the file now exists) compares and completes it."""
+    src, dst = _stream_pair(tmp_path, chunks=256)
+    relayed = threading.Event()
+
+    def slow(op: int, rid: int, payload: bytes):
+        if op == wire.OP_DATA:
+            relayed.set()
+        return [(op, rid, payload)]
+
+    engine = tampered_engine(src, dst, "source", slow, chunk_size=CHUNK, direct=False)
+    engine.prepare()
+    runner = threading.Thread(target=lambda: relayed.wait(10) and engine.cancel())
+    runner.start()
+    with pytest.raises(Cancelled):
+        engine.run()
+    runner.join()
+    written = engine.chunk_map.count(State.WRITTEN)
+    assert 0 < written < 256, "the cancel came after the first chunk and stopped the rest"
+    data, copy = src.read_bytes(), dst.read_bytes()
+    for index in range(256):
+        piece = slice(index * CHUNK, (index + 1) * CHUNK)
+        if engine.chunk_map.get(index) == State.WRITTEN:
+            assert copy[piece] == data[piece]
+    report = run_engine(src, dst, chunk_size=CHUNK, direct=False)
+    assert report.method == "digests" and dst.read_bytes() == data
+    assert report.chunks["same"] >= written
