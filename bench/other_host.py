@@ -156,11 +156,13 @@ class OtherHost:
         for _attempt in range(5):  # the free port may be taken between probe and bind
             self.sshd_port = self.port = _free_port()
             self._write_config()
-            script = f'mount --bind "$1" {BOOT_ID} && exec "$2" -D -e -f "$3"'
+            # -E, not -e: with -e the session processes' debug lines would go to the session's
+            # stderr (the client would see "debug1: ..." on the channel).
+            script = f'mount --bind "$1" {BOOT_ID} && exec "$2" -D -E "$4" -f "$3"'
             with open(self.log, "ab") as log:
                 self.process = subprocess.Popen(
                     ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-                     str(self.boot_id_file), SSHD, str(self.config)],
+                     str(self.boot_id_file), SSHD, str(self.config), str(self.log)],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                     start_new_session=True,  # Ctrl-C in a terminal reaches us, not sshd
                 )
