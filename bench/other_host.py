@@ -315,12 +315,13 @@ class OtherHost:
         return self.log.stat().st_size if self.log.exists() else 0
 
     def negotiated(self, since: int = 0) -> list[str]:
-        """The cipher/MAC lines sshd logged for connections after log offset `since`, deduped."""
+        """The ciphers (with MAC and compression unless implicit/none) sshd logged for connections after log offset `since`, deduped."""
         with open(self.log, "rb") as log:
             log.seek(since)
             text = log.read().decode(errors="replace")
         found = re.findall(r"kex: client->server cipher: (\S+) MAC: (\S+) compression: (\S+)", text)
-        return sorted({f"{c} MAC {m} compression {z}" for c, m, z in found})
+        return sorted({c + ("" if m == "<implicit>" else f" MAC {m}")
+                       + ("" if z == "none" else f" compression {z}") for c, m, z in found})
 
 
 def check(host: OtherHost) -> dict:
