@@ -8,6 +8,7 @@ Prints a Markdown table and saves it with the raw numbers under bench/results/.
 
     python3 bench/bench_sync.py --size 1G --rounds 3
     python3 bench/bench_sync.py --ssh --ssh-port 2222 --ssh-key KEY --ssh-known-hosts FILE
+    python3 bench/bench_sync.py --ssh --other-host [--delay-ms 25] --ours base=/work/baseline
 """
 
 from __future__ import annotations
@@ -54,7 +55,14 @@ class Context:
     ssh_key: str | None = None
     ssh_known_hosts: str | None = None
     ssh_options: list[str] = field(default_factory=list)
+    ssh_config: str | None = None
     ours_extra: list[str] = field(default_factory=list)
+    loopback_divisor: int = 1
+    """2 behind the delay proxy, which puts every byte on loopback twice."""
+    other_host: bool = False
+    """The ssh host looks like another machine (other_host.py): no --no-direct needed."""
+    host: object | None = None
+    """The OtherHost, which can tell the CPU time of the sshd side."""
 
     @property
     def report(self) -> Path:
@@ -72,7 +80,8 @@ class Context:
     @property
     def ssh_args(self) -> list[str]:
         """OpenSSH arguments shared by every ssh contender (without the host)."""
-        args = ["-p", str(self.ssh_port), *(["-i", self.ssh_key] if self.ssh_key else [])]
+        args = ["-F", self.ssh_config] if self.ssh_config else []
+        args += ["-p", str(self.ssh_port), *(["-i", self.ssh_key] if self.ssh_key else [])]
         for option in self.ssh_o_options:
             args += ["-o", option]
         return args
@@ -106,6 +115,8 @@ class Contender:
     """Bytes on the wire reported by the tool itself, from its output or report."""
     writes: bool = True
     """False for the read limit, which leaves the destination as it was."""
+    cwd: Path = REPO
+    """Where the command runs: a checkout of blocksync-tui for `python3 -m blocksync_tui`."""
 
 
 def _json_report(ctx: Context) -> dict:
@@ -177,16 +188,72 @@ def local_contenders() -> list[Contender]:
     ]
 
 
-def ssh_contenders() -> list[Contender]:
-    """The same contenders with the destination reached over ssh (normally on this machine)."""
+def _ours_ssh(c: Context, direct: bool = False, extra: tuple[str, ...] = ()) -> str:
+    """Our command line with the destination on the ssh host."""
+    # The ssh host is normally this machine, where the engine would compare directly on the
+    # host and send nothing over ssh: --no-direct measures the network path. The other-host
+    # sshd shows another boot id, so there the tool takes the network path on its own.
+    flags = [] if direct or c.other_host else ["--no-direct"]
+    flags += ["-i", c.ssh_key] if c.ssh_key else []
+    flags += ["--known-hosts", c.ssh_known_hosts] if c.ssh_known_hosts else []
+    flags += ["--ssh-config", c.ssh_config] if c.ssh_config else []
+    return _ours(c, f"{c.remote}:{c.ssh_port}:{c.dst}", [*flags, *extra])
 
-    def ours(c: Context, direct: bool = False) -> str:
-        # The ssh host is normally this machine, where the engine would compare directly on the
-        # host and send nothing over ssh: --no-direct measures the network path.
-        extra = [] if direct else ["--no-direct"]
-        extra += ["-i", c.ssh_key] if c.ssh_key else []
-        extra += ["--known-hosts", c.ssh_known_hosts] if c.ssh_known_hosts else []
-        return _ours(c, f"{c.remote}:{c.ssh_port}:{c.dst}", extra)
+
+@dataclass(frozen=True)
+class Checkout:
+    """A checkout of blocksync-tui to time (`--ours NAME=PATH[:EXTRA ARGS]`)."""
+
+    name: str
+    path: Path
+    extra: tuple[str, ...] = ()
+
+
+def parse_checkout(text: str) -> Checkout:
+    """NAME=PATH or NAME=PATH:EXTRA ARGS (shell-quoted)."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PATH[:EXTRA ARGS]")
+    path, _, extra = rest.partition(":")
+    checkout = Path(path).resolve()
+    if not (checkout / "blocksync_tui" / "__main__.py").exists():
+        raise argparse.ArgumentTypeError(f"{path}: not a blocksync-tui checkout")
+    return Checkout(name, checkout, tuple(shlex.split(extra)))
+
+
+def checkout_contenders(checkouts: list[Checkout], ssh: bool) -> list[Contender]:
+    """One row per checkout, run from it; the first has the role "ours", later ones "ours-NAME"."""
+    rows = []
+    for i, co in enumerate(checkouts):
+        label = f"blocksync-tui {co.name}" + (f" {shlex.join(co.extra)}" if co.extra else "")
+        if ssh:
+            command = lambda c, co=co: _ours_ssh(c, extra=co.extra)  # noqa: E731
+        else:
+            command = lambda c, co=co: _ours(c, str(c.dst), list(co.extra))  # noqa: E731
+        rows.append(Contender(
+            label + (" (ssh)" if ssh else ""), "ours" if i == 0 else f"ours-{co.name}", command,
+            _ours_wire, cwd=co.path,
+        ))
+    return rows
+
+
+def with_checkouts(contenders: list[Contender], checkouts: list[Checkout], ssh: bool) -> list[Contender]:
+    """Replace our rows by one per checkout, in their place in the table."""
+    if not checkouts:
+        return contenders
+    ours_roles = ("ours", "ours-digests", "ours-direct")
+    at = next(i for i, c in enumerate(contenders) if c.role == "ours")
+    rest = [c for c in contenders if c.role not in ours_roles]
+    return rest[:at] + checkout_contenders(checkouts, ssh) + rest[at:]
+
+
+def ssh_contenders(other_host: bool = False) -> list[Contender]:
+    """The same contenders with the destination reached over ssh (normally on this machine).
+
+    With `other_host` (other_host.py's sshd, another boot id) the "same host: direct" row is
+    left out: the tool cannot see that it is the same machine, which is the point.
+    """
+    ours = _ours_ssh
 
     def naive(c: Context) -> str:
         ssh = ["--ssh", c.remote, "-p", str(c.ssh_port)]
@@ -199,15 +266,18 @@ def ssh_contenders() -> list[Contender]:
         remote = f"dd of={q(c.dst)} bs=1M iflag=fullblock conv=notrunc status=none"
         return f"dd if={q(c.src)} bs=1M status=none | {c.ssh} {q(remote)}"
 
-    return [
-        local_contenders()[0],
-        Contender("blocksync-tui (ssh)", "ours", ours, _ours_wire),
+    direct = [] if other_host else [
         Contender(
             "blocksync-tui (ssh, same host: direct)",
             "ours-direct",
             lambda c: ours(c, direct=True),
             _ours_wire,
         ),
+    ]
+    return [
+        local_contenders()[0],
+        Contender("blocksync-tui (ssh)", "ours", ours, _ours_wire),
+        *direct,
         Contender("naive lockstep (ssh)", "naive", naive, _naive_wire),
         Contender(
             "rsync --inplace (ssh)",
@@ -269,10 +339,13 @@ def run_once(ctx: Context, contender: Contender, measure_loopback: bool) -> dict
     """Time one contender until its result is on disk; check it and count its bytes."""
     command = contender.command(ctx)
     lo_before = loopback_bytes() if measure_loopback else None
+    if ctx.host is not None:
+        ctx.host.wait_idle()
+        remote_before = ctx.host.remote_cpu()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(
-        command, shell=True, cwd=REPO, env=CONTENDER_ENV, capture_output=True, text=True,
+        command, shell=True, cwd=contender.cwd, env=CONTENDER_ENV, capture_output=True, text=True,
         check=False,
     )
     # dd and rsync leave dirty pages behind; timing until fsync treats every contender alike.
@@ -289,17 +362,25 @@ def run_once(ctx: Context, contender: Contender, measure_loopback: bool) -> dict
         - (cpu_before.ru_utime + cpu_before.ru_stime),
         "returncode": proc.returncode,
     }
+    if ctx.host is not None:
+        ctx.host.wait_idle()
+        result["cpu_remote"] = ctx.host.remote_cpu() - remote_before
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         result["error"] = lines[-1] if lines else f"exit status {proc.returncode}"
         return result
+    if contender.role.startswith("ours"):
+        try:
+            result["method"] = _json_report(ctx).get("method")
+        except (OSError, ValueError):
+            pass
     try:
         result["wire_reported"] = contender.wire(ctx, proc.stdout + proc.stderr)
     except (OSError, ValueError, KeyError) as exc:
         result["wire_reported"] = None
         result["wire_error"] = str(exc)
     if contender.writes and lo_before is not None and lo_after is not None:
-        result["wire_loopback"] = lo_after - lo_before
+        result["wire_loopback"] = (lo_after - lo_before) // ctx.loopback_divisor
     result["correct"] = files_equal(ctx.src, ctx.dst) if contender.writes else None
     return result
 
@@ -312,11 +393,14 @@ def summarize(contender: Contender, runs: list[dict], ssh: bool) -> dict:
         return {"name": contender.name, "role": contender.role, "skipped": reason}
     last = runs[-1]
     wire = last.get("wire_loopback") if ssh else None
+    methods = sorted({r["method"] for r in runs if r.get("method")})
     return {
-        "name": contender.name,
+        "name": contender.name + (f" [{', '.join(methods)}]" if methods else ""),
         "role": contender.role,
         "seconds": statistics.median(r["seconds"] for r in runs),
         "cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs),
+        "cpu_remote": statistics.median(r["cpu_remote"] for r in runs)
+        if all("cpu_remote" in r for r in runs) else None,
         "wire": wire if wire is not None else last.get("wire_reported"),
         "wire_reported": last.get("wire_reported"),
         "correct": None if last["correct"] is None else all(r["correct"] for r in runs),
@@ -358,8 +442,11 @@ def table(rows: list[dict], changed: int, ssh: bool) -> str:
         per_changed = f"{wire / changed:.1f}" if wire is not None and changed else "-"
         reported = f" {fmt_bytes(r['wire_reported'])} |" if ssh else ""
         correct = {None: "n/a", True: "yes", False: "**FAIL**"}[r["correct"]]
+        cpu = f"{r['cpu_seconds']:.2f}"
+        if r.get("cpu_remote") is not None:
+            cpu += f" + {r['cpu_remote']:.2f}"
         lines.append(
-            f"| {r['name']} | {r['seconds']:.2f} | {ratio} | {r['cpu_seconds']:.2f} "
+            f"| {r['name']} | {r['seconds']:.2f} | {ratio} | {cpu} "
             f"| {fmt_bytes(wire)} | {per_changed} |{reported} {correct} |"
         )
     return "\n".join(lines)
@@ -374,8 +461,12 @@ def key_ratios(rows: list[dict], changed: int) -> list[str]:
         ("rsync / blocksync-tui", "rsync", "ours"),
         ("dd / blocksync-tui", "dd", "ours"),
     ]
-    for role, label in (("ours-digests", "--no-direct"), ("ours-direct", "direct")):
+    named = [(r, r[len("ours-"):]) for r in seconds if r.startswith("ours-")]
+    for role, label in (("ours-digests", "--no-direct"), ("ours-direct", "direct"), *named):
         if role in seconds:
+            if role not in ("ours-digests", "ours-direct"):
+                pairs += [(f"blocksync-tui {label} / blocksync-tui", role, "ours"),
+                          (f"rsync / blocksync-tui {label}", "rsync", role)]
             pairs += [
                 (f"blocksync-tui {label} / read limit", role, "read"),
                 (f"naive / blocksync-tui {label}", "naive", role),
@@ -395,6 +486,8 @@ def key_ratios(rows: list[dict], changed: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; with --ssh --start-sshd, inside a private sshd's lifetime."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--other-host" in argv:
+        return _main_other_host(argv)
     if "--start-sshd" not in argv:
         return _main(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -408,7 +501,33 @@ def main(argv: list[str] | None = None) -> int:
             ])
 
 
-def _main(argv: list[str]) -> int:
+def _main_other_host(argv: list[str]) -> int:
+    """Run inside the lifetime of bench/other_host.py's sshd (another boot id, own keys)."""
+    from other_host import OtherHost
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--delay-ms", type=float, default=0.0)
+    known, _ = pre.parse_known_args(argv)
+    # Same cipher for OpenSSH as paramiko negotiates for us (GCM, preferred by engine/ssh.py),
+    # unless the command line picks one.
+    cipher = [] if any("cipher" in a.lower() for a in argv) else [
+        "--ssh-option", "Ciphers=aes128-gcm@openssh.com"]
+    with OtherHost.running(delay_ms=known.delay_ms) as host:
+        print(f"other host: sshd on port {host.sshd_port}, boot id {host.boot_id}"
+              + (f", +{known.delay_ms:g} ms each way via port {host.port}" if host.proxy else ""),
+              flush=True)
+        # BatchMode and UserKnownHostsFile come from Context; these keep ~/.ssh out of it.
+        extra = ["IdentitiesOnly=yes", "GlobalKnownHostsFile=/dev/null", "StrictHostKeyChecking=yes"]
+        options = [a for o in extra for a in ("--ssh-option", o)]
+        return _main([
+            *argv, "--ssh-host", host.host, "--ssh-port", str(host.port),
+            "--ssh-user", host.user, "--ssh-key", str(host.key),
+            "--ssh-known-hosts", str(host.known_hosts), "--ssh-config", str(host.ssh_config),
+            *options, *cipher, *(["--loopback-divisor", "2"] if host.proxy else []),
+        ], host)
+
+
+def _main(argv: list[str], host: object | None = None) -> int:
     """Run the benchmark; return the exit status (1 if a contender produced a wrong result)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=parse_size, default=1 << 30, help="image size (default 1G)")
@@ -435,6 +554,11 @@ def _main(argv: list[str]) -> int:
     parser.add_argument(
         "--ours-extra", default="", help="extra arguments for blocksync-tui, shell-quoted"
     )
+    parser.add_argument(
+        "--ours", action="append", type=parse_checkout, default=[], metavar="NAME=PATH[:ARGS]",
+        help="time blocksync-tui from this checkout, with these extra sync arguments, instead of "
+        "our default rows (repeatable: the first is 'ours' in the ratios)",
+    )
     ssh = parser.add_argument_group(
         "ssh mode: the destination on an ssh host (normally this machine)"
     )
@@ -451,21 +575,38 @@ def _main(argv: list[str]) -> int:
     ssh.add_argument(
         "--ssh-option", action="append", default=[], metavar="OPT", help="extra ssh -o option"
     )
+    ssh.add_argument("--ssh-config", help="ssh_config for OpenSSH (-F) and for blocksync-tui")
+    ssh.add_argument(
+        "--other-host", action="store_true",
+        help="with --ssh: start bench/other_host.py's sshd (another boot id, so the tool takes "
+        "the network path without --no-direct) and use it",
+    )
+    ssh.add_argument(
+        "--delay-ms", type=float, default=0.0,
+        help="with --other-host: add this latency each way (delay_proxy.py in front of sshd)",
+    )
+    ssh.add_argument("--loopback-divisor", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if (args.other_host or args.delay_ms) and not args.ssh:
+        parser.error("--other-host and --delay-ms need --ssh")
+    if args.delay_ms and not args.other_host:
+        parser.error("--delay-ms needs --other-host (the proxy sits in front of its sshd)")
+    if args.other_host and args.start_sshd:
+        parser.error("--other-host and --start-sshd each start an sshd: pick one")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="blocksync-bench-", dir="/tmp"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        rows = run(args, workdir)
+        rows = run(args, workdir, host)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir)
     return 1 if any(r.get("correct") is False for r in rows) else 0
 
 
-def run(args: argparse.Namespace, workdir: Path) -> list[dict]:
+def run(args: argparse.Namespace, workdir: Path, host: object | None = None) -> list[dict]:
     """Build the pair, run every contender for every round, print and save the results."""
     src, dst, pristine = workdir / "src.img", workdir / "dst.img", workdir / "pristine.img"
     started = time.perf_counter()
@@ -486,11 +627,16 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict]:
         ssh_key=args.ssh_key,
         ssh_known_hosts=args.ssh_known_hosts,
         ssh_options=args.ssh_option,
+        ssh_config=args.ssh_config,
         ours_extra=shlex.split(args.ours_extra),
+        loopback_divisor=args.loopback_divisor,
+        other_host=args.other_host,
+        host=host,
     )
+    packages = [str(co.path / "blocksync_tui") for co in args.ours] or [str(REPO / "blocksync_tui")]
     subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", str(REPO / "blocksync_tui"), str(NAIVE)],
-        env=CONTENDER_ENV, check=True,
+        [sys.executable, "-m", "compileall", "-q", *packages, str(NAIVE)],
+        env=CONTENDER_ENV, check=True, stdout=subprocess.DEVNULL,
     )
     cold = not args.warm and drop_caches()
     cache = (
@@ -500,9 +646,14 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict]:
     )
     print(cache)
 
-    contenders = ssh_contenders() if args.ssh else local_contenders()
+    contenders = ssh_contenders(args.other_host) if args.ssh else local_contenders()
+    contenders = with_checkouts(contenders, args.ours, args.ssh)
     if args.only:
-        contenders = [c for c in contenders if c.role == "read" or c.role in args.only]
+        contenders = [
+            c for c in contenders
+            if c.role == "read" or c.role in args.only or (c.role.startswith("ours-")
+                                                           and "ours" in args.only)
+        ]
     runs: dict[str, list[dict]] = {c.name: [] for c in contenders}
     for round_no in range(1, args.rounds + 1):
         for contender in contenders:
@@ -516,8 +667,15 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict]:
             print(f"round {round_no}: {contender.name}: {status}", flush=True)
 
     rows = [summarize(c, runs[c.name], args.ssh) for c in contenders]
+    where = f"ssh to {args.ssh_host}" if args.ssh else "local"
+    if args.other_host:
+        where += " (other_host.py sshd: own boot id" + (
+            f", +{args.delay_ms:g} ms each way" if args.delay_ms else "") + ")"
+    if args.ssh:
+        ciphers = [o for o in args.ssh_option if "cipher" in o.lower()]
+        where += f", OpenSSH {ciphers[0] if ciphers else 'default cipher'}"
     header = (
-        f"{'ssh to ' + args.ssh_host if args.ssh else 'local'}, {fmt_bytes(args.size)} image, "
+        f"{where}, {fmt_bytes(args.size)} image, "
         f"{fmt_bytes(changed)} changed ({args.change_fraction:.1%} of 4 KiB pages), "
         f"{cache}, median of {args.rounds} rounds, {os.cpu_count()} CPUs"
     )
@@ -525,7 +683,8 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict]:
         "",
         "Bytes on the wire: loopback interface counter, TCP/IP and SSH overhead included; other",
         "loopback traffic during a run inflates it. Tool's count: what the tool itself reports.",
-        "CPU s: local processes only; the ssh server side is not counted.",
+        "CPU s: local processes (ssh client, our controller and source worker); with",
+        "--other-host \"+ N\" adds the sshd side (sshd, remote shell, dd, rsync or worker).",
     ]
     footer = footer if args.ssh else []
     markdown = "\n".join(
