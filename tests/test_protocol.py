@@ -119,5 +119,6 @@ def test_bootstrap_payload_is_the_loader_then_the_compressed_modules() -> None:
     assert zlib.decompress(packed) == bootstrap.bundle()
     assert set(bootstrap.module_sources()) >= {"__init__", "protocol", "serve"}
     # 17.2 KB as one file; 25.7 KB as a package: module docstrings, named constants, and the
-    # loader (5 KB, sent uncompressed so that a bad bundle is refused by it in one line).
-    assert len(payload) < 27_000, "the worker travels on every start: keep it small"
+    # loader (5 KB, sent uncompressed so that a bad bundle is refused by it in one line);
+    # 27.3 KB with the first copy's stream module.
+    assert len(payload) < 32_000, "the worker travels on every start: keep it small"
