@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,9 @@ import pytest
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.errors import Cancelled, ProtocolError
 from blocksync_tui.engine.worker import protocol as wire
+from blocksync_tui.engine.endpoint import Endpoint
+from blocksync_tui.engine.pipeline import Transfer
+from blocksync_tui.engine.sync import SyncEngine, SyncOptions
 from helpers import run_engine, tampered_engine
 
 KIB = 1024
@@ -63,6 +65,13 @@ def test_a_sparse_source_gives_a_sparse_destination(tmp_path: Path) -> None:
     assert report.bytes_differing == data and report.chunks["written"] == 5
     assert report.chunks["zero"] == 256 - 5
     assert _allocated(dst) <= data + 16 * KIB  # file-system blocks at the edges of extents
+
+
+def run_engine_prepared(src: Path, dst: Path) -> SyncEngine:
+    engine = SyncEngine(Endpoint.parse(str(src)), Endpoint.parse(str(dst)),
+                        SyncOptions(chunk_size=CHUNK, direct=False))
+    engine.prepare()
+    return engine
 
 
 def _stream_pair(tmp_path: Path, chunks: int = 64) -> tuple[Path, Path]:
@@ -127,26 +136,25 @@ def _data_called_zero(index: int):
     return tamper
 
 
-def test_a_cancelled_stream_stops_writing_and_a_rerun_finishes(tmp_path: Path) -> None:
+def test_a_cancelled_stream_stops_writing_and_a_rerun_finishes(tmp_path: Path, monkeypatch) -> None:
     """After a cancel no further chunk is written; the chunks written are acknowledged and on
     disk; the rerun (the file now exists) compares and completes it."""
     src, dst = _stream_pair(tmp_path, chunks=256)
-    relayed = threading.Event()
+    relay = Transfer._on_streamed_data
+    seen: list[int] = []
 
-    def slow(op: int, rid: int, payload: bytes):
-        if op == wire.OP_DATA:
-            relayed.set()
-        return [(op, rid, payload)]
+    def cancel_at_the_fifth(self: Transfer, frame) -> None:
+        relay(self, frame)
+        seen.append(1)
+        if len(seen) == 5:
+            self.control.cancel()
 
-    engine = tampered_engine(src, dst, "source", slow, chunk_size=CHUNK, direct=False)
-    engine.prepare()
-    runner = threading.Thread(target=lambda: relayed.wait(10) and engine.cancel())
-    runner.start()
+    monkeypatch.setattr(Transfer, "_on_streamed_data", cancel_at_the_fifth)
+    engine = run_engine_prepared(src, dst)
     with pytest.raises(Cancelled):
         engine.run()
-    runner.join()
     written = engine.chunk_map.count(State.WRITTEN)
-    assert 0 < written < 256, "the cancel came after the first chunk and stopped the rest"
+    assert written == 5, "the chunks relayed before the cancel are written, and no more"
     data, copy = src.read_bytes(), dst.read_bytes()
     for index in range(256):
         piece = slice(index * CHUNK, (index + 1) * CHUNK)
@@ -155,3 +163,44 @@ def test_a_cancelled_stream_stops_writing_and_a_rerun_finishes(tmp_path: Path) -
     report = run_engine(src, dst, chunk_size=CHUNK, direct=False)
     assert report.method == "digests" and dst.read_bytes() == data
     assert report.chunks["same"] >= written
+
+
+# ---------------------------------------------------------------- zeros onto an existing file
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_zeros_written_onto_a_file_become_holes(tmp_path: Path, direct: bool) -> None:
+    """A sparse source onto a dense destination: the zero chunks and zero pieces are punched
+    out (FALLOC_FL_PUNCH_HOLE), not written, so the destination ends as sparse as the source."""
+    rnd = random.Random(11)
+    size = 128 * CHUNK
+    extents = [(5 * CHUNK, rnd.randbytes(CHUNK)), (70 * CHUNK + 12 * KIB, rnd.randbytes(8 * KIB))]
+    src = _sparse_image(tmp_path / "src", size, extents)
+    dst = tmp_path / "dst"
+    dst.write_bytes(rnd.randbytes(size))
+    assert _allocated(dst) >= size
+    report = run_engine(src, dst, chunk_size=CHUNK, direct=direct)
+    assert report.method == ("direct" if direct else "digests")
+    assert dst.read_bytes() == src.read_bytes()
+    assert _allocated(dst) <= _allocated(src) + 16 * KIB
+
+
+def test_zeros_onto_a_block_device_read_back_as_zeros(tmp_path: Path, loop_device) -> None:
+    """On a device, a zero chunk goes out as BLKZEROOUT (never a discard): it reads as zeros."""
+    from blocksync_tui.engine.worker import zeroing
+
+    rnd = random.Random(12)
+    src = _sparse_image(tmp_path / "src", 64 * CHUNK, [(3 * CHUNK, rnd.randbytes(CHUNK))])
+    image = tmp_path / "dev.img"
+    image.write_bytes(rnd.randbytes(64 * CHUNK))
+    device = loop_device(image)
+    report = run_engine(src, device, chunk_size=CHUNK, direct=False, verify=True)
+    assert report.chunks["written"] == 64 and report.verified
+    with open(device, "rb") as f:
+        assert f.read(64 * CHUNK) == src.read_bytes()
+    fd = os.open(device, os.O_WRONLY)
+    try:  # the ioctl itself is there and zeroes what is sector-aligned
+        assert zeroing.block_zero_out(fd, 4096, 8192 + 100) == 8192
+        assert zeroing.block_zero_out(fd, 100, 4096) == 0
+    finally:
+        os.close(fd)

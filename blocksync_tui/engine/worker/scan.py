@@ -166,6 +166,24 @@ def differing_runs(a, b, sub_size: int, base: int = 0) -> "list[tuple[int, int]]
     return runs
 
 
+def zero_split(data, sub: int) -> "list[tuple[int, int]]":
+    """Cut a run of bytes where its sub-blocks turn from zeros to data or back: (start, end)
+    stretches, each all zeros or holding data. `startswith` compares in place, without a copy."""
+    buf = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+    zeros = bytes(sub)
+    cuts: "list[tuple[int, int]]" = []
+    last = None
+    for start in range(0, len(buf), sub):
+        end = min(len(buf), start + sub)
+        zero = buf.startswith(zeros[: end - start], start, end)
+        if cuts and zero == last:
+            cuts[-1] = (cuts[-1][0], end)
+        else:
+            cuts.append((start, end))
+        last = zero
+    return cuts
+
+
 def spans(flags: "list[bool]") -> "list[tuple[int, int]]":
     """Runs (first, count) of consecutive true flags."""
     runs: "list[tuple[int, int]]" = []
@@ -316,7 +334,13 @@ class Scanner:
                     piece_runs = differing_runs(src, dst, sub, pos)
                     if write:
                         for start, end in piece_runs:
-                            self.writer.pwrite_all(target, memoryview(src)[start - pos : end - pos], offset + start)
+                            run = src[start - pos : end - pos]
+                            for begin, stop in zero_split(run, sub):
+                                at = offset + start + begin
+                                if is_zero(memoryview(run)[begin:stop]):  # a hole, not zeros written
+                                    self.writer.zero_range(target, at, stop - begin)
+                                else:
+                                    self.writer.pwrite_all(target, memoryview(run)[begin:stop], at)
                     runs.extend(piece_runs)
                 pos += len(src)
         except OSError as exc:
@@ -367,9 +391,15 @@ class Scanner:
             else:
                 mine = protocol.sub_digests(protocol.hasher(algo), view, sub_size)
                 runs = spans(protocol.differing_sub_blocks(mine, theirs, blocks))
-        parts = [protocol.PIECES_HEAD.pack(index, length, len(runs))]
+        encoded: "list[bytes]" = []
+        count_pieces = 0
         for first, count in runs:
             start = first * sub_size
             data = piece(start, min(length, start + count * sub_size))
-            parts.extend(protocol.encode_piece(start, data, codec or None))
-        self.out.send(protocol.OP_DATA, rid, b"".join(parts))
+            for begin, end in zero_split(data, sub_size):
+                # A zero stretch goes as a marker (the destination punches a hole), never as
+                # bytes inside a data piece.
+                encoded.extend(protocol.encode_piece(start + begin, memoryview(data)[begin:end], codec or None))
+                count_pieces += 1
+        head = protocol.PIECES_HEAD.pack(index, length, count_pieces)
+        self.out.send(protocol.OP_DATA, rid, head + b"".join(encoded))

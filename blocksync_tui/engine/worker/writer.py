@@ -16,7 +16,7 @@ import struct
 import time
 import zlib
 
-from . import protocol
+from . import protocol, zeroing
 from .output import WorkerError, exception_text, os_error_text
 
 ACK_BATCH = 256
@@ -107,13 +107,13 @@ class Writer:
                 if (got_len, got_offset) != (length, offset):
                     raise WorkerError("zero request for chunk %d does not match its geometry" % index)
                 self.cache.forget(offset)
-                self._write_zeros(target, offset, length)
+                self.zero_range(target, offset, length)
             else:
                 pieces = protocol.decode_pieces(payload, index, length)  # all checked before any write
                 self.cache.forget(offset)
                 for piece_offset, piece_len, data in pieces:
                     if data is None:
-                        self._write_zeros(target, offset + piece_offset, piece_len)
+                        self.zero_range(target, offset + piece_offset, piece_len)
                     else:
                         self.pwrite_all(target, data, offset + piece_offset)
             self.acks.append(protocol.ACK_ITEM.pack(index, protocol.ACK_OK))
@@ -147,13 +147,20 @@ class Writer:
             offset += n
             self.bytes_written += n
 
-    def _write_zeros(self, target, offset: int, length: int) -> None:
-        zero = memoryview(bytes(min(length, ZERO_BLOCK)))
-        while length > 0:
-            n = min(length, len(zero))
-            self.pwrite_all(target, zero[:n], offset)
-            offset += n
-            length -= n
+    def zero_range(self, target, offset: int, length: int) -> None:
+        """Make a range read as zeros: a hole in a file, BLKZEROOUT on a device, else zeros."""
+
+        def write(offset: int, length: int) -> None:
+            zero = memoryview(bytes(min(length, ZERO_BLOCK)))
+            while length > 0:
+                n = min(length, len(zero))
+                self.pwrite_all(target, zero[:n], offset)
+                offset += n
+                length -= n
+
+        before = self.bytes_written
+        zeroing.zero_range(target, offset, length, write)
+        self.bytes_written = before + length  # a hole punched changed the destination too
 
 
 def _chunk_geometry(target, index: int) -> "tuple[int, int]":
