@@ -213,3 +213,34 @@ def test_the_app_has_the_same_ssh_options_as_sync(capsys: pytest.CaptureFixture[
 
     assert ssh_section(["app", "--help"]) == ssh_section(["sync", "--help"])
     assert main(["--help"]) == 0 and "app " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["digests", "direct"])
+def test_a_16_tib_sparse_compare_is_cheap_in_memory(tmp_path: Path, direct: bool) -> None:
+    """A 16 TiB image that is holes but for two small extents, compared with 64 MiB chunks:
+    nothing but the data is read, and the whole run (controller and both workers) stays small
+    in memory: one byte of state per chunk and bounded windows, nothing per chunk of the device."""
+    size = (16 << 40) - (64 << 20)  # ext4's largest file, on 4 KiB blocks, is just under 16 TiB
+    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
+    for path, text in ((src, b"source"), (dst, b"destination")):
+        with open(path, "wb") as f:
+            f.truncate(size)
+            f.seek(size // 3)
+            f.write(text)
+            f.seek(7 << 40)
+            f.write(b"the same on both sides")
+    report = tmp_path / "report.json"
+    argv = [sys.executable, "-m", "blocksync_tui", "compare", str(src), str(dst), "--chunk-size", "64M",
+            "--json", str(report), "-q"] + ([] if direct else ["--no-direct"])
+    # A small launcher measures: a child forked from pytest itself would start out with pytest's
+    # peak resident size as its own.
+    launcher = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+                "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    measured = subprocess.run([sys.executable, "-c", launcher, *argv], cwd=Path(__file__).parent.parent,
+                              capture_output=True, text=True, check=True)
+    code, peak = map(int, measured.stdout.split()[-2:])
+    result = json.loads(report.read_text())
+    assert code == 1 and result["outcome"] == "differs"
+    assert result["chunks"]["differs"] == 1 and result["chunks"]["same"] == 1
+    assert result["total_chunks"] == size // (64 << 20)
+    assert peak < 80_000, f"peak RSS {peak} KiB"  # the largest process of the run: CLI or a worker

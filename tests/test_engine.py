@@ -278,6 +278,8 @@ def test_many_hash_windows_with_changes_everywhere(tmp_path: Path, monkeypatch, 
 
     monkeypatch.setattr(pipeline, "HASH_WINDOW_BYTES", 64 * KIB)  # many windows on a small file
     monkeypatch.setattr(pipeline, "PAIR_WINDOW_BYTES", 64 * KIB)
+    monkeypatch.setattr(pipeline, "HASH_WINDOW_CHUNKS", 1)
+    monkeypatch.setattr(pipeline, "PAIR_WINDOW_CHUNKS", 1)
     rnd = random.Random(8)
     data = rnd.randbytes(3 << 20)
     changed = bytearray(data)
@@ -358,6 +360,7 @@ def test_a_full_copy_keeps_a_bounded_backlog(tmp_path: Path, monkeypatch) -> Non
     from blocksync_tui.engine.pipeline import Transfer
 
     monkeypatch.setattr(pipeline, "HASH_WINDOW_BYTES", 64 * KIB)  # windows of 16 chunks
+    monkeypatch.setattr(pipeline, "HASH_WINDOW_CHUNKS", 1)
     monkeypatch.setattr(pipeline, "INFLIGHT_BYTES", 16 * KIB)  # a slow transfer: 4 chunks at a time
     rnd = random.Random(21)
     src = _write(tmp_path / "src", rnd.randbytes(4 << 20))

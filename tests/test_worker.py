@@ -270,3 +270,31 @@ def test_holes_are_zero_chunks_without_a_read(worker, tmp_path: Path) -> None:
     data_chunks = {0, (10 << 20) // CHUNK, total - 1}
     assert flags == [wire.FLAG_DATA if i in data_chunks else wire.FLAG_ZERO for i in range(total)]
     assert _bytes_read(conn) - before < 8 * CHUNK  # not the 64 MiB a dense read takes
+
+
+def test_pair_does_not_read_holes_on_both_sides(worker, tmp_path: Path) -> None:
+    """A direct compare of two sparse files reads their data only: 4 GiB of holes on both
+    sides are zero chunks without a read (it once read every byte of them)."""
+    conn, events = worker
+    size = 4 << 30
+    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
+    for path in (src, dst):
+        with open(path, "wb") as f:
+            f.truncate(size)
+            f.seek(size // 2)
+            f.write(b"the only data")
+    conn.call_json(wire.OP_OPEN, {"path": str(dst)})
+    conn.call_json(wire.OP_OPEN, {"path": str(src), "peer": True})
+    before = _bytes_read(conn)
+    chunk = 1 << 20
+    rid = conn.post(wire.OP_PAIR, {"ranges": [[0, size // chunk]], "chunk_size": chunk, "size": size,
+                                   "sub_block": SUB, "algo": "xxh128"})
+    outcomes = []
+    for frame in _until_done(events, rid):
+        first, count, dsize = wire.DIGESTS_HEAD.unpack_from(frame.payload)
+        for n in range(count):
+            pos = wire.DIGESTS_HEAD.size + n * (wire.PAIRED_ITEM.size + dsize)
+            outcomes.append(wire.PAIRED_ITEM.unpack_from(frame.payload, pos)[0])
+    assert len(outcomes) == size // chunk
+    assert outcomes.count(wire.PAIR_SAME) == 1 and outcomes.count(wire.PAIR_ZERO) == len(outcomes) - 1
+    assert _bytes_read(conn) - before < 16 * chunk  # the data chunk on each side, and the frames

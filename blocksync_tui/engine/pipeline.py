@@ -27,6 +27,9 @@ from blocksync_tui.engine.preflight import DESTINATION, SOURCE, Negotiated
 
 HASH_WINDOW_BYTES = 32 << 20
 """Chunks are requested for hashing in windows of this size..."""
+HASH_WINDOW_CHUNKS = 256
+"""...and at least this many chunks: a window costs a request, a round trip and the two sides
+meeting, which a scan of holes (no read at all) would otherwise pay every 32 chunks."""
 WINDOWS_AHEAD = 4
 """...and one side may run this many windows ahead of the other (bounds memory)."""
 BACKLOG_WINDOWS = 8
@@ -35,8 +38,11 @@ a full copy of a huge device keeps a bounded backlog (and the source's kept sub-
 what waits stay in its bounded cache), not a record per chunk of the whole device."""
 PAIR_WINDOW_BYTES = 8 << 20
 """A direct compare writes as it goes: smaller windows, fewer ahead, so a cancel or a pause
-takes effect within 16 MiB."""
+takes effect soon."""
 PAIR_WINDOWS_AHEAD = 2
+PAIR_WINDOW_CHUNKS = 32
+"""At least this many chunks a window, for the same reason as HASH_WINDOW_CHUNKS; a cancel
+then waits for at most 64 chunks' writes (64 MiB at the default chunk size)."""
 STREAM_WINDOW_BYTES = 16 << 20
 """A stream sends whole chunks: windows small enough that a cancel or pause acts soon..."""
 STREAM_WINDOWS_AHEAD = 2
@@ -192,6 +198,10 @@ class Transfer:
             method, HASH_WINDOW_BYTES
         )
         self._window = max(1, window_bytes // options.chunk_size)
+        if method == "digests":
+            self._window = max(self._window, HASH_WINDOW_CHUNKS)
+        elif method == "direct":
+            self._window = max(self._window, PAIR_WINDOW_CHUNKS)
         self._windows = -(-geometry.total // self._window)
         self._digests: dict[str, dict[int, tuple[int, bytes]]] = {SOURCE: {}, DESTINATION: {}}
         self._todo: deque[_Job] = deque()

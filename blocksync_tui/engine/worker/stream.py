@@ -15,7 +15,7 @@ import struct
 import time
 
 from . import protocol
-from .scan import READ_SIZE, BATCH_BYTES, BATCH_ENTRIES, BATCH_SECONDS, HoleFinder, geometry
+from .scan import BATCH_ENTRIES, BATCH_SECONDS, READ_SIZE, HoleFinder, geometry
 
 BAIL_OUT_CHUNKS = 16
 """A chunk that did not compress makes the next this many go raw, untried: random data (or
@@ -92,7 +92,7 @@ class Streamer:
             digest = make_hash(view).digest() if make_hash else b""
             return entry.pack(protocol.FLAG_DATA, digest)
 
-        batch_chunks = max(1, min(BATCH_ENTRIES, BATCH_BYTES // chunk_size))
+        batch_chunks = BATCH_ENTRIES
         for first, count in req["ranges"]:
             batch: "list[bytes]" = []
             last_sent = time.monotonic()
