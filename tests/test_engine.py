@@ -397,3 +397,23 @@ def test_sparse_files_either_way(tmp_path: Path, direct: bool) -> None:
         assert run_engine(src, dst, chunk_size=64 * KIB, dry_run=True, direct=direct).outcome == "identical"
         if src is sparse:
             dense.write_bytes(rnd.randbytes(size))  # dense again for the way back
+
+
+def test_a_long_link_keeps_more_chunks_in_flight() -> None:
+    """The round trip measured at open sizes the pipeline: at 50 ms it takes hundreds of small
+    deltas in flight to keep the source busy, on loopback the byte bound alone (32 at 1 MiB)."""
+    from blocksync_tui.engine.chunkmap import ChunkMap
+    from blocksync_tui.engine.pipeline import Control, Geometry
+    from blocksync_tui.engine.preflight import Negotiated
+
+    def jobs(round_trip: float, chunk: int = 1 << 20) -> int:
+        geometry = Geometry(1 << 30, chunk)
+        transfer = Transfer(
+            {"source": None, "destination": None}, {"source": "a", "destination": "b"},  # type: ignore[dict-item]
+            None, ChunkMap(geometry.total), geometry, Negotiated("sha256", 32, "sha256", "none"),  # type: ignore[arg-type]
+            SyncOptions(chunk_size=chunk), Control(), "digests", False, round_trip=round_trip,
+        )
+        return transfer._max_inflight
+
+    assert jobs(0.0001) == 32 and jobs(0.05) == 250 and jobs(5.0) == 1024
+    assert jobs(0.0001, chunk=4096) == 8192  # small chunks: the byte bound allows more

@@ -52,6 +52,11 @@ STREAM_UNACKED_BYTES = 64 << 20
 the controller's queues stay bounded however slow the destination's disk or link."""
 INFLIGHT_BYTES = 32 << 20
 """At most this much chunk data is between the source and a completed write."""
+JOB_SECONDS = 0.0002
+"""About what one differing chunk's delta costs the source's worker: a link's round trip over
+this is how many chunks it takes to keep the worker busy while answers travel..."""
+MAX_JOBS = 1024
+"""...up to this many (at 50 ms, 250)."""
 CANCEL_TIMEOUT = 30.0
 """After a cancel, the writes in flight get this long to be acknowledged."""
 POLL_SECONDS = 0.2
@@ -153,6 +158,8 @@ class _Job:
     """Its write (or zeroing) was sent: the destination's acknowledgement settles it."""
     subs: dict[str, bytes] = field(default_factory=dict)
     """Dry run: each side's sub-block digests, as they arrive."""
+    sent: int = 0
+    """Bytes of its data relayed to the destination, until the write is acknowledged."""
 
 
 class Transfer:
@@ -176,6 +183,7 @@ class Transfer:
         control: Control,
         method: str,
         dest_absent: bool,
+        round_trip: float = 0.0,
     ) -> None:
         self.sides = {name: Side(conn) for name, conn in conns.items()}
         self.names = names
@@ -209,7 +217,13 @@ class Transfer:
         """The differing chunks in flight, by index: one record each."""
         self._by_request: dict[tuple[str, int], _Job] = {}
         """The job each outstanding SUBHASH or DELTA answers to, by (side, request id)."""
-        self._max_inflight = max(2, INFLIGHT_BYTES // options.chunk_size)
+        # Enough differing chunks in flight to cover the link's round trip (a delta is a few
+        # KiB, its pipeline two round trips), and never more data unacknowledged than
+        # INFLIGHT_BYTES: a long link keeps many small deltas moving, a fast one few whole chunks.
+        by_link = int(round_trip / JOB_SECONDS)
+        self._max_inflight = max(2, INFLIGHT_BYTES // options.chunk_size, min(MAX_JOBS, by_link))
+        self._unacked = 0
+        """Bytes of chunk data relayed to the destination and not yet acknowledged."""
         self._settled = 0
         self._streamed: set[int] = set()
         """Stream: chunks whose data was relayed and whose entry in the window is still due."""
@@ -332,7 +346,7 @@ class Transfer:
         while (
             side.next_window < self._windows
             and len(side.window_first) < STREAM_WINDOWS_AHEAD
-            and len(self._jobs) * self.geometry.chunk_size < STREAM_UNACKED_BYTES
+            and self._unacked < STREAM_UNACKED_BYTES
         ):
             self._post_window(SOURCE, wire.OP_STREAM, request)
 
@@ -479,11 +493,10 @@ class Transfer:
         if self.control.cancelled:
             return  # stop writing at once: this chunk stays as it was (a hole)
         self._streamed.add(index)
-        self._jobs[index] = _Job(index, wire.FLAG_DATA, wire.FLAG_ZERO, writing=True)
+        job = self._jobs[index] = _Job(index, wire.FLAG_DATA, wire.FLAG_ZERO, writing=True)
         self.chunk_map.set(index, State.DIFFERS)
         self.bytes_differing += raw
-        self.sides[DESTINATION].conn.post(wire.OP_WRITE, frame.payload)
-        self.bytes_sent += len(frame.payload)
+        self._relay(job, frame.payload)
 
     def _on_paired(self, frame: Frame) -> None:
         if frame.side != DESTINATION:
@@ -533,7 +546,7 @@ class Transfer:
     # -- differing chunks
 
     def _issue_chunks(self) -> None:
-        while self._todo and len(self._jobs) < self._max_inflight:
+        while self._todo and len(self._jobs) < self._max_inflight and self._unacked < INFLIGHT_BYTES:
             self._start_chunk(self._todo.popleft())
 
     def _chunk_request(self, index: int, mode: int, tail: bytes = b"") -> bytes:
@@ -623,8 +636,14 @@ class Transfer:
             raise self._protocol_error(frame, f"pieces that do not fit chunk {job.index} ({exc})") from None
         # Writes are acknowledged in batches (OP_WRITTEN), never one round trip each.
         job.writing = True
-        self.sides[DESTINATION].conn.post(wire.OP_WRITE, frame.payload)
-        self.bytes_sent += len(frame.payload)
+        self._relay(job, frame.payload)
+
+    def _relay(self, job: _Job, payload: bytes) -> None:
+        """Send a chunk's checked pieces on to the destination, counted until acknowledged."""
+        self.sides[DESTINATION].conn.post(wire.OP_WRITE, payload)
+        job.sent = len(payload)
+        self._unacked += job.sent
+        self.bytes_sent += job.sent
 
     def _on_written(self, frame: Frame) -> None:
         if frame.side != DESTINATION or len(frame.payload) % wire.ACK_ITEM.size:
@@ -675,5 +694,6 @@ class Transfer:
 
     def _finish_chunk(self, job: _Job, state: State) -> None:
         self.chunk_map.set(job.index, state)
+        self._unacked -= job.sent
         del self._jobs[job.index]
         self._settled += 1

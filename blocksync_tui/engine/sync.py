@@ -76,6 +76,7 @@ class SyncEngine:
         difference in itself, which a sync removes by truncating or growing the file."""
         self._events: queue.Queue[Frame] = queue.Queue()
         self._conns: dict[str, Connection] = {}
+        self._round_trips: dict[str, float] = {}
         self._opened: dict[str, Opened] = {}
         self._negotiated: Negotiated | None = None
         self._control = Control()
@@ -210,7 +211,10 @@ class SyncEngine:
                 conn = Connection(self._factory(endpoints[side]), side, self._events)
                 self._conns[side] = conn
                 conn.start()
+                asked = time.monotonic()
                 opened = self._open(side, {"path": endpoints[side].path, "prefetch": PREFETCH_BYTES})
+                # Opening is microseconds of work: its reply time is the link's round trip.
+                self._round_trips[side] = time.monotonic() - asked
                 if side == SOURCE and not opened.exists:
                     raise EndpointError(f"{self.source}: no such file or device")
             except BaseException as exc:  # handed to the calling thread below
@@ -274,6 +278,7 @@ class SyncEngine:
                 self._control,
                 self.method,
                 self._dest_absent,
+                round_trip=max(self._round_trips.values(), default=0.0),
             )
             self.errors = self._transfer.errors  # one list: the report reads it as it grows
             self._transfer.run()
