@@ -224,7 +224,10 @@ def test_a_16_tib_sparse_compare_is_cheap_in_memory(tmp_path: Path, direct: bool
     src, dst = tmp_path / "src.img", tmp_path / "dst.img"
     for path, text in ((src, b"source"), (dst, b"destination")):
         with open(path, "wb") as f:
-            f.truncate(size)
+            try:
+                f.truncate(size)
+            except OSError as exc:  # a file system with a smaller largest file
+                pytest.skip(f"no {size}-byte sparse file here: {exc.strerror}")
             f.seek(size // 3)
             f.write(text)
             f.seek(7 << 40)
