@@ -6,6 +6,7 @@ whole process group, the way a terminal sends Ctrl-C to its foreground job.
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import json
 import os
@@ -304,7 +305,10 @@ def test_sigterm_while_connecting_stops_at_once(
                 if signals == 2:  # the way out waits for the stopped worker: do not wait too
                     with pytest.raises(subprocess.TimeoutExpired):
                         process.wait(timeout=0.5)
-                    os.killpg(process.pid, signal.SIGTERM)
+                    # The way out may have finished meanwhile (closing kills a worker that does
+                    # not exit within 2 s): then there is no one left to signal, and that is fine.
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGTERM)
                 out, err = process.communicate(timeout=grace + 20)  # a loaded CI machine
                 took = time.monotonic() - signalled
             finally:
