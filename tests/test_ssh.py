@@ -120,8 +120,22 @@ def test_pull_remote_to_local(sshd: SshServer, tmp_path: Path) -> None:
 def test_pull_into_a_new_file(sshd: SshServer, tmp_path: Path) -> None:
     src, _ = make_pair(tmp_path, seed=3)
     new = tmp_path / "new.img"
-    sync(sshd.endpoint(src), str(new), sshd.ssh_options())
+    report = sync(sshd.endpoint(src), str(new), sshd.ssh_options())
+    assert report.method == "stream" and new.read_bytes() == src.read_bytes()
+
+
+def test_push_into_a_new_file_streams_and_stays_sparse(sshd: SshServer, tmp_path: Path) -> None:
+    """A first copy over SSH: the remote file is created, the source read once, its zero run
+    left a hole there; verify reads every written chunk back."""
+    src, _ = make_pair(tmp_path, seed=4)
+    new = tmp_path / "remote" / "new.img"
+    new.parent.mkdir()
+    report = sync(str(src), sshd.endpoint(new), sshd.ssh_options(), verify=True)
+    assert report.method == "stream" and report.verified and report.outcome == "synced"
     assert new.read_bytes() == src.read_bytes()
+    assert report.chunks["zero"] == 3  # the zero run of make_pair: never sent, never written
+    assert report.bytes_sent < src.stat().st_size - 3 * CHUNK + 4096
+    assert new.stat().st_blocks * 512 <= src.stat().st_size - 3 * CHUNK + 64 * 1024
 
 
 @pytest.mark.parametrize("direct", [False, True])
