@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="re-read what was written, from disk, and compare digests")
     sync.add_argument("-y", "--yes", action="store_true",
                       help="do not ask before writing to a block device")
+    sync.add_argument("--no-compare", dest="compare", action="store_false",
+                      help="copy every chunk without comparing, for a destination known to differ "
+                      "everywhere (a disk reused for another image): the source is read once and "
+                      "sent, zeros become holes or BLKZEROOUT")
     compare = commands.add_parser("compare", help="dry run: report what differs, write nothing")
     _add_run_options(compare)
     app = commands.add_parser(
@@ -375,6 +379,7 @@ def run_headless(args: argparse.Namespace, signals: _Signals | None = None) -> i
         verify=getattr(args, "verify", False),
         dry_run=dry_run,
         direct=args.direct,
+        compare=getattr(args, "compare", True),
     )
     engine = SyncEngine(
         Endpoint.parse(args.source),

@@ -185,7 +185,8 @@ def test_zeros_written_onto_a_file_become_holes(tmp_path: Path, direct: bool) ->
     assert _allocated(dst) <= _allocated(src) + 16 * KIB
 
 
-def test_zeros_onto_a_block_device_read_back_as_zeros(tmp_path: Path, loop_device) -> None:
+@pytest.mark.parametrize("compare", [True, False], ids=["compared", "no-compare"])
+def test_zeros_onto_a_block_device_read_back_as_zeros(tmp_path: Path, loop_device, compare: bool) -> None:
     """On a device, a zero chunk goes out as BLKZEROOUT (never a discard): it reads as zeros."""
     from blocksync_tui.engine.worker import zeroing
 
@@ -194,7 +195,8 @@ def test_zeros_onto_a_block_device_read_back_as_zeros(tmp_path: Path, loop_devic
     image = tmp_path / "dev.img"
     image.write_bytes(rnd.randbytes(64 * CHUNK))
     device = loop_device(image)
-    report = run_engine(src, device, chunk_size=CHUNK, direct=False, verify=True)
+    report = run_engine(src, device, chunk_size=CHUNK, direct=False, verify=True, compare=compare)
+    assert report.method == ("digests" if compare else "stream")
     assert report.chunks["written"] == 64 and report.verified
     with open(device, "rb") as f:
         assert f.read(64 * CHUNK) == src.read_bytes()
@@ -204,3 +206,34 @@ def test_zeros_onto_a_block_device_read_back_as_zeros(tmp_path: Path, loop_devic
         assert zeroing.block_zero_out(fd, 100, 4096) == 0
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------- --no-compare
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_no_compare_overwrites_everything_once(tmp_path: Path, direct: bool) -> None:
+    """A destination known to differ everywhere is not read: every chunk is sent or zeroed,
+    zero stretches inside data chunks too, and the result is exact (and sparse where the
+    source is), on one host as over the network."""
+    rnd = random.Random(13)
+    size = 48 * CHUNK + 777
+    extents = [(0, rnd.randbytes(CHUNK)), (9 * CHUNK + 4 * KIB, rnd.randbytes(8 * KIB)),
+               (47 * CHUNK, rnd.randbytes(CHUNK + 777))]
+    src = _sparse_image(tmp_path / "src", size, extents)
+    dst = tmp_path / "dst"
+    dst.write_bytes(rnd.randbytes(size + 5000))  # longer, too: truncated
+    report = run_engine(src, dst, chunk_size=CHUNK, direct=direct, compare=False, verify=True)
+    assert report.method == "stream" and report.outcome == "synced" and report.verified
+    assert dst.read_bytes() == src.read_bytes()
+    assert report.chunks["written"] == report.total_chunks  # every chunk, none compared
+    assert _allocated(dst) <= _allocated(src) + 16 * KIB
+
+
+def test_no_compare_is_for_a_sync_only(tmp_path: Path) -> None:
+    from blocksync_tui.engine.errors import UsageError
+
+    src, dst = _stream_pair(tmp_path, chunks=2)
+    dst.write_bytes(b"x")
+    with pytest.raises(UsageError, match="no-compare"):
+        run_engine(src, dst, dry_run=True, compare=False)

@@ -35,6 +35,9 @@ class SyncOptions:
     compares bytes: no digests, no data through the controller. False forces digests."""
     peer_timeout: float = PEER_TIMEOUT
     """Seconds a worker that owes an answer may stay silent before the run ends."""
+    compare: bool = True
+    """False: a sync that writes every chunk without comparing (a destination known to differ
+    everywhere): the source streams, and its zeros are zeroed on the destination."""
 
     def check(self) -> None:
         """Raises UsageError for options that cannot work."""
@@ -45,6 +48,8 @@ class SyncOptions:
             )
         if self.compress not in COMPRESSIONS:
             raise UsageError(f"unknown compression {self.compress!r}")
+        if not self.compare and self.dry_run:
+            raise UsageError("a compare without comparing is nothing: --no-compare is for sync")
 
 
 @dataclass

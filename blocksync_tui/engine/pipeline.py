@@ -343,6 +343,8 @@ class Transfer:
         }
         if self._record_digests:
             request["algo"] = self.negotiated.algorithm
+        if not self.dest_absent:  # what the destination holds is overwritten, zeros included
+            request["overwrite"] = True
         while (
             side.next_window < self._windows
             and len(side.window_first) < STREAM_WINDOWS_AHEAD
@@ -461,8 +463,15 @@ class Transfer:
             elif flag == wire.FLAG_ZERO:
                 if index in self._streamed:
                     raise self._protocol_error(frame, f"data for chunk {index}, then called it zeros")
-                self.chunk_map.set(index, State.ZERO)
-                self._settled += 1
+                if self.dest_absent:  # a new file is all holes already
+                    self.chunk_map.set(index, State.ZERO)
+                    self._settled += 1
+                elif not self.control.cancelled:  # overwriting: zero it there (hole, BLKZEROOUT)
+                    offset = self.geometry.chunk(index)[0]
+                    self._jobs[index] = _Job(index, wire.FLAG_ZERO, wire.FLAG_DATA, writing=True)
+                    self.chunk_map.set(index, State.DIFFERS)
+                    self.bytes_differing += length
+                    self.sides[DESTINATION].conn.post(wire.OP_ZERO, wire.ZERO_REQ.pack(index, length, offset))
             elif flag == wire.FLAG_ERROR:
                 if index in self._streamed:
                     raise self._protocol_error(frame, f"data for chunk {index}, then called it unreadable")

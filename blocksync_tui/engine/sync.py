@@ -263,8 +263,10 @@ class SyncEngine:
             if not self.options.dry_run:
                 self._open_for_writing()
             self.phase = "scanning"
-            if self._can_compare_directly():
-                self.method = "direct"
+            if not self.options.dry_run and not self.options.compare:
+                self.method = "stream"  # asked not to compare: every chunk sent once
+            elif self._can_compare_directly():
+                self.method = "direct"  # one host: cheaper than any data through us
             elif self._dest_absent and not self.options.dry_run:
                 self.method = "stream"  # a new file: nothing to compare, every chunk sent once
             self._transfer = Transfer(

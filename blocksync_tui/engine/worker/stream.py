@@ -56,6 +56,9 @@ class Streamer:
         entry = struct.Struct("!B%ds" % dsize)
         buf = bytearray(chunk_size)
         zeros = bytes(sub)
+        overwrite = bool(req.get("overwrite"))
+        """The destination holds other data: zero stretches of a data chunk go as zero pieces
+        (made zeros there), not left out."""
         holes = HoleFinder(target.scan_fd, not target.is_block)
         state = {"raw_for": 0}
 
@@ -84,9 +87,13 @@ class Streamer:
             runs = _data_runs(buf, length, sub, zeros)
             if not runs:
                 return entry.pack(protocol.FLAG_ZERO, b"")
-            parts = [protocol.PIECES_HEAD.pack(index, length, len(runs))]
-            for start, end in runs:
-                parts.extend(encode(start, view[start:end]))
+            pieces = _with_zero_stretches(runs, length) if overwrite else [(a, b, False) for a, b in runs]
+            parts = [protocol.PIECES_HEAD.pack(index, length, len(pieces))]
+            for start, end, zero in pieces:
+                if zero:  # made zeros there: a hole in a file, BLKZEROOUT on a device
+                    parts.append(protocol.PIECE_HEAD.pack(start, protocol.CODEC_ZERO, end - start, 0))
+                else:
+                    parts.extend(encode(start, view[start:end]))
             # Sent before the next read reuses the buffer: the frame goes out whole, now.
             self.out.send_parts(protocol.OP_DATA, rid, parts)
             digest = make_hash(view).digest() if make_hash else b""
@@ -109,6 +116,21 @@ class Streamer:
     def _entries(self, rid: int, first: int, batch: "list[bytes]", dsize: int) -> None:
         head = protocol.DIGESTS_HEAD.pack(first, len(batch), dsize)
         self.out.send(protocol.OP_DIGESTS, rid, head + b"".join(batch))
+
+
+def _with_zero_stretches(runs: "list[tuple[int, int]]", length: int) -> "list[tuple[int, int, bool]]":
+    """(start, end, all zeros) of the whole chunk: its data runs and, put back in between
+    them, the zero stretches they leave out."""
+    whole: "list[tuple[int, int, bool]]" = []
+    pos = 0
+    for start, end in runs:
+        if start > pos:
+            whole.append((pos, start, True))
+        whole.append((start, end, False))
+        pos = end
+    if pos < length:
+        whole.append((pos, length, True))
+    return whole
 
 
 def _data_runs(buf: bytearray, length: int, sub: int, zeros: bytes) -> "list[tuple[int, int]]":
