@@ -14,6 +14,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from blocksync_tui import __version__
@@ -101,6 +102,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", metavar="REPORT",
                         help="write the report as JSON to this file (-: to stdout)")
+    parser.add_argument("--map", metavar="MAPFILE",
+                        help="write the chunk states as a GNU ddrescue mapfile (+ equal or written, "
+                        "- differing or failed, ? not compared), for ddrescueview and ddrescuelog")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true",
                         help=f"print the traceback of an error (or set {DEBUG_ENV}=1)")
@@ -407,6 +411,8 @@ def run_headless(args: argparse.Namespace, signals: _Signals | None = None) -> i
         report.outcome, report.message = "failed", str(outcome)
     if args.json:
         _save(report, args.json)
+    if getattr(args, "map", None):
+        _save_map(engine, report, args.map)
     if isinstance(outcome, Cancelled):
         if signals.received is None:
             _say(f"blocksync-tui: {outcome}")
@@ -459,6 +465,17 @@ def _save(report: Report, path: str) -> None:
         report.save(path)
     except OSError as exc:
         raise UsageError(f"cannot write the report to {path}: {exc.strerror or exc}") from exc
+
+
+def _save_map(engine: Engine, report: Report, path: str) -> None:
+    """Write the chunk states as a ddrescue mapfile."""
+    from blocksync_tui.engine.mapfile import ddrescue_map
+
+    text = ddrescue_map(engine.chunk_map, report.chunk_size, report.size)
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write the map to {path}: {exc.strerror or exc}") from exc
 
 
 def _confirm_device(name: str, info: dict) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -247,3 +248,23 @@ def test_a_16_tib_sparse_compare_is_cheap_in_memory(tmp_path: Path, direct: bool
     assert result["chunks"]["differs"] == 1 and result["chunks"]["same"] == 1
     assert result["total_chunks"] == size // (64 << 20)
     assert peak < 80_000, f"peak RSS {peak} KiB"  # the largest process of the run: CLI or a worker
+
+
+def test_a_ddrescue_map_of_a_compare_and_of_the_sync(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """--map writes a GNU ddrescue mapfile that covers the device exactly: the differing chunk is
+    "-" (what ddrescuelog lists as bad), the rest "+"; after the sync, all of it is "+"."""
+    src, dst = pair
+    size = src.stat().st_size
+    mapfile = tmp_path / "compare.map"
+    assert main(["compare", str(src), str(dst), "--chunk-size", "64K", "-q", "--map", str(mapfile)]) == 1
+    lines = [line.split() for line in mapfile.read_text().splitlines() if not line.startswith("#")]
+    assert lines[0] == ["0x00000000", "+", "1"]
+    areas = [(int(pos, 16), int(length, 16), status) for pos, length, status in lines[1:]]
+    assert areas == [(0, 65536, "+"), (65536, 65536, "-"), (131072, size - 131072, "+")]
+    if shutil.which("ddrescuelog"):  # the tool of that format reads it as we mean it
+        listed = subprocess.run(["ddrescuelog", "-b", "65536", "-l-", str(mapfile)],
+                                capture_output=True, text=True, check=True)
+        assert listed.stdout.split() == ["1"]
+    synced = tmp_path / "sync.map"
+    assert main(["sync", str(src), str(dst), "--chunk-size", "64K", "-q", "--map", str(synced)]) == 0
+    assert synced.read_text().splitlines()[-1] == f"0x00000000  0x{size:08X}  +"
