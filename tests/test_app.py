@@ -231,6 +231,10 @@ async def test_export_writes_json_and_svg(tmp_path: Path, monkeypatch: pytest.Mo
     assert report["outcome"] == "differs" and report["mode"] == "compare"
     svg = (tmp_path / "blocksync-report.svg").read_text()
     assert svg.startswith("<svg") and "differs: " in svg
+    mapfile = (tmp_path / "blocksync-report.map").read_text()
+    areas = [line.split() for line in mapfile.splitlines()[5:]]
+    assert mapfile.startswith("# Mapfile.") and any(status == "-" for _, _, status in areas)
+    assert sum(int(length, 16) for _, length, _ in areas) == report["size"]
     assert dst.read_bytes() != src.read_bytes()
 
 

@@ -16,6 +16,7 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
 from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.chunkmap import State
+from blocksync_tui.engine.mapfile import ddrescue_map
 from blocksync_tui.engine.report import Report
 from blocksync_tui.engine.units import format_duration, human_bytes, human_rate
 from blocksync_tui.tui.map_svg import map_svg
@@ -38,7 +39,7 @@ class ReviewScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "sync", "Sync…", id="review-sync", tooltip="Write what differs (asks first)"),
-        Binding("ctrl+e", "export", "Export", id="export", tooltip="Save the report (JSON) and the map (SVG)"),
+        Binding("ctrl+e", "export", "Export", id="export", tooltip="Save the report (JSON), the map (SVG) and a ddrescue mapfile"),
         Binding("escape", "back", "Back", id="back", tooltip="Back to the setup screen"),
     ]
 
@@ -72,7 +73,7 @@ class ReviewScreen(Screen[None]):
             yield Button("Sync…", id="sync", variant="error", disabled=not can_sync)
             yield Label("Export to", classes="export-label")
             yield Input("blocksync-report", id="export-prefix")
-            yield Button("Export JSON + SVG", id="export")
+            yield Button("Export JSON, SVG, map", id="export")
             yield Button("Back", id="back")
         yield Footer()
 
@@ -144,16 +145,18 @@ class ReviewScreen(Screen[None]):
         self.app.pop_screen()
 
     def action_export(self) -> None:
-        """Write the JSON report and an SVG of the map next to the chosen prefix."""
+        """Write the JSON report, an SVG of the map and a ddrescue mapfile next to the chosen prefix."""
         prefix = Path(self.query_one("#export-prefix", Input).value.strip() or "blocksync-report")
+        r = self.report
         try:
             self.report.save(prefix.with_suffix(".json"))
             prefix.with_suffix(".svg").write_text(self.map_picture())
+            prefix.with_suffix(".map").write_text(ddrescue_map(self.engine.chunk_map, r.chunk_size, r.size))
         except OSError as exc:
             self.notify(f"Cannot export: {exc.strerror}: {exc.filename}", severity="error", markup=False)
             return
-        self.notify(f"Saved {prefix.with_suffix('.json')} and {prefix.with_suffix('.svg')}", title="Exported",
-                    markup=False)
+        saved = ", ".join(str(prefix.with_suffix(s)) for s in (".json", ".svg", ".map"))
+        self.notify(f"Saved {saved}", title="Exported", markup=False)
 
     def map_picture(self) -> str:
         """The map as SVG, in the colours the map shows now."""
