@@ -32,43 +32,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from bench_sync import CONTENDER_ENV, drop_caches, files_equal, fmt_bytes, loopback_bytes, parse_size  # noqa: E402
+from bench_sync import (  # noqa: E402
+    CONTENDER_ENV,
+    Checkout,
+    drop_caches,
+    files_equal,
+    fmt_bytes,
+    loopback_bytes,
+    parse_checkout,
+    parse_size,
+)
 from other_host import OtherHost  # noqa: E402
 
 MiB = 1 << 20
 CIPHER = "aes128-gcm@openssh.com"
 """What paramiko ends up with against this sshd: the tool puts GCM first (engine/ssh.py)."""
-
-
-@dataclass
-class Ours:
-    """A checkout of blocksync-tui to time, with extra arguments for its `sync`."""
-
-    name: str
-    path: Path
-    extra: list[str] = field(default_factory=list)
-
-
-def parse_ours(text: str) -> Ours:
-    """NAME=PATH or NAME=PATH:EXTRA ARGS (shell-quoted)."""
-    name, sep, rest = text.partition("=")
-    if not sep or not name or not rest:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PATH[:EXTRA ARGS]")
-    path, _, extra = rest.partition(":")
-    checkout = Path(path).resolve()
-    if not (checkout / "blocksync_tui" / "__main__.py").exists():
-        raise argparse.ArgumentTypeError(f"{path}: not a blocksync-tui checkout")
-    return Ours(name, checkout, shlex.split(extra))
-
-
-# -- data sets
 
 
 def write_random(path: Path, size: int, seed: int) -> int:
@@ -117,7 +102,7 @@ def _write(out, n: int, rng: random.Random | None) -> None:
 class Contender:
     name: str
     kind: str  # "dd" or "ours"
-    ours: Ours | None = None
+    ours: Checkout | None = None
 
 
 def command(c: Contender, host: OtherHost, src: Path, dst: Path, report: Path, bs: str,
@@ -235,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="data sets to run (repeatable; default both)")
     parser.add_argument("--zero-fraction", type=float, default=0.30,
                         help="share of zeros in the 'zeros' image (default 0.30)")
-    parser.add_argument("--ours", action="append", type=parse_ours, metavar="NAME=PATH[:ARGS]",
+    parser.add_argument("--ours", action="append", type=parse_checkout, metavar="NAME=PATH[:ARGS]",
                         help="a checkout to time, with extra sync arguments (repeatable; "
                         "default: this checkout as 'ours')")
     parser.add_argument("--no-dd", action="store_true", help="leave out dd | ssh dd")
@@ -248,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=BENCH / "results")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    ours = args.ours or [Ours("ours", REPO)]
+    ours = args.ours or [Checkout("ours", REPO)]
     if len({o.name for o in ours}) != len(ours):
         parser.error("--ours names must differ")
     contenders = ([] if args.no_dd else [Contender("dd | ssh dd", "dd")]) + [
