@@ -10,31 +10,14 @@ comes before its data, so the controller can tell a chunk that was sent from one
 
 from __future__ import annotations
 
-import os
 import struct
-import time
 
 from . import protocol
-from .scan import BATCH_ENTRIES, BATCH_SECONDS, READ_SIZE, HoleFinder, geometry
+from .scan import HoleFinder, geometry, read_into, send_entries, stretches
 
 BAIL_OUT_CHUNKS = 16
 """A chunk that did not compress makes the next this many go raw, untried: random data (or
 encrypted, or already compressed) then costs no compression at all, mixed data little."""
-
-
-def read_into(fd: int, view: memoryview, offset: int, path: str) -> None:
-    """Fill `view` from `offset`, in READ_SIZE requests (see scan.read); past the end of the
-    file reads as zeros."""
-    pos, length = 0, len(view)
-    while pos < length:
-        try:
-            n = os.preadv(fd, [view[pos : pos + READ_SIZE]], offset + pos)
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, path) from None
-        if n == 0:
-            view[pos:] = bytes(length - pos)
-            return
-        pos += n
 
 
 class Streamer:
@@ -55,7 +38,6 @@ class Streamer:
         dsize = protocol.digest_size(algo) if algo else 0
         entry = struct.Struct("!B%ds" % dsize)
         buf = bytearray(chunk_size)
-        zeros = bytes(sub)
         overwrite = bool(req.get("overwrite"))
         """The destination holds other data: zero stretches of a data chunk go as zero pieces
         (made zeros there), not left out."""
@@ -84,10 +66,10 @@ class Streamer:
                 read_into(target.scan_fd, view, offset, target.path)
             except OSError as exc:
                 return entry.pack(protocol.FLAG_ERROR, (exc.strerror or "").encode()[:dsize])
-            runs = _data_runs(buf, length, sub, zeros)
-            if not runs:
+            cut = stretches(buf, sub, length)
+            if all(zero for _, _, zero in cut):
                 return entry.pack(protocol.FLAG_ZERO, b"")
-            pieces = _with_zero_stretches(runs, length) if overwrite else [(a, b, False) for a, b in runs]
+            pieces = cut if overwrite else [piece for piece in cut if not piece[2]]
             parts = [protocol.PIECES_HEAD.pack(index, length, len(pieces))]
             for start, end, zero in pieces:
                 if zero:  # made zeros there: a hole in a file, BLKZEROOUT on a device
@@ -99,51 +81,7 @@ class Streamer:
             digest = make_hash(view).digest() if make_hash else b""
             return entry.pack(protocol.FLAG_DATA, digest)
 
-        batch_chunks = BATCH_ENTRIES
         for first, count in req["ranges"]:
-            batch: "list[bytes]" = []
-            last_sent = time.monotonic()
-            for index in range(first, first + count):
-                batch.append(send(index))
-                now = time.monotonic()
-                if len(batch) >= batch_chunks or now - last_sent > BATCH_SECONDS:
-                    self._entries(rid, index + 1 - len(batch), batch, dsize)
-                    batch, last_sent = [], now
-            if batch:
-                self._entries(rid, first + count - len(batch), batch, dsize)
+            # Each chunk's DATA goes out as it is read, so its entry always comes after it.
+            send_entries(self.out, rid, protocol.OP_DIGESTS, first, map(send, range(first, first + count)), dsize)
         self.out.send(protocol.OP_DONE, rid)
-
-    def _entries(self, rid: int, first: int, batch: "list[bytes]", dsize: int) -> None:
-        head = protocol.DIGESTS_HEAD.pack(first, len(batch), dsize)
-        self.out.send(protocol.OP_DIGESTS, rid, head + b"".join(batch))
-
-
-def _with_zero_stretches(runs: "list[tuple[int, int]]", length: int) -> "list[tuple[int, int, bool]]":
-    """(start, end, all zeros) of the whole chunk: its data runs and, put back in between
-    them, the zero stretches they leave out."""
-    whole: "list[tuple[int, int, bool]]" = []
-    pos = 0
-    for start, end in runs:
-        if start > pos:
-            whole.append((pos, start, True))
-        whole.append((start, end, False))
-        pos = end
-    if pos < length:
-        whole.append((pos, length, True))
-    return whole
-
-
-def _data_runs(buf: bytearray, length: int, sub: int, zeros: bytes) -> "list[tuple[int, int]]":
-    """Byte ranges (start, end) of the sub-blocks of buf[:length] that are not all zeros,
-    adjacent ones merged. `startswith` compares in place, at memory speed, with no copy."""
-    runs: "list[tuple[int, int]]" = []
-    for start in range(0, length, sub):
-        end = min(length, start + sub)
-        block = zeros if end - start == sub else zeros[: end - start]
-        if buf.startswith(block, start, end):
-            continue
-        if runs and runs[-1][1] == start:
-            runs[-1] = (runs[-1][0], end)
-        else:
-            runs.append((start, end))
-    return runs
