@@ -16,7 +16,7 @@ from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.chunkmap import ChunkMap, State
 from blocksync_tui.engine.connection import Connection, Frame
 from blocksync_tui.engine.endpoint import Endpoint
-from blocksync_tui.engine.errors import BlocksyncError, Cancelled, EndpointError, RemoteError, UsageError
+from blocksync_tui.engine.errors import BlocksyncError, Cancelled, EndpointError, ProtocolError, RemoteError, UsageError
 from blocksync_tui.engine.options import MAX_CHUNK, MIN_CHUNK, SyncOptions
 from blocksync_tui.engine.pipeline import Control, Geometry, Transfer, where
 from blocksync_tui.engine.preflight import (
@@ -192,11 +192,15 @@ class SyncEngine:
         self._prepare_seconds = time.monotonic() - self._started
 
     def _hello(self, side: str) -> Hello:
-        conn = self._conns[side]
+        return self._parsed(side, Hello.parse, self._conns[side].hello)
+
+    def _parsed(self, side: str, parse, answer: dict):
+        """A worker's answer as a typed value; one that does not parse is that side's
+        protocol error, naming it."""
         try:
-            return Hello.parse(conn.hello)
-        except BlocksyncError as exc:
-            raise type(exc)(where(conn, f"the {side}'s worker sent {exc}")).on(side) from None
+            return parse(answer)
+        except ProtocolError as exc:
+            raise ProtocolError(where(self._conns[side], f"the {side}'s worker sent {exc}")).on(side) from None
 
     def _start_workers(self) -> None:
         """Start both workers and open both ends (read-only) at once, side by side: two
@@ -238,10 +242,7 @@ class SyncEngine:
             answer = conn.call_json(wire.OP_OPEN, request, timeout=self.options.peer_timeout)
         except RemoteError as exc:
             raise EndpointError(where(conn, str(exc))).on(side) from None
-        try:
-            opened = Opened.parse(answer)
-        except BlocksyncError as exc:
-            raise type(exc)(where(conn, f"the {side}'s worker sent {exc}")).on(side) from None
+        opened = self._parsed(side, Opened.parse, answer)
         if not request.get("peer"):
             self._opened[side] = opened
         return opened
