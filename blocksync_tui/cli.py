@@ -23,8 +23,7 @@ from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, UsageError
 from blocksync_tui.engine.options import MAX_CHUNK, MIN_CHUNK, SshOptions, SyncOptions
 from blocksync_tui.engine.report import Report
-from blocksync_tui.engine.sync import SyncEngine
-from blocksync_tui.engine.transports import transport_factory
+from blocksync_tui.engine.parallel import engine_for
 from blocksync_tui.engine.units import parse_size, size_text
 
 if TYPE_CHECKING:
@@ -100,6 +99,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="compare digests even when both ends are on one machine (by default the "
         "destination's worker then reads the source itself and compares bytes)",
     )
+    parser.add_argument("--streams", type=int, default=1, metavar="N",
+                        help="split the device into N lanes, each with its own process, workers "
+                        "and SSH connections (default 1)")
     parser.add_argument("--json", metavar="REPORT",
                         help="write the report as JSON to this file (-: to stdout)")
     parser.add_argument("--map", metavar="MAPFILE",
@@ -384,13 +386,10 @@ def run_headless(args: argparse.Namespace, signals: _Signals | None = None) -> i
         dry_run=dry_run,
         direct=args.direct,
         compare=getattr(args, "compare", True),
+        streams=args.streams,
     )
-    engine = SyncEngine(
-        Endpoint.parse(args.source),
-        Endpoint.parse(args.destination),
-        options,
-        transport_factory(_ssh_options(args)),
-    )
+    engine = engine_for(Endpoint.parse(args.source), Endpoint.parse(args.destination), options,
+                        _ssh_options(args))
     engine.prepare()
     for warning in engine.warnings:
         _say(f"blocksync-tui: warning: {warning}")

@@ -12,6 +12,7 @@ MIN_CHUNK = 4096
 MAX_CHUNK = wire.MAX_CHUNK_SIZE
 SUB_BLOCK = 4096
 """The unit of a delta inside a differing chunk: the page size of every file system in use."""
+MAX_STREAMS = 16
 COMPRESSIONS = ("auto", "none", "zlib", "lz4", "zstd")
 PEER_TIMEOUT = 120.0
 """A worker that owes an answer and says nothing for this long ends the run. A scan reports at
@@ -39,6 +40,20 @@ class SyncOptions:
     """False: a sync that writes every chunk without comparing (a destination known to differ
     everywhere): the source streams, and its zeros are zeroed on the destination."""
 
+    streams: int = 1
+    """Lanes of the run (engine.parallel): each settles its share of the chunks in a process,
+    with workers and connections, of its own."""
+    lane: tuple[int, int] | None = None
+    """(k, n): settle only the k-th of n contiguous, equal shares of the chunks (one lane of a
+    `--streams n` run, engine.parallel); None: all of them."""
+
+    def chunk_range(self, total: int) -> tuple[int, int]:
+        """The chunks first..end-1 that this run settles, of a device of `total` chunks."""
+        if self.lane is None:
+            return 0, total
+        k, n = self.lane
+        return total * k // n, total * (k + 1) // n
+
     def check(self) -> None:
         """Raises UsageError for options that cannot work."""
         size = self.chunk_size
@@ -48,6 +63,10 @@ class SyncOptions:
             )
         if self.compress not in COMPRESSIONS:
             raise UsageError(f"unknown compression {self.compress!r}")
+        if not 1 <= self.streams <= MAX_STREAMS:
+            raise UsageError(f"--streams {self.streams}: must be from 1 to {MAX_STREAMS}")
+        if self.lane is not None and not 0 <= self.lane[0] < self.lane[1]:
+            raise UsageError(f"lane {self.lane[0]} of {self.lane[1]} does not exist")
         if not self.compare and self.dry_run:
             raise UsageError("a compare without comparing is nothing: --no-compare is for sync")
 

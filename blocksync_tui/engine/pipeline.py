@@ -210,7 +210,9 @@ class Transfer:
             self._window = max(self._window, HASH_WINDOW_CHUNKS)
         elif method == "direct":
             self._window = max(self._window, PAIR_WINDOW_CHUNKS)
-        self._windows = -(-geometry.total // self._window)
+        self._first, self._end = options.chunk_range(geometry.total)
+        """The chunks this transfer settles: all of them, or one lane's share of a parallel run."""
+        self._windows = -(-(self._end - self._first) // self._window)
         self._digests: dict[str, dict[int, tuple[int, bytes]]] = {SOURCE: {}, DESTINATION: {}}
         self._todo: deque[_Job] = deque()
         self._jobs: dict[int, _Job] = {}
@@ -241,7 +243,7 @@ class Transfer:
     def run(self) -> None:
         """Issue work and handle replies until every chunk is settled and nothing is in flight
         (after a cancel: until the writes in flight are acknowledged)."""
-        total = self.geometry.total
+        total = self._end - self._first
         control = self.control
         while True:
             if not control.paused and not control.cancelled:
@@ -355,8 +357,8 @@ class Transfer:
     def _post_window(self, name: str, op: int, request: dict) -> None:
         """Send one side the request for its next window of chunks."""
         side = self.sides[name]
-        first = side.next_window * self._window
-        count = min(self._window, self.geometry.total - first)
+        first = self._first + side.next_window * self._window
+        count = min(self._window, self._end - first)
         rid = side.conn.post(op, {**request, "ranges": [[first, count]]})
         side.window_first[rid] = first
         side.next_window += 1
@@ -386,7 +388,7 @@ class Transfer:
         if frame.rid not in side.window_first:
             raise self._protocol_error(frame, "an unexpected end of a request")
         first = side.window_first.pop(frame.rid)
-        count = min(self._window, self.geometry.total - first)
+        count = min(self._window, self._end - first)
         if side.window_got.pop(frame.rid, 0) != count:
             raise self._protocol_error(frame, "an incomplete window of chunks")
         side.windows_done += 1
@@ -401,7 +403,7 @@ class Transfer:
         expected = side.window_first[frame.rid] + side.window_got.get(frame.rid, 0)
         window_end = side.window_first[frame.rid] + self._window
         size = wire.DIGESTS_HEAD.size + count * (entry_size + dsize)
-        if first != expected or first + count > min(window_end, self.geometry.total):
+        if first != expected or first + count > min(window_end, self._end):
             raise self._protocol_error(frame, f"chunks {first}..{first + count} out of order")
         if len(frame.payload) != size or dsize > MAX_DIGEST_SIZE:
             raise self._protocol_error(frame, "a batch of the wrong length")
@@ -491,7 +493,7 @@ class Transfer:
         index, _, _ = wire.PIECES_HEAD.unpack_from(frame.payload)
         first = side.window_first[frame.rid]
         due = first + side.window_got.get(frame.rid, 0)
-        end = min(first + self._window, self.geometry.total)
+        end = min(first + self._window, self._end)
         if not due <= index < end or index in self._streamed or index in self._jobs:
             raise self._protocol_error(frame, f"data for chunk {index} out of order")
         _, length = self.geometry.chunk(index)

@@ -139,6 +139,22 @@ class Run:
     """Parent -> child: run, writing chunk states into the shared file `map_file`."""
 
     map_file: str
+    adopt: dict | None = None
+    """A lane of a parallel run: the destination as the first lane opened it (SyncEngine.adopt)."""
+    hold: bool = False
+    """Once the destination is open for writing, say Writable and write nothing before Go."""
+
+
+@dataclass(frozen=True)
+class Writable:
+    """Child -> parent, with Run(hold=True): open for writing; what another open must expect."""
+
+    expect: dict
+
+
+@dataclass(frozen=True)
+class Go:
+    """Parent -> child, after Writable: start writing."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +208,7 @@ class Failed:
     report: Report | None
 
 
-Command = Pause | Resume | Cancel | Close
+Command = Pause | Resume | Cancel | Close | Go
 """What the parent may send while the child runs."""
 Outcome = Finished | Stopped | Failed
 """The child's last message of a run."""
@@ -229,11 +245,19 @@ def _child_main() -> None:
     if not isinstance(command, Run):
         engine.close()
         return
-    with open(command.map_file, "r+b") as f:
-        shared = mmap.mmap(f.fileno(), max(1, engine.chunk_map.total))
+    shared = open_shared_map(command.map_file, engine.chunk_map.total)
     engine.chunk_map = ChunkMap(engine.chunk_map.total, buffer=shared)
+    engine.adopt = command.adopt
     send_lock = threading.Lock()
     done = threading.Event()
+    go = threading.Event()
+    if command.hold:
+        def writable(expect: dict) -> None:
+            with send_lock:
+                conn.send(Writable(expect))
+            go.wait()  # a cancel or a close sets it too, and the run then writes nothing
+
+        engine.on_writable = writable
 
     def listen() -> None:  # pause, resume and cancel arrive while run() blocks
         while not done.is_set():
@@ -241,8 +265,11 @@ def _child_main() -> None:
                 message: Command = conn.recv()
             except (EOFError, OSError):
                 engine.cancel()  # the UI is gone: stop writing at the next chunk
+                go.set()
                 return
             _obey(engine, message)
+            if not isinstance(message, (Pause, Resume)):
+                go.set()
 
     def report_progress() -> None:
         while not done.wait(PROGRESS_INTERVAL):
@@ -283,6 +310,8 @@ def _obey(engine: SyncEngine, command: Command) -> None:
             engine.cancel()
         case Close():
             engine.close()
+        case Go():
+            pass  # the listener releases the run
 
 
 class EngineProcess:
@@ -290,8 +319,10 @@ class EngineProcess:
 
     def __init__(
         self, source: Endpoint, destination: Endpoint, options: SyncOptions | None = None,
-        ssh: SshOptions | None = None,
+        ssh: SshOptions | None = None, map_file: str | None = None,
     ) -> None:
+        """`map_file`: a shared state file of the whole device that the caller owns (the lanes of
+        a parallel run share one); by default the process makes its own and removes it."""
         self.source = source
         self.destination = destination
         self.options = options or SyncOptions()
@@ -310,7 +341,12 @@ class EngineProcess:
         self._report: Report | None = None
         self._cancelled = False
         self._paused = False
-        self._map_file: str | None = None
+        self._map_file: str | None = map_file
+        self._owns_map = map_file is None
+        self._running = False
+        self.writable: dict | None = None
+        """With run(hold=True): what the child's Writable said, once it said it."""
+        self._writable = threading.Event()
 
     def prepare(self) -> None:
         """Start the engine's process and prepare there; raises what SyncEngine.prepare raises."""
@@ -320,6 +356,7 @@ class EngineProcess:
             # Imported, not run as __main__: what it pickles must name this module.
             [sys.executable, "-c", "from blocksync_tui.engine.process import _child_main; _child_main()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+            start_new_session=True,  # a terminal's Ctrl-C is the parent's to handle (it cancels)
         )
         assert self._process.stdin is not None and self._process.stdout is not None
         self._conn = _Duplex(
@@ -340,21 +377,32 @@ class EngineProcess:
         self.size, self.warnings = info.size, info.warnings
         self.source_info, self.destination_info = info.source_info, info.destination_info
         self.algorithm, self.compression = info.algorithm, info.compression
-        fd, self._map_file = tempfile.mkstemp(prefix="blocksync-map-", dir=_shm_dir())
-        os.ftruncate(fd, max(1, info.total))
-        states = mmap.mmap(fd, max(1, info.total))
-        os.close(fd)
-        self.chunk_map = SharedChunkView(states, info.total)
+        if self._owns_map:
+            self._map_file = shared_map_file(info.total)
+        else:  # the caller's, made before the size was known; every lane finds the same size
+            os.truncate(self._map_file, max(1, info.total))
+        self.chunk_map = SharedChunkView(open_shared_map(self._map_file, info.total), info.total)
 
-    def run(self) -> Report:
-        """Run in the child; returns its Report or raises Cancelled / BlocksyncError."""
+    def run(self, adopt: dict | None = None, hold: bool = False) -> Report:
+        """Run in the child; returns its Report or raises Cancelled / BlocksyncError.
+
+        `adopt` and `hold` are for the lanes of a parallel run (see Run); with `hold`, the
+        child waits once open for writing until `release()`.
+        """
         if self._process is None:
             self.prepare()
         assert self._conn is not None
         assert self._map_file is not None
-        self._conn.send(Run(self._map_file))
-        while isinstance(message := self._receive(), ProgressUpdate):
-            self._progress = message.progress
+        self._conn.send(Run(self._map_file, adopt, hold))
+        self._running = True
+        if self._paused:  # paused before the run began: it begins paused
+            self._command(Pause())
+        while isinstance(message := self._receive(), (ProgressUpdate, Writable)):
+            if isinstance(message, Writable):
+                self.writable = message.expect
+                self._writable.set()
+            else:
+                self._progress = message.progress
         self.close()
         match message:
             case Finished(report):
@@ -383,6 +431,14 @@ class EngineProcess:
             except OSError:
                 pass
 
+    def wait_writable(self, timeout: float) -> bool:
+        """With run(hold=True) in another thread: whether the child said Writable in time."""
+        return self._writable.wait(timeout)
+
+    def release(self) -> None:
+        """With run(hold=True): let the child write."""
+        self._command(Go())
+
     def cancel(self) -> None:
         """Stop at the next chunk boundary (see SyncEngine.cancel)."""
         self._cancelled = True
@@ -391,12 +447,14 @@ class EngineProcess:
     def pause(self) -> None:
         """Stop issuing new work until `resume()`."""
         self._paused = True
-        self._command(Pause())
+        if self._running:  # before Run, the child takes anything else for "do not run"
+            self._command(Pause())
 
     def resume(self) -> None:
         """Continue after `pause()`."""
         self._paused = False
-        self._command(Resume())
+        if self._running:
+            self._command(Resume())
 
     @property
     def cancelled(self) -> bool:
@@ -412,6 +470,11 @@ class EngineProcess:
                             counts, self._paused)
         p = self._progress
         return Progress(**{**p.__dict__, "paused": self._paused or p.paused})
+
+    @property
+    def last_report(self) -> Report | None:
+        """The child's report once it finished (None before, or if its process went away)."""
+        return self._report
 
     def report(self) -> Report:
         """The child's report once it finished."""
@@ -429,12 +492,30 @@ class EngineProcess:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-        if self._map_file:
-            try:
-                os.unlink(self._map_file)
-            except FileNotFoundError:
-                pass
+        if self._map_file and self._owns_map:
+            remove_shared_map(self._map_file)
             self._map_file = None
+
+
+def shared_map_file(total: int) -> str:
+    """A new zero-filled file of `total` chunk states, in shared memory where there is some."""
+    fd, path = tempfile.mkstemp(prefix="blocksync-map-", dir=_shm_dir())
+    os.ftruncate(fd, max(1, total))
+    os.close(fd)
+    return path
+
+
+def open_shared_map(path: str, total: int) -> mmap.mmap:
+    """The states of a shared map file, mapped (the file may be removed afterwards)."""
+    with open(path, "r+b") as f:
+        return mmap.mmap(f.fileno(), max(1, total))
+
+
+def remove_shared_map(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _shm_dir() -> str | None:

@@ -66,6 +66,17 @@ class Progress:
         return (self.size - self.scanned) / self.rate
 
 
+def outcome_of(failed: bool, cancelled: bool, dry_run: bool, changed: bool) -> str:
+    """A run's outcome: failed, cancelled, or what the comparison found (and a sync did)."""
+    if failed:
+        return "failed"
+    if cancelled:
+        return "cancelled"
+    if dry_run:
+        return "differs" if changed else "identical"
+    return "synced" if changed else "identical"
+
+
 @dataclass
 class Report:
     """The result of a compare or sync."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 from blocksync_tui.engine import chunkmap
 from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.chunkmap import ChunkMap, State
 from blocksync_tui.engine.connection import Connection, Frame
 from blocksync_tui.engine.endpoint import Endpoint
-from blocksync_tui.engine.errors import BlocksyncError, Cancelled, EndpointError, ProtocolError, RemoteError, UsageError
+from blocksync_tui.engine.errors import BlocksyncError, Cancelled, EndpointError, ProtocolError, RemoteError
 from blocksync_tui.engine.options import MAX_CHUNK, MIN_CHUNK, SyncOptions
 from blocksync_tui.engine.pipeline import Control, Geometry, Transfer, where
 from blocksync_tui.engine.preflight import (
@@ -29,7 +30,7 @@ from blocksync_tui.engine.preflight import (
     negotiate,
     same_host,
 )
-from blocksync_tui.engine.report import Progress, Report
+from blocksync_tui.engine.report import Progress, Report, outcome_of
 from blocksync_tui.engine.transports import TransportFactory, local_only
 from blocksync_tui.engine.verify import Verified, verify
 
@@ -41,6 +42,16 @@ first (a local one, while an SSH handshake and a remote Python start take 0.5 s 
 has its first chunks in memory when the scan begins."""
 FLUSH_TIMEOUT = 600.0
 """An fsync of a slow disk full of dirty pages can take minutes."""
+
+
+def cancel_message(dry_run: bool, written: int) -> str:
+    """What a cancelled run says it left behind."""
+    if dry_run:
+        return "compare cancelled: the destination was not touched"
+    return (
+        f"sync cancelled after writing {written} chunks: the destination is partly updated "
+        "(every write sent was completed and flushed); run the sync again to finish it"
+    )
 
 
 class SyncEngine:
@@ -88,6 +99,14 @@ class SyncEngine:
         self._same_host = False
         self._prepared = False
         self._prepare_seconds = 0.0
+        self.adopt: dict | None = None
+        """Set by a parallel run (engine.parallel) for all lanes but the first: the destination
+        as the first lane opened it for writing (created or truncated); this lane must find
+        that very object, and treats it as what prepare saw (absent: all holes)."""
+        self.on_writable: Callable[[dict], None] | None = None
+        """Called once the destination is open for writing, before anything is written, with
+        what a later open must expect; it may block (a parallel run waits there until every
+        lane is open, so that no lane's write changes what another still has to find)."""
 
     # -- control from other threads
 
@@ -216,7 +235,9 @@ class SyncEngine:
                 self._conns[side] = conn
                 conn.start()
                 asked = time.monotonic()
-                opened = self._open(side, {"path": endpoints[side].path, "prefetch": PREFETCH_BYTES})
+                # Only the first lane of a parallel run starts at the start.
+                prefetch = PREFETCH_BYTES if not self.options.lane or not self.options.lane[0] else 0
+                opened = self._open(side, {"path": endpoints[side].path, "prefetch": prefetch})
                 # Opening is microseconds of work: its reply time is the link's round trip.
                 self._round_trips[side] = time.monotonic() - asked
                 if side == SOURCE and not opened.exists:
@@ -292,7 +313,7 @@ class SyncEngine:
                     self.phase = "verifying"
                     self._verified = verify(self._transfer, self._flush)
             if self.cancelled:
-                raise Cancelled(self._cancel_message())
+                raise Cancelled(cancel_message(self.options.dry_run, self.chunk_map.count(State.WRITTEN)))
             self.phase = "done"
             return self.report()
         except Cancelled:
@@ -316,15 +337,19 @@ class SyncEngine:
             "chunk_size": self.options.chunk_size,
             "sync_size": self.size,
         }
-        if self._dest_absent:
+        if self.adopt is not None:
+            request["expect"] = self.adopt
+        elif self._dest_absent:
             request["create"] = True
         else:
             request["expect"] = checked.expectation()
-        if checked.kind != "block":
+        if checked.kind != "block" and self.adopt is None:  # the first lane truncated it
             request["truncate"] = self.size
         opened = self._open(DESTINATION, request)
         if opened.kind == "block" and opened.size < self.size:
             raise EndpointError(f"{self.destination} is too small")
+        if self.on_writable is not None:
+            self.on_writable(opened.expectation())
 
     def _can_compare_directly(self) -> bool:
         """Whether the destination's worker can read the source itself: same machine, and the
@@ -349,28 +374,13 @@ class SyncEngine:
 
     # -- results
 
-    def _cancel_message(self) -> str:
-        written = self.chunk_map.count(State.WRITTEN)
-        if self.options.dry_run:
-            return "compare cancelled: the destination was not touched"
-        return (
-            f"sync cancelled after writing {written} chunks: the destination is partly updated "
-            "(every write sent was completed and flushed); run the sync again to finish it"
-        )
-
     def report(self) -> Report:
         """The result of the run so far."""
         p = self.progress()
         differing = chunkmap.differing(p.counts)
         changed = bool(differing or self.size_difference)
-        if self.errors or self.phase == "failed":
-            outcome = "failed"
-        elif self.phase == "cancelled":
-            outcome = "cancelled"
-        elif self.options.dry_run:
-            outcome = "differs" if changed else "identical"
-        else:
-            outcome = "synced" if changed else "identical"
+        outcome = outcome_of(bool(self.errors) or self.phase == "failed", self.phase == "cancelled",
+                             self.options.dry_run, changed)
         verified = None
         if self.options.verify and not self.options.dry_run:
             verified = (

@@ -24,7 +24,7 @@ from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, UnknownHostKey
 from blocksync_tui.engine.inventory import list_devices
 from blocksync_tui.engine.options import SshOptions
-from blocksync_tui.engine.process import EngineProcess
+from blocksync_tui.engine.parallel import engine_for
 from blocksync_tui.engine.transports import transport_factory
 from blocksync_tui.tui.messages import (
     DevicesListed,
@@ -136,11 +136,12 @@ class BlocksyncApp(App[int]):
     def prepare_engine(self, request: RunRequest) -> None:
         """Connect both workers and open both ends read-only (blocking: in a thread)."""
         try:
-            engine = EngineProcess(
+            engine = engine_for(
                 Endpoint.parse(request.source),
                 Endpoint.parse(request.destination),
                 request.options,
                 request.ssh,
+                own_process=True,
             )
             engine.prepare()
         except UnknownHostKey as exc:  # the app's "ask": a dialog offers to trust the key

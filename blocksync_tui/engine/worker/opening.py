@@ -116,7 +116,8 @@ class Files:
                 chunk_size = int(req.get("chunk_size") or 0)
                 if info["kind"] == "file" and req.get("truncate") is not None:
                     os.ftruncate(fd, int(req["truncate"]))
-                    info["size"] = int(req["truncate"])
+                    # What another lane of the same run must find when it opens this file.
+                    info["size"], info["mtime_ns"] = int(req["truncate"]), os.fstat(fd).st_mtime_ns
                 sync_size = int(req.get("sync_size", info["size"]))
                 if not 0 <= sync_size <= info["size"]:
                     raise WorkerError("%s is too small: %d bytes, the source has %d" % (path, info["size"], sync_size))

@@ -1,0 +1,299 @@
+"""Provides ParallelEngine: one run split into lanes, each an engine process of its own.
+
+`--streams N` cuts the device into N contiguous shares of chunks. Each lane is an
+`EngineProcess` (its own interpreter, its own pair of workers and, over SSH, its own
+connections), so one run uses every core of the controller and several TCP streams: one
+paramiko connection is bound to one core by its packetizer. The lanes write their chunk states
+into one shared map; progress and the report are summed here. Nothing here knows the wire.
+
+Writing starts only once every lane has opened the destination for writing: the first lane
+opens it (creates it if absent, truncates a file to the source's size), and the others open
+the very object it reports, so no lane's write changes what another has yet to check.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+from blocksync_tui.engine import chunkmap
+from blocksync_tui.engine.api import Engine
+from blocksync_tui.engine.chunkmap import State
+from blocksync_tui.engine.endpoint import Endpoint
+from blocksync_tui.engine.errors import BlocksyncError, Cancelled, ProtocolError
+from blocksync_tui.engine.options import SshOptions, SyncOptions
+from blocksync_tui.engine.process import (
+    EngineProcess,
+    SharedChunkView,
+    open_shared_map,
+    remove_shared_map,
+    shared_map_file,
+)
+from blocksync_tui.engine.report import Progress, Report, outcome_of
+from blocksync_tui.engine.sync import SyncEngine, cancel_message
+from blocksync_tui.engine.transports import transport_factory
+
+POLL_SECONDS = 0.05
+_PHASES = ("connecting", "scanning", "flushing", "verifying", "done")
+"""A run's phases in order: the run as a whole is where its slowest lane is."""
+
+
+def engine_for(
+    source: Endpoint, destination: Endpoint, options: SyncOptions, ssh: SshOptions,
+    own_process: bool = False,
+) -> Engine:
+    """The engine of a run: in lanes with `options.streams` > 1, else one SyncEngine, here or
+    (`own_process`: for a UI, whose threads would slow it) in an EngineProcess."""
+    if options.streams > 1:
+        return ParallelEngine(source, destination, options, ssh)
+    if own_process:
+        return EngineProcess(source, destination, options, ssh)
+    return SyncEngine(source, destination, options, transport_factory(ssh))
+
+
+class ParallelEngine:
+    """The `api.Engine` of a run in `streams` lanes (see the module's docstring)."""
+
+    def __init__(
+        self, source: Endpoint, destination: Endpoint, options: SyncOptions,
+        ssh: SshOptions | None = None,
+    ) -> None:
+        self.source = source
+        self.destination = destination
+        self.options = options
+        self.options.check()
+        streams = options.streams
+        self._map_file = shared_map_file(0)
+        self.lanes = [
+            EngineProcess(source, destination, replace(options, streams=1, lane=(k, streams)), ssh,
+                          map_file=self._map_file)
+            for k in range(streams)
+        ]
+        self.chunk_map = SharedChunkView(bytearray(), 0)
+        self._errors: list[BaseException | None] = [None] * streams
+        self._cancelled = False
+        self._paused = False
+        self._report: Report | None = None
+        self._prepared = False
+
+    # -- what the first lane found (every lane opened the same pair)
+
+    @property
+    def size(self) -> int:
+        return self.lanes[0].size
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.lanes[0].warnings
+
+    @property
+    def source_info(self) -> dict:
+        return self.lanes[0].source_info
+
+    @property
+    def destination_info(self) -> dict:
+        return self.lanes[0].destination_info
+
+    @property
+    def algorithm(self) -> str:
+        return self.lanes[0].algorithm
+
+    @property
+    def compression(self) -> str:
+        return self.lanes[0].compression
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    # -- prepare and run
+
+    def prepare(self) -> None:
+        """Prepare every lane at once (connections side by side); the first error wins."""
+        self._each(lambda lane: lane.prepare())
+        first = self.lanes[0]
+        for lane in self.lanes[1:]:
+            if (lane.size, lane.algorithm, lane.compression) != (first.size, first.algorithm, first.compression):
+                self.close()
+                raise ProtocolError("the lanes of the run found different devices or settings: run again")
+        total = first.chunk_map.total
+        self.chunk_map = SharedChunkView(open_shared_map(self._map_file, total), total)
+        self._prepared = True
+
+    def _each(self, step) -> None:
+        """Run `step` on every lane in threads of its own; raise the first lane's error."""
+        errors: list[BaseException | None] = [None] * len(self.lanes)
+
+        def run(k: int) -> None:
+            try:
+                step(self.lanes[k])
+            except BaseException as exc:  # handed to the calling thread
+                errors[k] = exc
+
+        threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(len(self.lanes))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for exc in errors:
+            if exc is not None:
+                self.close()
+                raise exc
+
+    def run(self) -> Report:
+        """Run every lane; the first failure cancels the others, and is what is raised."""
+        if not self._prepared:
+            self.prepare()
+        try:
+            self._run_lanes()
+        finally:
+            self.close()  # lanes that never started wait for a Run or a Close
+        return self._finish()
+
+    def _run_lanes(self) -> None:
+        writing = not self.options.dry_run
+        threads: list[threading.Thread] = []
+
+        def start(k: int, adopt: dict | None = None) -> None:
+            def lane_run() -> None:
+                try:
+                    self.lanes[k].run(adopt=adopt, hold=writing)
+                except BaseException as exc:  # kept for the caller; the others are stopped
+                    self._errors[k] = exc
+                    if not isinstance(exc, Cancelled):
+                        self.cancel()
+
+            thread = threading.Thread(target=lane_run, daemon=True)
+            thread.start()
+            threads.append(thread)
+
+        start(0)
+        if writing:
+            # The first lane opens (creates, truncates) the destination; the others then open
+            # that very object, and nobody writes before all are open.
+            if self._writable([0], threads):
+                for k in range(1, len(self.lanes)):
+                    start(k, adopt=self.lanes[0].writable)
+                if self._writable(range(len(self.lanes)), threads):
+                    for lane in self.lanes:
+                        lane.release()
+        else:
+            for k in range(1, len(self.lanes)):
+                start(k)
+        for thread in threads:
+            thread.join()
+
+    def _writable(self, lanes, threads: list[threading.Thread]) -> bool:
+        """Wait until these lanes are open for writing; False if the run ended meanwhile."""
+        for k in lanes:
+            while not self.lanes[k].wait_writable(POLL_SECONDS):
+                if self._cancelled or not threads[k].is_alive():
+                    self.cancel()  # the lanes waiting to write are told to stop
+                    return False
+        return not self._cancelled
+
+    def _finish(self) -> Report:
+        """The lanes' reports as one; raise the first failure, else a cancel."""
+        self._report = report = self.report()
+        failures = [e for e in self._errors if e is not None and not isinstance(e, Cancelled)]
+        if failures:
+            raise failures[0]
+        if report.outcome == "cancelled":
+            written = self.chunk_map.count(State.WRITTEN)
+            raise Cancelled(cancel_message(self.options.dry_run, written))
+        return report
+
+    # -- control
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        for lane in self.lanes:
+            lane.cancel()
+
+    def pause(self) -> None:
+        self._paused = True
+        for lane in self.lanes:
+            lane.pause()
+
+    def resume(self) -> None:
+        self._paused = False
+        for lane in self.lanes:
+            lane.resume()
+
+    # -- results
+
+    def progress(self) -> Progress:
+        """The lanes' snapshots summed; the chunk counts from the one shared map."""
+        parts = [lane.progress() for lane in self.lanes]
+        phases = [p.phase for p in parts]
+        if "failed" in phases:
+            phase = "failed"
+        elif "cancelled" in phases:
+            phase = "cancelled"
+        else:
+            phase = min(phases, key=lambda ph: _PHASES.index(ph) if ph in _PHASES else 0)
+        first = parts[0]
+        return replace(
+            first,
+            phase=phase,
+            elapsed=max(p.elapsed for p in parts),
+            total_chunks=self.chunk_map.total,
+            scanned_source=sum(p.scanned_source for p in parts),
+            scanned_destination=sum(p.scanned_destination for p in parts),
+            bytes_sent=sum(p.bytes_sent for p in parts),
+            bytes_differing=sum(p.bytes_differing for p in parts),
+            wire_bytes=sum(p.wire_bytes for p in parts),
+            counts=self.chunk_map.counts(),
+            paused=self._paused or any(p.paused for p in parts),
+        )
+
+    def report(self) -> Report:
+        """The lanes' reports as one: sums, the first lane's settings, the shared map's states."""
+        if self._report is not None:
+            return self._report
+        reports = [lane.last_report for lane in self.lanes]
+        if not any(reports):
+            raise BlocksyncError("the run has not finished")
+        base = next(r for r in reports if r is not None)
+        done = [r for r in reports if r is not None]
+        errors = [e for r in done for e in r.errors]
+        lost = [str(e) for e, r in zip(self._errors, reports) if e is not None and r is None]
+        counts = self.chunk_map.counts()
+        size_difference = base.size_difference
+        outcomes = {r.outcome for r in done}
+        if lost or "failed" in outcomes:
+            phase = "failed"
+        elif "cancelled" in outcomes or len(done) < len(reports):
+            phase = "cancelled"
+        else:
+            phase = "done"
+        outcome = outcome_of(
+            failed=bool(errors or lost) or phase == "failed", cancelled=phase == "cancelled",
+            dry_run=self.options.dry_run,
+            changed=bool(chunkmap.differing(counts) or size_difference),
+        )
+        verified = None
+        if base.verified is not None:
+            verified = all(r.verified for r in done) and len(done) == len(reports) and outcome in ("synced", "identical")
+        run_count, largest = Report.runs_of(self.chunk_map, self.options.chunk_size, base.size)
+        warnings = list(dict.fromkeys(w for r in done for w in r.warnings))
+        return replace(
+            base,
+            outcome=outcome,
+            chunks=Report.state_counts(self.chunk_map),
+            chunks_differing=chunkmap.differing(counts),
+            bytes_differing=sum(r.bytes_differing for r in done),
+            bytes_sent=sum(r.bytes_sent for r in done),
+            wire_bytes=sum(r.wire_bytes for r in done),
+            seconds=max(r.seconds for r in done),
+            verified=verified,
+            change_runs=run_count,
+            largest_runs=largest,
+            errors=errors + lost,
+            warnings=warnings,
+        )
+
+    def close(self) -> None:
+        for lane in self.lanes:
+            lane.close()
+        remove_shared_map(self._map_file)
