@@ -144,3 +144,34 @@ def test_lanes_over_ssh_push_and_pull(tmp_path: Path, sshd) -> None:
     _, report = _run(sshd.endpoint(src), dst, 3, ssh, chunk_size=65536, direct=False)
     assert dst.read_bytes() == data
     assert report.method == "digests" and report.chunks_differing == 2
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_lanes_onto_a_loop_device(tmp_path: Path, loop_device, direct: bool) -> None:
+    """Each lane opens the device (O_EXCL is per open file, so lanes do not lock each other out)."""
+    size = (6 << 20) + 12288  # not a multiple of the chunk size
+    data = bytearray(os.urandom(size))
+    data[1 << 20 : 3 << 20] = bytes(2 << 20)  # a zero run across lanes
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    image = tmp_path / "dev.img"
+    image.write_bytes(os.urandom(8 << 20))
+    dev = loop_device(image)
+    _, report = _run(src, dev, 3, chunk_size=65536, direct=direct)
+    with open(dev, "rb") as f:
+        assert f.read(size) == bytes(data)
+    assert report.outcome == "synced" and report.chunks["pending"] == 0
+
+
+def test_a_destination_that_appeared_stops_every_lane(tmp_path: Path) -> None:
+    """The first lane's O_EXCL create fails: no lane writes, one line, nothing waits for ever."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(os.urandom(1 << 20))
+    engine = ParallelEngine(Endpoint(str(src)), Endpoint(str(dst)),
+                            SyncOptions(streams=3, chunk_size=65536, direct=False), SshOptions())
+    engine.prepare()
+    dst.write_bytes(b"someone else's")
+    with pytest.raises(BlocksyncError, match="appeared after it was checked") as caught:
+        engine.run()
+    assert "\n" not in str(caught.value)
+    assert dst.read_bytes() == b"someone else's"

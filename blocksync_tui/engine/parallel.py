@@ -157,7 +157,9 @@ class ParallelEngine:
         def start(k: int, adopt: dict | None = None) -> None:
             def lane_run() -> None:
                 try:
-                    self.lanes[k].run(adopt=adopt, hold=writing)
+                    # The first lane's open claims a device (O_EXCL) for every lane: it keeps
+                    # it until the others are done.
+                    self.lanes[k].run(adopt=adopt, hold=writing, linger=writing and k == 0)
                 except BaseException as exc:  # kept for the caller; the others are stopped
                     self._errors[k] = exc
                     if not isinstance(exc, Cancelled):
@@ -176,12 +178,14 @@ class ParallelEngine:
                     start(k, adopt=self.lanes[0].writable)
                 if self._writable(range(len(self.lanes)), threads):
                     for lane in self.lanes:
-                        lane.release()
+                        lane.start_writing()
         else:
             for k in range(1, len(self.lanes)):
                 start(k)
-        for thread in threads:
+        for thread in threads[1:]:
             thread.join()
+        self.lanes[0].release_claim()
+        threads[0].join()
 
     def _writable(self, lanes, threads: list[threading.Thread]) -> bool:
         """Wait until these lanes are open for writing; False if the run ended meanwhile."""

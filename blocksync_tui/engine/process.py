@@ -143,6 +143,8 @@ class Run:
     """A lane of a parallel run: the destination as the first lane opened it (SyncEngine.adopt)."""
     hold: bool = False
     """Once the destination is open for writing, say Writable and write nothing before Go."""
+    linger: bool = False
+    """After the run, keep the workers (and the destination's claim) until Release."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,11 @@ class Writable:
 @dataclass(frozen=True)
 class Go:
     """Parent -> child, after Writable: start writing."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """Parent -> child, with Run(linger=True): the run may close its workers."""
 
 
 @dataclass(frozen=True)
@@ -208,7 +215,7 @@ class Failed:
     report: Report | None
 
 
-Command = Pause | Resume | Cancel | Close | Go
+Command = Pause | Resume | Cancel | Close | Go | Release
 """What the parent may send while the child runs."""
 Outcome = Finished | Stopped | Failed
 """The child's last message of a run."""
@@ -251,8 +258,17 @@ def _child_main() -> None:
     send_lock = threading.Lock()
     done = threading.Event()
     go = threading.Event()
+    released = threading.Event()
+    opened = threading.Event()
+    if command.linger:
+        def linger() -> None:  # a failed run ends at once: the parent then cancels the others
+            if opened.is_set() and engine.phase != "failed":
+                released.wait()
+
+        engine.on_finished = linger
     if command.hold:
         def writable(expect: dict) -> None:
+            opened.set()
             with send_lock:
                 conn.send(Writable(expect))
             go.wait()  # a cancel or a close sets it too, and the run then writes nothing
@@ -266,9 +282,12 @@ def _child_main() -> None:
             except (EOFError, OSError):
                 engine.cancel()  # the UI is gone: stop writing at the next chunk
                 go.set()
+                released.set()
                 return
             _obey(engine, message)
-            if not isinstance(message, (Pause, Resume)):
+            if isinstance(message, (Release, Close)):
+                released.set()
+            if not isinstance(message, (Pause, Resume, Release)):
                 go.set()
 
     def report_progress() -> None:
@@ -310,8 +329,8 @@ def _obey(engine: SyncEngine, command: Command) -> None:
             engine.cancel()
         case Close():
             engine.close()
-        case Go():
-            pass  # the listener releases the run
+        case Go() | Release():
+            pass  # the listener lets the run go on
 
 
 class EngineProcess:
@@ -383,17 +402,18 @@ class EngineProcess:
             os.truncate(self._map_file, max(1, info.total))
         self.chunk_map = SharedChunkView(open_shared_map(self._map_file, info.total), info.total)
 
-    def run(self, adopt: dict | None = None, hold: bool = False) -> Report:
+    def run(self, adopt: dict | None = None, hold: bool = False, linger: bool = False) -> Report:
         """Run in the child; returns its Report or raises Cancelled / BlocksyncError.
 
-        `adopt` and `hold` are for the lanes of a parallel run (see Run); with `hold`, the
-        child waits once open for writing until `release()`.
+        `adopt`, `hold` and `linger` are for the lanes of a parallel run (see Run): with
+        `hold`, the child waits once open for writing until `start_writing()`; with `linger`,
+        it keeps its workers after the run until `release_claim()`.
         """
         if self._process is None:
             self.prepare()
         assert self._conn is not None
         assert self._map_file is not None
-        self._conn.send(Run(self._map_file, adopt, hold))
+        self._conn.send(Run(self._map_file, adopt, hold, linger))
         self._running = True
         if self._paused:  # paused before the run began: it begins paused
             self._command(Pause())
@@ -435,9 +455,13 @@ class EngineProcess:
         """With run(hold=True) in another thread: whether the child said Writable in time."""
         return self._writable.wait(timeout)
 
-    def release(self) -> None:
+    def start_writing(self) -> None:
         """With run(hold=True): let the child write."""
         self._command(Go())
+
+    def release_claim(self) -> None:
+        """With run(linger=True): let the child stop its workers."""
+        self._command(Release())
 
     def cancel(self) -> None:
         """Stop at the next chunk boundary (see SyncEngine.cancel)."""

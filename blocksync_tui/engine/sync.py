@@ -107,6 +107,10 @@ class SyncEngine:
         """Called once the destination is open for writing, before anything is written, with
         what a later open must expect; it may block (a parallel run waits there until every
         lane is open, so that no lane's write changes what another still has to find)."""
+        self.on_finished: Callable[[], None] | None = None
+        """Called when the run is over, before the workers are stopped; it may block (the
+        first lane of a parallel run keeps the destination's exclusive claim, and so the
+        device safe from a mount, until every other lane is done)."""
 
     # -- control from other threads
 
@@ -324,6 +328,8 @@ class SyncEngine:
             raise
         finally:
             self._finished = time.monotonic()
+            if self.on_finished is not None:
+                self.on_finished()
             self.close()
 
     def _open_for_writing(self) -> None:
@@ -339,6 +345,7 @@ class SyncEngine:
         }
         if self.adopt is not None:
             request["expect"] = self.adopt
+            request["shared"] = True  # the first lane holds the device's exclusive claim
         elif self._dest_absent:
             request["create"] = True
         else:

@@ -104,7 +104,10 @@ class Files:
         peer = bool(req.get("peer"))
         write = bool(req.get("write")) and not peer  # the peer is a source: read-only, always
         real = os.path.realpath(path)
-        fd = _open_fd(path, real, write, bool(req.get("create")))
+        shared = bool(req.get("shared"))
+        if shared and not (write and req.get("expect")):
+            raise WorkerError("%s: a shared open is for writing to an object already checked" % path)
+        fd = _open_fd(path, real, write, bool(req.get("create")), exclusive=not shared)
         if fd < 0:
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent):
@@ -152,11 +155,15 @@ def _scan_descriptor(fd: int) -> int:
     return scan_fd
 
 
-def _open_fd(path: str, real: str, write: bool, create: bool) -> int:
-    """The descriptor of `real`, or -1 if it does not exist (and may not be created)."""
+def _open_fd(path: str, real: str, write: bool, create: bool, exclusive: bool = True) -> int:
+    """The descriptor of `real`, or -1 if it does not exist (and may not be created).
+
+    `exclusive` False is for the later lanes of a parallel run: the first lane's open holds
+    the device's claim for all of them, until every lane is done.
+    """
     # Without O_CREAT, Linux takes O_EXCL on a block device as "claim it": the open fails
     # with EBUSY if anything mounted or claimed it. On a regular file it has no effect.
-    flags = (os.O_RDWR | os.O_EXCL) if write else os.O_RDONLY
+    flags = (os.O_RDWR | (os.O_EXCL if exclusive else 0)) if write else os.O_RDONLY
     try:
         if write and create:
             # Absent when it was checked: it must still be absent, or what it holds now was
