@@ -80,6 +80,16 @@ class _ChunkSizeAction(argparse.Action):
         setattr(namespace, self.dest, size)
 
 
+def _streams(text: str) -> int | None:
+    """--streams N or auto (None); the range is SyncOptions.check's to refuse, in one line."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of lanes nor auto") from None
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     _add_endpoints(parser, optional=False)
     parser.add_argument(
@@ -99,9 +109,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="compare digests even when both ends are on one machine (by default the "
         "destination's worker then reads the source itself and compares bytes)",
     )
-    parser.add_argument("--streams", type=int, default=1, metavar="N",
+    parser.add_argument("--streams", type=_streams, default=None, metavar="N|auto",
                         help="split the device into N lanes, each with its own process, workers "
-                        "and SSH connections (default 1)")
+                        "and SSH connections (default: one per core, at most 4, when a side is "
+                        "remote; else 1)")
     parser.add_argument("--json", metavar="REPORT",
                         help="write the report as JSON to this file (-: to stdout)")
     parser.add_argument("--map", metavar="MAPFILE",

@@ -175,3 +175,24 @@ def test_a_destination_that_appeared_stops_every_lane(tmp_path: Path) -> None:
         engine.run()
     assert "\n" not in str(caught.value)
     assert dst.read_bytes() == b"someone else's"
+
+
+def test_auto_streams_one_lane_per_core_when_a_side_is_remote() -> None:
+    from blocksync_tui.engine.options import auto_streams
+
+    assert auto_streams(any_remote=False, cpus=8) == 1  # local: extra processes cost more than they save
+    assert [auto_streams(True, n) for n in (1, 2, 3, 8)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("value, message", [("x", "'x' is not a number of lanes nor auto"),
+                                            ("0", "--streams 0: must be from 1 to 16")])
+def test_cli_streams_refused_in_one_line(tmp_path: Path, value: str, message: str) -> None:
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.write_bytes(b"data")
+    result = subprocess.run([sys.executable, "-m", "blocksync_tui", "sync", "--streams", value,
+                             str(src), str(tmp_path / "dst")], capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "dst").exists()

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from blocksync_tui.cli import STOP_GRACE, main
+from sshd import _descendants
 
 LONG_GRACE = 60.0
 
@@ -287,8 +288,9 @@ def test_sigterm_while_connecting_stops_at_once(
         # Twice, a grace far longer than any machine's lag: then only the second signal can
         # end the CLI in time. Once, the default grace must do it.
         grace = LONG_GRACE if signals == 2 else STOP_GRACE
+        # One lane: its workers are the CLI's own children (lanes are tested in test_parallel).
         process = cli.start("compare", f"nobody@127.0.0.1:{port}:/x", str(zero_destination),
-                            "--ssh-config", os.devnull, "--known-hosts", os.devnull,
+                            "--streams", "1", "--ssh-config", os.devnull, "--known-hosts", os.devnull,
                             env={"BLOCKSYNC_STOP_GRACE": str(grace)})
         silent.settimeout(60)
         connection, _ = silent.accept()
@@ -320,3 +322,27 @@ def test_sigterm_while_connecting_stops_at_once(
     if signals == 2:
         assert took < LONG_GRACE / 2, "the second signal did not end the CLI before the grace did"
     _assert_gone(workers)
+
+
+def test_sigint_cancels_every_lane(
+    cli: Cli, big_source: Path, zero_destination: Path, tmp_path: Path
+) -> None:
+    """With --streams 2, a terminal's Ctrl-C reaches the CLI only (the lanes run in sessions
+    of their own); it cancels every lane, one line says so, and nothing is left running."""
+    report_path = tmp_path / "report.json"
+    process = cli.start("sync", str(big_source), str(zero_destination), "--chunk-size", CHUNK,
+                        "--streams", "2", "--json", str(report_path))
+    _wait_for(lambda: _allocated(zero_destination) >= 4 << 20, process, "writes")
+    family = [(pid, stat[2]) for pid in _descendants(process.pid) if (stat := _stat(pid))]
+    cli.workers.extend(family)
+    assert len(family) >= 6, family  # two lanes, each with two workers (and their shells)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    _assert_one_line(err)
+    assert "SIGINT" in err and "run the sync again" in err, err
+    report = json.loads(report_path.read_text())
+    assert report["outcome"] == "cancelled"
+    assert 0 < report["chunks"]["written"] < report["total_chunks"]
+    _assert_gone(family)
+    _rerun_finishes(big_source, zero_destination, tmp_path, report["chunks"]["written"])

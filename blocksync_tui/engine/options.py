@@ -3,6 +3,7 @@ fixed tunables."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from blocksync_tui.engine.worker import protocol as wire
@@ -40,9 +41,9 @@ class SyncOptions:
     """False: a sync that writes every chunk without comparing (a destination known to differ
     everywhere): the source streams, and its zeros are zeroed on the destination."""
 
-    streams: int = 1
+    streams: int | None = 1
     """Lanes of the run (engine.parallel): each settles its share of the chunks in a process,
-    with workers and connections, of its own."""
+    with workers and connections, of its own. None: `auto_streams` decides."""
     lane: tuple[int, int] | None = None
     """(k, n): settle only the k-th of n contiguous, equal shares of the chunks (one lane of a
     `--streams n` run, engine.parallel); None: all of them."""
@@ -63,12 +64,21 @@ class SyncOptions:
             )
         if self.compress not in COMPRESSIONS:
             raise UsageError(f"unknown compression {self.compress!r}")
-        if not 1 <= self.streams <= MAX_STREAMS:
+        if self.streams is not None and not 1 <= self.streams <= MAX_STREAMS:
             raise UsageError(f"--streams {self.streams}: must be from 1 to {MAX_STREAMS}")
         if self.lane is not None and not 0 <= self.lane[0] < self.lane[1]:
             raise UsageError(f"lane {self.lane[0]} of {self.lane[1]} does not exist")
         if not self.compare and self.dry_run:
             raise UsageError("a compare without comparing is nothing: --no-compare is for sync")
+
+
+def auto_streams(any_remote: bool, cpus: int | None = None) -> int:
+    """Lanes for a run whose `--streams` was not given: one per controller core (at most 4)
+    when a side is remote, where one paramiko connection is bound to one core; one when both
+    are local, where extra engine processes cost more to start than they save."""
+    if not any_remote:
+        return 1
+    return max(1, min(4, cpus if cpus is not None else (os.cpu_count() or 1)))
 
 
 @dataclass

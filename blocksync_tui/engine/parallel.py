@@ -21,7 +21,7 @@ from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, ProtocolError
-from blocksync_tui.engine.options import SshOptions, SyncOptions
+from blocksync_tui.engine.options import SshOptions, SyncOptions, auto_streams
 from blocksync_tui.engine.process import (
     EngineProcess,
     SharedChunkView,
@@ -42,8 +42,11 @@ def engine_for(
     source: Endpoint, destination: Endpoint, options: SyncOptions, ssh: SshOptions,
     own_process: bool = False,
 ) -> Engine:
-    """The engine of a run: in lanes with `options.streams` > 1, else one SyncEngine, here or
-    (`own_process`: for a UI, whose threads would slow it) in an EngineProcess."""
+    """The engine of a run: in lanes with `options.streams` > 1 (None: as `auto_streams` says),
+    else one SyncEngine, here or (`own_process`: for a UI, whose threads would slow it) in an
+    EngineProcess."""
+    if options.streams is None:
+        options = replace(options, streams=auto_streams(source.is_remote or destination.is_remote))
     if options.streams > 1:
         return ParallelEngine(source, destination, options, ssh)
     if own_process:
@@ -62,7 +65,7 @@ class ParallelEngine:
         self.destination = destination
         self.options = options
         self.options.check()
-        streams = options.streams
+        streams = options.streams or 1
         self._map_file = shared_map_file(0)
         self.lanes = [
             EngineProcess(source, destination, replace(options, streams=1, lane=(k, streams)), ssh,
