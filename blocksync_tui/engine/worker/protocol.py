@@ -420,7 +420,8 @@ def decode_pieces(payload, index: int, chunk_len: int) -> "list[tuple[int, int, 
             pieces.append((offset, raw_len, None))
             continue
         body = view[start:end]
-        data = bytes(body) if code == CODEC_RAW else _codec_functions(_CODEC_NAMES[code])[2](body, raw_len)
+        # A raw piece stays a view of the payload: it is written from there, not copied first.
+        data = body if code == CODEC_RAW else _codec_functions(_CODEC_NAMES[code])[2](body, raw_len)
         if len(data) != raw_len:
             raise ValueError("piece decoded to %d bytes, expected %d" % (len(data), raw_len))
         pieces.append((offset, raw_len, data))

@@ -124,8 +124,24 @@ class Worker:
         }
 
 
+PIPE_SIZE = 1 << 20
+
+
+def widen_pipe(fd: int) -> None:
+    """Let a pipe to sshd hold 1 MiB (Linux; 64 KiB by default): sshd then hands over a chunk
+    in a few writes while this worker is busy writing the last one. Best effort."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+    except (OSError, ImportError):
+        pass  # not a pipe, or above the unprivileged limit
+
+
 def main(payload_sha256: str) -> None:
     """Entry point on the worker's host: stdout belongs to the protocol alone."""
+    for fd in (0, 1):
+        widen_pipe(fd)
     out_fd = os.dup(1)
     os.dup2(2, 1)  # anything printed by accident goes to stderr, not into the frame stream
     sys.stdout = sys.stderr
