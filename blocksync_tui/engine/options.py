@@ -41,7 +41,7 @@ class SyncOptions:
     """False: a sync that writes every chunk without comparing (a destination known to differ
     everywhere): the source streams, and its zeros are zeroed on the destination."""
 
-    streams: int | None = 1
+    streams: int | None = None
     """Lanes of the run (engine.parallel): each settles its share of the chunks in a process,
     with workers and connections, of its own. None: `auto_streams` decides."""
     lane: tuple[int, int] | None = None
