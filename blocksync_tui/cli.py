@@ -118,6 +118,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--map", metavar="MAPFILE",
                         help="write the chunk states as a GNU ddrescue mapfile (+ equal or written, "
                         "- differing or failed, ? not compared), for ddrescueview and ddrescuelog")
+    parser.add_argument("--changed-from", metavar="FILE",
+                        help="compare only the ranges this list says changed (a ddrescue mapfile: + "
+                        "unchanged, anything else changed; or thin_delta's XML), and a sample of the rest")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true",
                         help=f"print the traceback of an error (or set {DEBUG_ENV}=1)")
@@ -174,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="re-read what was written, from disk, and compare digests")
     sync.add_argument("-y", "--yes", action="store_true",
                       help="do not ask before writing to a block device")
+    sync.add_argument("--no-resume", dest="resume", action="store_false",
+                      help="neither pick up from nor record a resume state (by default an "
+                      "interrupted sync of the same pair resumes where it stopped)")
+    sync.add_argument("--state", metavar="FILE",
+                      help="the resume state file (default: one per pair under "
+                      "~/.cache/blocksync-tui/resume/)")
     sync.add_argument("--no-compare", dest="compare", action="store_false",
                       help="copy every chunk without comparing, for a destination known to differ "
                       "everywhere (a disk reused for another image): the source is read once and "
@@ -398,12 +407,18 @@ def run_headless(args: argparse.Namespace, signals: _Signals | None = None) -> i
         direct=args.direct,
         compare=getattr(args, "compare", True),
         streams=args.streams,
+        changed_from=args.changed_from,
+        resume=getattr(args, "resume", True),
+        state_file=getattr(args, "state", None),
     )
     engine = engine_for(Endpoint.parse(args.source), Endpoint.parse(args.destination), options,
                         _ssh_options(args))
     engine.prepare()
     for warning in engine.warnings:
         _say(f"blocksync-tui: warning: {warning}")
+    for note in engine.notes:
+        _say(f"blocksync-tui: {note}")
+    told = set(engine.warnings)
     dest_info = engine.destination_info
     if not dry_run and dest_info.get("kind") == "block" and not args.yes:
         if not _confirm_device(str(engine.destination), dest_info):
@@ -431,6 +446,9 @@ def run_headless(args: argparse.Namespace, signals: _Signals | None = None) -> i
         return signals.status
     if isinstance(outcome, BaseException):
         raise outcome
+    for warning in report.warnings:  # what the run found on its way (a sample that differed)
+        if warning not in told:
+            _say(f"blocksync-tui: warning: {warning}")
     # With the report on stdout, the summary goes to stderr: stdout stays valid JSON.
     (_say if args.json == "-" else _out)(display.summary(report))
     for error in report.errors[:20]:

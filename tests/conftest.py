@@ -12,6 +12,15 @@ import pytest
 from sshd import SshServer, sshd_path
 
 
+@pytest.fixture(autouse=True)
+def own_cache_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Resume state files (~/.cache/blocksync-tui/) of each test go to a directory of its own,
+    never the user's; CLIs and engine processes started by the test inherit it."""
+    home = tmp_path_factory.mktemp("cache-home")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    return home
+
+
 def _can_use_loop_devices() -> str | None:
     """None if loop devices work here, else the reason they do not."""
     if os.geteuid() != 0:

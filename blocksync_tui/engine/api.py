@@ -45,6 +45,11 @@ class Engine(Protocol):
         ...
 
     @property
+    def notes(self) -> list[str]:
+        """What a user should know before the run that is no warning ("resuming at 40%")."""
+        ...
+
+    @property
     def source_info(self) -> dict:
         """What the source's worker said of it (kind, size, mounted...), once prepared."""
         ...

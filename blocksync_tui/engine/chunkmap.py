@@ -148,6 +148,18 @@ class ChunkMap(ChunkView):
                     self._all_dirty = True
                     self._dirty.clear()
 
+    def load(self, first: int, states: bytes) -> None:
+        """Set the states of chunks first.. at once (a prior's), counted, all redrawn."""
+        end = first + len(states)
+        old = bytes(self.states[first:end])
+        self.states[first:end] = states
+        with self._lock:
+            for state in State:
+                self._counts[state] += states.count(state) - old.count(state)
+            self._generation += 1
+            self._all_dirty = True
+            self._dirty.clear()
+
     def count(self, state: State) -> int:
         """How many chunks are in `state` now."""
         return self._counts[state]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.errors import UsageError
+from blocksync_tui.engine.prior import Prior
 
 MIN_CHUNK = 4096
 MAX_CHUNK = wire.MAX_CHUNK_SIZE
@@ -47,6 +48,18 @@ class SyncOptions:
     lane: tuple[int, int] | None = None
     """(k, n): settle only the k-th of n contiguous, equal shares of the chunks (one lane of a
     `--streams n` run, engine.parallel); None: all of them."""
+
+    prior: Prior | None = None
+    """Chunks known to be settled already (a dry run's states): only the others and a sample
+    of these are read (engine.prior). Composes with `lane`: a lane reads its share of them."""
+    changed_from: str | None = None
+    """A list of the ranges known to have changed (a ddrescue mapfile, or thin_delta's XML):
+    only those and a sample of the rest are compared (engine.changelist)."""
+    resume: bool = True
+    """A sync records what it has done in a state file while it runs, and a sync of the same
+    pair picks up from it (engine.resume)."""
+    state_file: str | None = None
+    """The resume state file; None: one per pair under ~/.cache/blocksync-tui/resume/."""
 
     def chunk_range(self, total: int) -> tuple[int, int]:
         """The chunks first..end-1 that this run settles, of a device of `total` chunks."""

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
+from pathlib import Path
 
-from blocksync_tui.engine import chunkmap
+from blocksync_tui.engine import chunkmap, resume
 from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.endpoint import Endpoint
@@ -88,6 +89,10 @@ class ParallelEngine:
     @property
     def warnings(self) -> list[str]:
         return self.lanes[0].warnings
+
+    @property
+    def notes(self) -> list[str]:
+        return self.lanes[0].notes
 
     @property
     def source_info(self) -> dict:
@@ -203,12 +208,19 @@ class ParallelEngine:
         """The lanes' reports as one; raise the first failure, else a cancel."""
         self._report = report = self.report()
         failures = [e for e in self._errors if e is not None and not isinstance(e, Cancelled)]
+        if report.outcome in ("synced", "identical") and not self.options.dry_run and not report.errors:
+            self._forget_state()  # every lane finished its share: nothing is left to resume
         if failures:
             raise failures[0]
         if report.outcome == "cancelled":
             written = self.chunk_map.count(State.WRITTEN)
             raise Cancelled(cancel_message(self.options.dry_run, written))
         return report
+
+    def _forget_state(self) -> None:
+        state = self.lanes[0].state_file
+        if state and self.options.resume:
+            resume.forget(Path(state))
 
     # -- control
 
@@ -249,6 +261,7 @@ class ParallelEngine:
             scanned_destination=sum(p.scanned_destination for p in parts),
             bytes_sent=sum(p.bytes_sent for p in parts),
             bytes_differing=sum(p.bytes_differing for p in parts),
+            skipped=sum(p.skipped for p in parts),
             wire_bytes=sum(p.wire_bytes for p in parts),
             counts=self.chunk_map.counts(),
             paused=self._paused or any(p.paused for p in parts),
@@ -298,6 +311,9 @@ class ParallelEngine:
             largest_runs=largest,
             errors=errors + lost,
             warnings=warnings,
+            chunks_settled=sum(r.chunks_settled for r in done),
+            chunks_sampled=sum(r.chunks_sampled for r in done),
+            sample_differed=sum(r.sample_differed for r in done),
         )
 
     def close(self) -> None:

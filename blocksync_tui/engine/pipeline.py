@@ -10,6 +10,7 @@ does not fit ends the run as a protocol error, never a guess.
 
 from __future__ import annotations
 
+import bisect
 import queue
 import struct
 import threading
@@ -24,6 +25,7 @@ from blocksync_tui.engine.connection import EOF_OP, Connection, Frame
 from blocksync_tui.engine.errors import BlocksyncError, ConnectionLost, EndpointError, ProtocolError, RemoteError
 from blocksync_tui.engine.options import SyncOptions
 from blocksync_tui.engine.preflight import DESTINATION, SOURCE, Negotiated
+from blocksync_tui.engine.prior import Prior, Scope
 
 HASH_WINDOW_BYTES = 32 << 20
 """Chunks are requested for hashing in windows of this size..."""
@@ -60,6 +62,9 @@ MAX_JOBS = 1024
 CANCEL_TIMEOUT = 30.0
 """After a cancel, the writes in flight get this long to be acknowledged."""
 POLL_SECONDS = 0.2
+CHECKPOINT_SECONDS = 5.0
+"""How often a sync asks the destination to flush, so that what it settled so far can be
+recorded as done (engine.resume): only chunks on disk may be called done."""
 """How often a wait for frames wakes to check for silence, a pause or a cancel."""
 MAX_DIGEST_SIZE = 64
 
@@ -131,6 +136,50 @@ def protocol_error(conn: Connection, frame: Frame, what: str) -> ProtocolError:
     ).on(frame.side)
 
 
+class Window:
+    """One window of chunks asked of a worker: runs (first, count) in device order, and how
+    many of its chunks have been answered. Its entries must come in that order, each batch
+    inside one run: a cursor keeps that check O(1) however many runs a window has."""
+
+    def __init__(self, runs: list[tuple[int, int]]) -> None:
+        self.runs = runs
+        self.total = sum(count for _, count in runs)
+        self.got = 0
+        self._run = 0
+        """The run the next entry belongs to..."""
+        self._into = 0
+        """...and how far into it."""
+        self._starts = [first for first, _ in runs]
+
+    @property
+    def due(self) -> int:
+        """The index of the next chunk to be answered (past the end once all are)."""
+        if self._run >= len(self.runs):
+            first, count = self.runs[-1]
+            return first + count
+        return self.runs[self._run][0] + self._into
+
+    def take(self, first: int, count: int) -> bool:
+        """Accept a batch of `count` entries from chunk `first`, if it is the next one and
+        stays inside its run."""
+        if self._run >= len(self.runs) or first != self.due:
+            return False
+        if self._into + count > self.runs[self._run][1]:
+            return False
+        self._into += count
+        self.got += count
+        if self._into == self.runs[self._run][1]:
+            self._run, self._into = self._run + 1, 0
+        return True
+
+    def ahead(self, index: int) -> bool:
+        """Whether chunk `index` belongs to the window and is not answered yet."""
+        if index < self.due:
+            return False
+        k = bisect.bisect_right(self._starts, index) - 1
+        return k >= 0 and index < self.runs[k][0] + self.runs[k][1]
+
+
 @dataclass
 class Side:
     """The pipeline's view of one worker: its connection and how far its scan is."""
@@ -139,10 +188,8 @@ class Side:
     next_window: int = 0
     windows_done: int = 0
     scanned: int = 0
-    window_first: dict[int, int] = field(default_factory=dict)
-    """The first chunk of each window in flight, by request id (ids are per connection)."""
-    window_got: dict[int, int] = field(default_factory=dict)
-    """How many chunks of each window in flight have been answered, by request id."""
+    windows: dict[int, Window] = field(default_factory=dict)
+    """The windows in flight, by request id (ids are per connection)."""
 
 
 @dataclass
@@ -184,6 +231,7 @@ class Transfer:
         method: str,
         dest_absent: bool,
         round_trip: float = 0.0,
+        prior: Prior | None = None,
     ) -> None:
         self.sides = {name: Side(conn) for name, conn in conns.items()}
         self.names = names
@@ -212,7 +260,31 @@ class Transfer:
             self._window = max(self._window, PAIR_WINDOW_CHUNKS)
         self._first, self._end = options.chunk_range(geometry.total)
         """The chunks this transfer settles: all of them, or one lane's share of a parallel run."""
-        self._windows = -(-(self._end - self._first) // self._window)
+        self.scope = Scope(self._first, self._end, prior)
+        """What a prior settles of those chunks, and the sample of them read again."""
+        if method == "stream":  # a stream compares nothing, so a sample could prove nothing
+            self.scope.sample = frozenset()
+        self.warnings: list[str] = []
+        self.sample_differed = 0
+        """Chunks of the sample that differed: the prior was wrong, and everything is read."""
+        self.widened = False
+        """True once the sample found a difference and the settled chunks are read too."""
+        self.skipped_bytes = 0
+        """Bytes of the chunks that the prior settles and nobody reads (unless widened)."""
+        if self.scope.initial is not None:
+            chunk_map.load(self._first, self.scope.initial)
+            self.skipped_bytes = self._skipped()
+        self._plan = self.scope.windows(self._window)
+        self._windows = -(-self.scope.to_read() // self._window)
+        self._made: dict[int, list[tuple[int, int]]] = {}
+        """Windows of the current pass made and not yet asked of every side, by number."""
+        self._made_count = 0
+        self.on_checkpoint: Callable[[bytes, dict], None] | None = None
+        """Called with the states of chunks first..end-1 once the destination flushed every
+        write settled before they were taken (and with its flush answer): what is on disk."""
+        self._checkpoint: tuple[int, bytes] | None = None
+        """The flush in flight for a checkpoint: its request id and the states it covers."""
+        self._last_checkpoint = time.monotonic()
         self._digests: dict[str, dict[int, tuple[int, bytes]]] = {SOURCE: {}, DESTINATION: {}}
         self._todo: deque[_Job] = deque()
         self._jobs: dict[int, _Job] = {}
@@ -226,13 +298,26 @@ class Transfer:
         self._max_inflight = max(2, INFLIGHT_BYTES // options.chunk_size, min(MAX_JOBS, by_link))
         self._unacked = 0
         """Bytes of chunk data relayed to the destination and not yet acknowledged."""
-        self._settled = 0
+        self._settled = self.scope.settled
         self._streamed: set[int] = set()
         """Stream: chunks whose data was relayed and whose entry in the window is still due."""
-        if method == "direct":
+        self._idle_sides()
+
+    def _idle_sides(self) -> None:
+        """Mark the sides that scan nothing in this method as done with every window."""
+        if self.method == "direct":
             self.sides[SOURCE].next_window = self.sides[SOURCE].windows_done = self._windows
-        elif dest_absent or method == "stream":
-            self.sides[DESTINATION].windows_done = self._windows  # nothing to hash: all zero
+        elif self.dest_absent or self.method == "stream":  # nothing to hash: all zero
+            self.sides[DESTINATION].next_window = self.sides[DESTINATION].windows_done = self._windows
+
+    def _skipped(self) -> int:
+        """Bytes the prior settles: whole chunks, less what the short last chunk lacks."""
+        initial = self.scope.initial or b""
+        skipped = self.scope.settled * self.geometry.chunk_size
+        last = self._end - 1
+        if initial and initial[-1] != State.PENDING:
+            skipped -= self.geometry.chunk_size - self.geometry.chunk(last)[1]
+        return skipped
 
     @property
     def _record_digests(self) -> bool:
@@ -246,13 +331,17 @@ class Transfer:
         total = self._end - self._first
         control = self.control
         while True:
+            if not control.cancelled:
+                self._widen_if_due()
             if not control.paused and not control.cancelled:
                 self._issue_windows()
                 self._issue_chunks()
+                self._checkpoint_if_due()
+            idle = not self._jobs and self._checkpoint is None
             if control.cancelled:  # a direct compare's window writes as it goes: wait for it
-                if not self._jobs and not (self.method == "direct" and self._windows_in_flight()):
+                if idle and not (self.method == "direct" and self._windows_in_flight()):
                     return
-            elif self._settled >= total and not self._jobs and not self._windows_in_flight():
+            elif self._settled >= total and idle and not self._windows_in_flight():
                 return
             try:
                 frame = self.events.get(timeout=POLL_SECONDS)
@@ -260,6 +349,63 @@ class Transfer:
                 self._check_silence()
                 continue
             self._handle(frame)
+
+    # -- what a prior settles, the sample that checks it, and checkpoints of what is on disk
+
+    def _sampled(self, index: int, differs: bool) -> None:
+        """A chunk was compared: if the prior called it settled, and it differs, the prior was
+        wrong somewhere. Say so once; the chunks it settled are then read too (`_widen_if_due`)."""
+        if not differs or index not in self.scope.sample:
+            return
+        self.sample_differed += 1
+        if self.sample_differed == 1:
+            self.warnings.append(
+                f"chunk {index}, settled by the {self.scope.source}, differs: the {self.scope.source} "
+                "is wrong, so every chunk is compared"
+            )
+
+    def _widen_if_due(self) -> None:
+        """Once the scoped pass is done and the sample found a difference, read the chunks the
+        prior settled, in a second pass of the same run."""
+        if not self.sample_differed or self.widened:
+            return
+        if any(side.windows_done < self._windows for side in self.sides.values()):
+            return
+        self.widened = True
+        self._settled -= self.scope.settled
+        self.skipped_bytes = 0
+        self._plan = self.scope.windows(self._window, widened=True)
+        self._windows = -(-self.scope.to_read(widened=True) // self._window)
+        self._made.clear()
+        self._made_count = 0
+        for side in self.sides.values():
+            side.next_window = side.windows_done = 0
+        self._idle_sides()
+
+    def _checkpoint_if_due(self) -> None:
+        """Every CHECKPOINT_SECONDS, ask the destination to flush; what was settled before the
+        request is on disk once it answers (writes are applied in order, and a direct compare
+        reports a chunk only after writing it)."""
+        if self.on_checkpoint is None or self._checkpoint is not None:
+            return
+        if time.monotonic() - self._last_checkpoint < self.checkpoint_seconds:
+            return
+        states = bytes(self.chunk_map.states[self._first : self._end])
+        rid = self.sides[DESTINATION].conn.post(wire.OP_FLUSH, b"")
+        self._checkpoint = (rid, states)
+
+    checkpoint_seconds = CHECKPOINT_SECONDS
+
+    def _on_reply(self, frame: Frame) -> None:
+        """The destination's answer to a checkpoint's flush."""
+        if frame.side != DESTINATION or self._checkpoint is None or frame.rid != self._checkpoint[0]:
+            raise self._protocol_error(frame, "an answer to no request")
+        states = self._checkpoint[1]
+        self._checkpoint = None
+        answer = wire.decode_json(frame.payload)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(states, answer)
+        self._last_checkpoint = time.monotonic()
 
     def resend(self, indexes: list[int], digests: dict[int, bytes | None]) -> None:
         """Send chunks again, whole (their source changed during the run), and wait for the
@@ -272,7 +418,7 @@ class Transfer:
         self.run()
 
     def _windows_in_flight(self) -> bool:
-        return any(side.window_first for side in self.sides.values())
+        return any(side.windows for side in self.sides.values())
 
     def _check_silence(self) -> None:
         """End the run, naming the side, when a worker that owes an answer has said nothing for
@@ -288,7 +434,7 @@ class Transfer:
         """Whether a side has a request outstanding."""
         if self.control.paused:
             return False  # nothing new was asked, and answers may trickle in slowly
-        if self.sides[name].window_first:
+        if self.sides[name].windows:
             return True
         if any(side == name for side, _ in self._by_request):
             return True
@@ -349,7 +495,7 @@ class Transfer:
             request["overwrite"] = True
         while (
             side.next_window < self._windows
-            and len(side.window_first) < STREAM_WINDOWS_AHEAD
+            and len(side.windows) < STREAM_WINDOWS_AHEAD
             and self._unacked < STREAM_UNACKED_BYTES
         ):
             self._post_window(SOURCE, wire.OP_STREAM, request)
@@ -357,11 +503,17 @@ class Transfer:
     def _post_window(self, name: str, op: int, request: dict) -> None:
         """Send one side the request for its next window of chunks."""
         side = self.sides[name]
-        first = self._first + side.next_window * self._window
-        count = min(self._window, self._end - first)
-        rid = side.conn.post(op, {**request, "ranges": [[first, count]]})
-        side.window_first[rid] = first
+        number = side.next_window
+        while self._made_count <= number:  # made once, in order, for every side alike
+            self._made[self._made_count] = next(self._plan)
+            self._made_count += 1
+        runs = self._made[number]
+        rid = side.conn.post(op, {**request, "ranges": [list(run) for run in runs]})
+        side.windows[rid] = Window(runs)
         side.next_window += 1
+        behind = min(s.next_window for s in self.sides.values())
+        for old in [k for k in self._made if k < behind]:
+            del self._made[old]  # every side has asked for it
 
     # -- frames
 
@@ -385,11 +537,10 @@ class Transfer:
 
     def _on_done(self, frame: Frame) -> None:
         side = self.sides[frame.side]
-        if frame.rid not in side.window_first:
+        window = side.windows.pop(frame.rid, None)
+        if window is None:
             raise self._protocol_error(frame, "an unexpected end of a request")
-        first = side.window_first.pop(frame.rid)
-        count = min(self._window, self._end - first)
-        if side.window_got.pop(frame.rid, 0) != count:
+        if window.got != window.total:
             raise self._protocol_error(frame, "an incomplete window of chunks")
         side.windows_done += 1
 
@@ -397,17 +548,14 @@ class Transfer:
         """(first, count, digest size) of a DIGESTS or PAIRED batch, checked: it belongs to a
         window in flight, continues it where the last batch ended, and has its stated length."""
         first, count, dsize = wire.DIGESTS_HEAD.unpack_from(frame.payload)
-        side = self.sides[frame.side]
-        if frame.rid not in side.window_first:
+        window = self.sides[frame.side].windows.get(frame.rid)
+        if window is None:
             raise self._protocol_error(frame, "chunk states nobody asked for")
-        expected = side.window_first[frame.rid] + side.window_got.get(frame.rid, 0)
-        window_end = side.window_first[frame.rid] + self._window
         size = wire.DIGESTS_HEAD.size + count * (entry_size + dsize)
-        if first != expected or first + count > min(window_end, self._end):
-            raise self._protocol_error(frame, f"chunks {first}..{first + count} out of order")
         if len(frame.payload) != size or dsize > MAX_DIGEST_SIZE:
             raise self._protocol_error(frame, "a batch of the wrong length")
-        side.window_got[frame.rid] = side.window_got.get(frame.rid, 0) + count
+        if not window.take(first, count):
+            raise self._protocol_error(frame, f"chunks {first}..{first + count} out of order")
         return first, count, dsize
 
     def _on_digests(self, frame: Frame) -> None:
@@ -491,10 +639,7 @@ class Transfer:
         (entries lag behind data, never run ahead) and its pieces must fit our geometry."""
         side = self.sides[SOURCE]
         index, _, _ = wire.PIECES_HEAD.unpack_from(frame.payload)
-        first = side.window_first[frame.rid]
-        due = first + side.window_got.get(frame.rid, 0)
-        end = min(first + self._window, self._end)
-        if not due <= index < end or index in self._streamed or index in self._jobs:
+        if not side.windows[frame.rid].ahead(index) or index in self._streamed or index in self._jobs:
             raise self._protocol_error(frame, f"data for chunk {index} out of order")
         _, length = self.geometry.chunk(index)
         try:
@@ -524,6 +669,7 @@ class Transfer:
                 raise self._protocol_error(frame, f"an impossible outcome for chunk {index}")
             for side in self.sides.values():
                 side.scanned += length
+            self._sampled(index, outcome == wire.PAIR_DIFFERS)
             if outcome == wire.PAIR_DIFFERS:
                 self.bytes_differing += differing
                 if wrote:
@@ -545,6 +691,7 @@ class Transfer:
             self.chunk_map.set(index, State.ERROR)
             self._settled += 1
             return
+        self._sampled(index, src != dst)
         if src == dst:
             self.chunk_map.set(index, State.ZERO if src[0] == wire.FLAG_ZERO else State.SAME)
             self._settled += 1
@@ -636,7 +783,7 @@ class Transfer:
         relay them to the destination unchanged (it checks them again against its own)."""
         if frame.side != SOURCE:
             raise self._protocol_error(frame, "chunk data from the destination")
-        if frame.rid in self.sides[SOURCE].window_first:
+        if frame.rid in self.sides[SOURCE].windows:
             self._on_streamed_data(frame)
             return
         job = self._answering(frame)
@@ -677,7 +824,9 @@ class Transfer:
                 f"{message} after {written:,} bytes were written: the sync stopped "
                 "(the destination is partly updated; run it again once this is fixed)"
             ).on(DESTINATION)
-        if frame.rid in self.sides[frame.side].window_first:
+        if self._checkpoint is not None and frame.side == DESTINATION and frame.rid == self._checkpoint[0]:
+            raise RemoteError(f"flush failed: {message}").on(DESTINATION)
+        if frame.rid in self.sides[frame.side].windows:
             if chunk < 0:
                 raise RemoteError(message).on(frame.side)
             self.errors.append(message)  # one chunk of a direct compare: its entry settles it
@@ -701,6 +850,7 @@ class Transfer:
         wire.OP_DATA: _on_data,
         wire.OP_WRITTEN: _on_written,
         wire.OP_ERROR: _on_error,
+        wire.OP_REPLY: _on_reply,
     }
 
     def _finish_chunk(self, job: _Job, state: State) -> None:

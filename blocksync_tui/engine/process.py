@@ -121,6 +121,8 @@ class Prepared:
     destination_info: dict
     algorithm: str
     compression: str
+    notes: list[str]
+    state_file: str
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,8 @@ def _child_main() -> None:
         return
     conn.send(Prepared(engine.size, engine.chunk_map.total, engine.warnings,
                        engine.source_info, engine.destination_info,
-                       engine.algorithm, engine.compression))
+                       engine.algorithm, engine.compression, engine.notes,
+                       str(engine.state_file or "")))
     command = conn.recv()
     if not isinstance(command, Run):
         engine.close()
@@ -353,6 +356,9 @@ class EngineProcess:
         self.destination_info: dict = {}
         self.algorithm = ""
         self.compression = ""
+        self.notes: list[str] = []
+        self.state_file = ""
+        """The resume state file the child found or will write ("" if none)."""
         self.chunk_map: SharedChunkView = SharedChunkView(bytearray(), 0)
         self._conn = None
         self._process = None
@@ -396,6 +402,7 @@ class EngineProcess:
         self.size, self.warnings = info.size, info.warnings
         self.source_info, self.destination_info = info.source_info, info.destination_info
         self.algorithm, self.compression = info.algorithm, info.compression
+        self.notes, self.state_file = info.notes, info.state_file
         if self._owns_map:
             self._map_file = shared_map_file(info.total)
         else:  # the caller's, made before the size was known; every lane finds the same size

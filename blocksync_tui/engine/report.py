@@ -37,6 +37,8 @@ class Progress:
     paused: bool = False
     method: str = "digests"
     """"direct" once the destination's worker compares bytes on one host."""
+    skipped: int = 0
+    """Bytes that a prior (resume, --changed-from, a dry run) settled: not read in this run."""
 
     @property
     def differing(self) -> int:
@@ -51,7 +53,7 @@ class Progress:
     @property
     def fraction(self) -> float:
         """How far the scan has come, 0..1."""
-        return 1.0 if self.size == 0 else min(1.0, self.scanned / self.size)
+        return 1.0 if self.size == 0 else min(1.0, (self.scanned + self.skipped) / self.size)
 
     @property
     def rate(self) -> float:
@@ -63,7 +65,7 @@ class Progress:
         """Seconds left at the current rate, if it can be told."""
         if self.phase != "scanning" or self.rate <= 0:
             return None
-        return (self.size - self.scanned) / self.rate
+        return max(0, self.size - self.scanned - self.skipped) / self.rate
 
 
 def outcome_of(failed: bool, cancelled: bool, dry_run: bool, changed: bool) -> str:
@@ -113,6 +115,17 @@ class Report:
     size_difference: int = 0
     """Destination size minus source size, for a destination file (a device keeps its tail):
     a difference of its own, which a sync removes by truncating or growing the file."""
+    settled_by: str = ""
+    """What settled chunks before the run, if anything: "resume", "list" (--changed-from),
+    "dry run", or two of them ("resume and list")."""
+    chunks_settled: int = 0
+    """Chunks that prior knowledge settled and this run did not read: their states in
+    `chunks` are the ones it gave them."""
+    chunks_sampled: int = 0
+    """Chunks that prior knowledge settled and this run read again, to check it."""
+    sample_differed: int = 0
+    """Of those, how many differed: not 0 means the prior was wrong, and the run compared
+    every chunk (then chunks_settled is 0)."""
 
     @classmethod
     def runs_of(cls, chunk_map: ChunkView, chunk_size: int, size: int) -> tuple[int, list[dict]]:

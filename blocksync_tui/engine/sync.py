@@ -7,19 +7,21 @@ scan, compare and write of every chunk), `verify` (reading written chunks back),
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from blocksync_tui.engine import chunkmap
+from blocksync_tui.engine import changelist, chunkmap, resume
 from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.chunkmap import ChunkMap, State
 from blocksync_tui.engine.connection import Connection, Frame
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, EndpointError, ProtocolError, RemoteError
 from blocksync_tui.engine.options import MAX_CHUNK, MIN_CHUNK, SyncOptions
-from blocksync_tui.engine.pipeline import Control, Geometry, Transfer, where
+from blocksync_tui.engine.pipeline import CHECKPOINT_SECONDS, Control, Geometry, Transfer, where
 from blocksync_tui.engine.preflight import (
     DESTINATION,
     SOURCE,
@@ -30,6 +32,7 @@ from blocksync_tui.engine.preflight import (
     negotiate,
     same_host,
 )
+from blocksync_tui.engine.prior import Prior
 from blocksync_tui.engine.report import Progress, Report, outcome_of
 from blocksync_tui.engine.transports import TransportFactory, local_only
 from blocksync_tui.engine.verify import Verified, verify
@@ -42,6 +45,15 @@ first (a local one, while an SSH handshake and a remote Python start take 0.5 s 
 has its first chunks in memory when the scan begins."""
 FLUSH_TIMEOUT = 600.0
 """An fsync of a slow disk full of dirty pages can take minutes."""
+CHECKPOINT_ENV = "BLOCKSYNC_CHECKPOINT_SECONDS"
+"""Seconds between two records of the resume state (default CHECKPOINT_SECONDS)."""
+
+
+def _checkpoint_seconds() -> float:
+    try:
+        return max(0.0, float(os.environ.get(CHECKPOINT_ENV, CHECKPOINT_SECONDS)))
+    except ValueError:
+        return CHECKPOINT_SECONDS
 
 
 def cancel_message(dry_run: bool, written: int) -> str:
@@ -103,6 +115,14 @@ class SyncEngine:
         """Set by a parallel run (engine.parallel) for all lanes but the first: the destination
         as the first lane opened it for writing (created or truncated); this lane must find
         that very object, and treats it as what prepare saw (absent: all holes)."""
+        self.notes: list[str] = []
+        """What a user should know before the run that is no warning ("resuming at 40%")."""
+        self.prior: Prior | None = None
+        """What is known before the run (resume state, --changed-from, a dry run), once
+        prepared: the run reads the chunks it does not settle, and a sample of those it does."""
+        self.state_file: Path | None = None
+        """The resume state file of this pair (a sync with `resume`), once prepared."""
+        self._checkpoints: resume.Checkpoints | None = None
         self.on_writable: Callable[[dict], None] | None = None
         """Called once the destination is open for writing, before anything is written, with
         what a later open must expect; it may block (a parallel run waits there until every
@@ -159,6 +179,7 @@ class SyncEngine:
             total_chunks=self.chunk_map.total,
             scanned_source=transfer.sides[SOURCE].scanned if transfer else 0,
             scanned_destination=transfer.sides[DESTINATION].scanned if transfer else 0,
+            skipped=transfer.skipped_bytes if transfer else 0,
             bytes_sent=transfer.bytes_sent if transfer else 0,
             bytes_differing=transfer.bytes_differing if transfer else 0,
             wire_bytes=sum(c.bytes_in + c.bytes_out for c in list(self._conns.values())),
@@ -211,8 +232,65 @@ class SyncEngine:
             raise
         self.size = self._opened[SOURCE].size
         self.chunk_map = ChunkMap(Geometry(self.size, self.options.chunk_size).total)
+        try:
+            self.prior = self._known_before()
+        except BaseException:
+            self.close()
+            raise
         self._prepared = True
         self._prepare_seconds = time.monotonic() - self._started
+
+    def _known_before(self) -> Prior | None:
+        """The prior of this run: what a dry run, a list of changes and a resume state settle
+        (each on its own is evidence enough; the sample checks them all)."""
+        options, size = self.options, self.size
+        geometry = Geometry(size, options.chunk_size)
+        priors: list[Prior] = []
+        if options.prior is not None:
+            if options.prior.fits(geometry.total, options.chunk_size):
+                priors.append(options.prior)
+            else:
+                self.warnings.append(f"the {options.prior.source} was of another size or chunk size: "
+                                     "every chunk is compared")
+        if options.changed_from:
+            listed = changelist.load(options.changed_from, options.chunk_size, size)
+            priors.append(listed)
+            self.notes.append(
+                f"--changed-from {options.changed_from}: {geometry.total - listed.settled:,} of "
+                f"{geometry.total:,} chunks changed; the others are not compared, but for a sample"
+            )
+        if options.resume and not options.dry_run:
+            priors.extend(self._resume_state())
+        if priors and self._dest_absent:
+            self.warnings.append("the destination does not exist yet: what was known of it does not "
+                                 "apply, and every chunk is copied")
+            return None
+        prior = None
+        for each in priors:
+            prior = each if prior is None else prior.combine(each)
+        return prior
+
+    def _resume_state(self) -> list[Prior]:
+        """The resume state of this pair, if one was left and is still this pair's."""
+        if self._dest_absent:
+            return []  # a first copy: its state file is named once the file exists (run)
+        src, dst = self._identity(SOURCE, self._opened[SOURCE]), self._identity(DESTINATION, self._opened[DESTINATION])
+        self.state_file = self._state_path(src, dst)
+        prior, why = resume.load(self.state_file, src, dst, self.options.chunk_size, self.size)
+        if why:
+            self.warnings.append(why + "; every chunk is compared")
+        if prior is None:
+            return []
+        done = prior.settled_bytes(self.size)
+        self.notes.append(f"resuming at {100 * done // max(1, self.size)}% ({self.state_file})")
+        return [prior]
+
+    def _identity(self, side: str, opened: Opened) -> dict:
+        conn = self._conns[side]
+        return resume.identity(conn.transport.host_key, str(conn.hello.get("host", "")), opened)
+
+    def _state_path(self, src: dict, dst: dict) -> Path:
+        return Path(self.options.state_file) if self.options.state_file else resume.state_path(src, dst)
 
     def _hello(self, side: str) -> Hello:
         return self._parsed(side, Hello.parse, self._conns[side].hello)
@@ -287,7 +365,9 @@ class SyncEngine:
         self._started = time.monotonic() - self._prepare_seconds
         try:
             if not self.options.dry_run:
-                self._open_for_writing()
+                writable = self._open_for_writing()
+                if self.options.resume:
+                    self._start_checkpoints(writable)
             self.phase = "scanning"
             if not self.options.dry_run and not self.options.compare:
                 self.method = "stream"  # asked not to compare: every chunk sent once
@@ -307,15 +387,20 @@ class SyncEngine:
                 self.method,
                 self._dest_absent,
                 round_trip=max(self._round_trips.values(), default=0.0),
+                prior=self.prior,
             )
             self.errors = self._transfer.errors  # one list: the report reads it as it grows
+            if self._checkpoints is not None:
+                self._transfer.on_checkpoint = self._checkpoints.write
+                self._transfer.checkpoint_seconds = _checkpoint_seconds()
             self._transfer.run()
             if not self.options.dry_run:
                 self.phase = "flushing"
-                self._flush()
+                flushed = [self._flush()]
                 if self.options.verify and not self.cancelled:
                     self.phase = "verifying"
-                    self._verified = verify(self._transfer, self._flush)
+                    self._verified = verify(self._transfer, lambda: flushed.append(self._flush()))
+                self._end_checkpoints(flushed[-1])
             if self.cancelled:
                 raise Cancelled(cancel_message(self.options.dry_run, self.chunk_map.count(State.WRITTEN)))
             self.phase = "done"
@@ -325,6 +410,7 @@ class SyncEngine:
             raise
         except BaseException:
             self.phase = "failed"
+            self._last_checkpoint()
             raise
         finally:
             self._finished = time.monotonic()
@@ -332,7 +418,43 @@ class SyncEngine:
                 self.on_finished()
             self.close()
 
-    def _open_for_writing(self) -> None:
+    def _start_checkpoints(self, writable: Opened) -> None:
+        """Record the resume state of this sync as it goes (see engine.resume)."""
+        src, dst = self._identity(SOURCE, self._opened[SOURCE]), self._identity(DESTINATION, writable)
+        self.state_file = self._state_path(src, dst)
+        first, end = self.options.chunk_range(self.chunk_map.total)
+        options = {"chunk_size": self.options.chunk_size, "hash": self.algorithm}
+        self._checkpoints = resume.Checkpoints(self.state_file, src, dst, options, self.options.chunk_size,
+                                               self.size, first, end)
+
+    def _end_checkpoints(self, flushed: dict) -> None:
+        """After the last flush: a complete sync leaves nothing to resume (a lane leaves its
+        share done, for the parallel run to remove the file once every lane is); any other
+        records where it stopped."""
+        checkpoints, transfer = self._checkpoints, self._transfer
+        if checkpoints is None or transfer is None:
+            return
+        first, end = checkpoints.first, checkpoints.end
+        complete = not self.cancelled and not self.errors and not self.chunk_map.states[first:end].count(State.ERROR)
+        if complete and self.options.lane is None:
+            checkpoints.remove()
+        else:
+            checkpoints.write(bytes(self.chunk_map.states[first:end]), flushed or {}, ended=True)
+        if checkpoints.failed:
+            self.warnings.append(checkpoints.failed)
+
+    def _last_checkpoint(self) -> None:
+        """A failed sync: if the destination still answers, record what it has on disk."""
+        if self._checkpoints is None or self._transfer is None or DESTINATION not in self._conns:
+            return
+        states = bytes(self.chunk_map.states[self._checkpoints.first : self._checkpoints.end])
+        try:
+            flushed = self._flush_within(30.0)
+        except BlocksyncError:
+            return  # the last checkpoint stands
+        self._checkpoints.write(states, flushed, ended=True)
+
+    def _open_for_writing(self) -> Opened:
         """Reopen the destination for writing: the very object that was checked, or, if it was
         absent, a new file that must still be absent (what appeared meanwhile was never
         compared)."""
@@ -357,6 +479,7 @@ class SyncEngine:
             raise EndpointError(f"{self.destination} is too small")
         if self.on_writable is not None:
             self.on_writable(opened.expectation())
+        return opened
 
     def _can_compare_directly(self) -> bool:
         """Whether the destination's worker can read the source itself: same machine, and the
@@ -372,10 +495,14 @@ class SyncEngine:
         src = self._opened[SOURCE]
         return peer.exists and (peer.identity, peer.size) == (src.identity, src.size)
 
-    def _flush(self) -> None:
+    def _flush(self) -> dict:
+        """fsync the destination; its answer (bytes written, and a file's modification time)."""
+        return self._flush_within(FLUSH_TIMEOUT)
+
+    def _flush_within(self, timeout: float) -> dict:
         conn = self._conns[DESTINATION]
         try:
-            conn.call(wire.OP_FLUSH, b"", timeout=FLUSH_TIMEOUT)
+            return wire.decode_json(conn.call(wire.OP_FLUSH, b"", timeout=timeout))
         except RemoteError as exc:
             raise RemoteError(where(conn, f"flush failed: {exc}")).on(DESTINATION)
 
@@ -396,6 +523,8 @@ class SyncEngine:
                 and outcome in ("synced", "identical")
             )
         run_count, largest = Report.runs_of(self.chunk_map, self.options.chunk_size, self.size)
+        transfer = self._transfer
+        scope = transfer.scope if transfer else None
         return Report(
             source=str(self.source),
             destination=str(self.destination),
@@ -418,9 +547,13 @@ class SyncEngine:
             change_runs=run_count,
             largest_runs=largest,
             errors=list(self.errors),
-            warnings=list(self.warnings),
+            warnings=list(self.warnings) + (transfer.warnings if transfer else []),
             destination_size=self.size + self.size_difference,
             size_difference=self.size_difference,
+            settled_by=scope.source if scope else "",
+            chunks_settled=scope.settled if scope and not transfer.widened else 0,
+            chunks_sampled=len(scope.sample) if scope else 0,
+            sample_differed=transfer.sample_differed if transfer else 0,
         )
 
     def close(self) -> None:

@@ -351,9 +351,9 @@ class Scanner:
                     if write:
                         for start, end in piece_runs:
                             run = src[start - pos : end - pos]
-                            for begin, stop, zero in stretches(run, sub):
+                            for begin, stop, blank in stretches(run, sub):
                                 at = offset + start + begin
-                                if zero:  # a hole, not zeros written
+                                if blank:  # a hole, not zeros written
                                     self.writer.zero_range(target, at, stop - begin)
                                 else:
                                     self.writer.pwrite_all(target, memoryview(run)[begin:stop], at)
