@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 from blocksync_tui.engine.chunkmap import State
+from blocksync_tui.engine.options import SyncOptions
 from blocksync_tui.tui.app import BlocksyncApp
 from blocksync_tui.tui.request import RunRequest
 from blocksync_tui.tui.screens.confirm import ConfirmSyncScreen
@@ -412,3 +413,31 @@ async def test_quit_during_a_sync_asks_then_cancels(tmp_path: Path) -> None:
         assert engine.cancelled
     run_engine(src, dst, chunk_size=64 << 10)
     assert dst.read_bytes() == src.read_bytes()
+
+
+async def test_sync_after_a_dry_run_reads_only_what_differed_and_a_sample(tmp_path: Path) -> None:
+    """Sync... from the review does not rescan the device: the chunks the dry run found equal
+    are settled, but for a sample of 64 read again; the 7 it found differing are compared again
+    and written."""
+    src, dst = _pair(tmp_path, size=32 << 20)  # 512 chunks of 64 KiB, 7 of them changed
+    request = RunRequest(str(src), str(dst), SyncOptions(chunk_size=64 << 10))
+    app = BlocksyncApp(request, list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await _click(pilot, "#source-path")
+        await pilot.press("ctrl+d")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        assert app.screen.report.chunks_differing == 7
+        await pilot.press("ctrl+s")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen))
+        await _click(pilot, "#go")
+        await _wait_for(
+            pilot, lambda: isinstance(app.screen, ReviewScreen) and app.screen.report.mode == "sync"
+        )
+        report = app.screen.report
+        assert report.outcome == "synced" and dst.read_bytes() == src.read_bytes()
+        assert report.settled_by == "dry run" and report.sample_differed == 0
+        assert (report.chunks_settled, report.chunks_sampled) == (512 - 7 - 64, 64)
+        assert report.chunks["written"] == 7
+        read = app.screen.engine.progress()  # what the engine's workers read, each side
+        assert read.scanned_source == read.scanned_destination == (7 + 64) * (64 << 10)
+        assert "settled by the dry run" in _summary_text(app.screen)

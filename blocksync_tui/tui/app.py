@@ -25,6 +25,7 @@ from blocksync_tui.engine.errors import BlocksyncError, Cancelled, UnknownHostKe
 from blocksync_tui.engine.inventory import list_devices
 from blocksync_tui.engine.options import SshOptions
 from blocksync_tui.engine.parallel import engine_for
+from blocksync_tui.engine.prior import Prior
 from blocksync_tui.engine.transports import transport_factory
 from blocksync_tui.tui.messages import (
     DevicesListed,
@@ -236,6 +237,8 @@ class BlocksyncApp(App[int]):
     def _run_prepared(self, message: RunPrepared) -> None:
         engine = message.engine
         self.engine = engine
+        for note in engine.notes:  # "resuming at 40%", what a list of changes settles
+            self.notify(note, title="Known before the run", timeout=10, markup=False)
         if engine.options.dry_run:
             self._show_run(engine)
             return
@@ -284,6 +287,12 @@ class BlocksyncApp(App[int]):
             self.pop_screen()
 
     def sync_after_review(self) -> None:
-        """Turn the reviewed dry run into a sync of the same endpoints and options."""
-        options = replace(self.request.options, dry_run=False)
+        """Turn the reviewed dry run into a sync of the same endpoints and options. What the
+        dry run found equal is not compared again, but for a sample of it; what it found
+        differing is compared again, then written (engine.prior)."""
+        review = next((s for s in reversed(self.screen_stack) if isinstance(s, ReviewScreen)), None)
+        prior = None
+        if review is not None and review.report.mode == "compare":
+            prior = Prior.of(review.engine.chunk_map.snapshot(), review.report.chunk_size, "dry run")
+        options = replace(self.request.options, dry_run=False, prior=prior)
         self.start_run(replace(self.request, options=options))

@@ -102,6 +102,10 @@ class ReviewScreen(Screen[None]):
         if r.mode == "sync":
             moved = "copied on the host" if r.method == "direct" else "sent"
             rows.append(("Written", f"{r.chunks.get('written', 0):,} chunks, {human_bytes(r.bytes_sent)} {moved}"))
+        if r.settled_by:
+            checked = (f"{r.sample_differed:,} of a sample of {r.chunks_sampled:,} differed: every chunk was compared"
+                       if r.sample_differed else f"a sample of {r.chunks_sampled:,} was read again, and matched")
+            rows.append(("Known before", f"{r.chunks_settled:,} chunks settled by the {r.settled_by}, not read; {checked}"))
         if r.verified is not None:
             rows.append(("Verified", "yes, re-read from disk" if r.verified else Text("FAILED", style="red")))
         rows += [
