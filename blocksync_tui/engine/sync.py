@@ -261,9 +261,10 @@ class SyncEngine:
             )
         if options.resume and not options.dry_run:
             priors.extend(self._resume_state())
-        if priors and self._dest_absent:
-            self.warnings.append("the destination does not exist yet: what was known of it does not "
-                                 "apply, and every chunk is copied")
+        if priors and self._dest_absent:  # a first copy: nothing there to settle
+            if options.changed_from:
+                self.warnings.append("the destination does not exist yet: the list of changes does not "
+                                     "apply, and every chunk is copied")
             return None
         prior = None
         for each in priors:
