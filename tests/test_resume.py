@@ -64,11 +64,11 @@ def _sync(src: Path, dst: Path, tmp_path: Path, *more: str) -> dict:
     return json.loads(report.read_text())
 
 
-def _kill_when_done_some(cli: Cli, src: Path, dst: Path, state: Path, sig: int, delay: float) -> subprocess.Popen[str]:
-    """Start a sync, let it record a first checkpoint, wait `delay` more, then signal it."""
+def _kill_when_done_some(cli: Cli, src: Path, dst: Path, state: Path, sig: int, share: float) -> subprocess.Popen[str]:
+    """Start a sync and signal it once its checkpoints record `share` of the device more than a
+    first one (a point in the run, not a time: a fast machine could finish before a delay)."""
     process = cli.start("sync", str(src), str(dst), "--chunk-size", CHUNK, "-q", "--state", str(state), env=FAST)
-    _wait_for(lambda: _done(state), process, "a first checkpoint")
-    time.sleep(delay)
+    _wait_for(lambda: _done(state, (2 << 20) + int(share * SIZE)), process, "a first checkpoint")
     workers = cli.workers_of(process)
     assert process.poll() is None, "the sync ended before it could be interrupted"
     os.killpg(process.pid, sig) if sig != signal.SIGKILL else process.kill()
@@ -84,7 +84,7 @@ def _kill_when_done_some(cli: Cli, src: Path, dst: Path, state: Path, sig: int, 
 def test_kill_9_at_a_random_point_then_the_rerun_resumes(cli: Cli, pair: tuple[Path, Path], tmp_path: Path, seed: int) -> None:
     src, dst = pair
     state = tmp_path / "sync.map"
-    process = _kill_when_done_some(cli, src, dst, state, signal.SIGKILL, random.Random(seed).uniform(0, 0.4))
+    process = _kill_when_done_some(cli, src, dst, state, signal.SIGKILL, random.Random(seed).uniform(0, 0.5))
     assert process.returncode == -signal.SIGKILL
     assert "# ended: false" in state.read_text()  # the controller never got to say it ended
 
