@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 
 from blocksync_tui.engine.chunkmap import ChunkView
 from blocksync_tui.engine.endpoint import Endpoint
+from blocksync_tui.engine.layout import Layout
 from blocksync_tui.engine.options import SyncOptions
 from blocksync_tui.engine.report import Progress, Report
 
@@ -57,6 +58,16 @@ class Engine(Protocol):
     @property
     def destination_info(self) -> dict:
         """What the destination's worker said of it, once prepared."""
+        ...
+
+    @property
+    def source_layout(self) -> Layout | None:
+        """The source's partition table and file systems, once prepared (None: not read)."""
+        ...
+
+    @property
+    def destination_layout(self) -> Layout | None:
+        """The destination's (None: it does not exist yet, or its layout was not read)."""
         ...
 
     @property

@@ -13,6 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from blocksync_tui.engine import bootstrap
@@ -215,6 +216,11 @@ class Connection:
             RemoteError: the worker answered with an error.
             ConnectionLost: the worker went away, or did not answer in time.
         """
+        return self.ask(op, payload)(timeout)
+
+    def ask(self, op: int, payload: bytes | dict) -> Callable[[float], bytes]:
+        """Send a request now and return what waits for its one reply (as `call` does): two
+        requests asked back to back cost one round trip, not two."""
         if isinstance(payload, dict):
             payload = wire.encode_json(payload)
         rid = self._new_rid()
@@ -222,19 +228,27 @@ class Connection:
         self._waiters[rid] = waiter
         try:
             self._send(op, rid, payload)
-            if not waiter.done.wait(timeout):
-                reason = f"the {self.side} stopped answering ({timeout:.0f} s without a reply)"
-                if self.transport.label != "local":
-                    reason = f"{self.transport.label}: {reason}"
-                self.abandon(reason)
-                raise ConnectionLost(reason)
-        finally:
+        except BaseException:
             self._waiters.pop(rid, None)
-        if waiter.op == _EOF:
-            raise ConnectionLost(self._lost or f"{self.transport.label}: connection lost")
-        if waiter.op == wire.OP_ERROR:
-            raise RemoteError(wire.decode_json(waiter.payload)["message"])
-        return waiter.payload
+            raise
+
+        def wait(timeout: float) -> bytes:
+            try:
+                if not waiter.done.wait(timeout):
+                    reason = f"the {self.side} stopped answering ({timeout:.0f} s without a reply)"
+                    if self.transport.label != "local":
+                        reason = f"{self.transport.label}: {reason}"
+                    self.abandon(reason)
+                    raise ConnectionLost(reason)
+            finally:
+                self._waiters.pop(rid, None)
+            if waiter.op == _EOF:
+                raise ConnectionLost(self._lost or f"{self.transport.label}: connection lost")
+            if waiter.op == wire.OP_ERROR:
+                raise RemoteError(wire.decode_json(waiter.payload)["message"])
+            return waiter.payload
+
+        return wait
 
     def call_json(self, op: int, payload: dict, timeout: float = 60.0) -> dict:
         """`call` for requests answered with JSON."""

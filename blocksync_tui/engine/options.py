@@ -42,6 +42,10 @@ class SyncOptions:
     """False: a sync that writes every chunk without comparing (a destination known to differ
     everywhere): the source streams, and its zeros are zeroed on the destination."""
 
+    layout: bool = True
+    """Read each side's partition table and file-system signatures (a few KiB) while opening:
+    the report counts differing bytes per partition, and the app shows them."""
+
     streams: int | None = None
     """Lanes of the run (engine.parallel): each settles its share of the chunks in a process,
     with workers and connections, of its own. None: `auto_streams` decides."""

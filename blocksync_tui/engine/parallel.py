@@ -22,6 +22,7 @@ from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, ProtocolError
+from blocksync_tui.engine.layout import Layout
 from blocksync_tui.engine.options import SshOptions, SyncOptions, auto_streams
 from blocksync_tui.engine.process import (
     EngineProcess,
@@ -30,6 +31,7 @@ from blocksync_tui.engine.process import (
     remove_shared_map,
     shared_map_file,
 )
+from blocksync_tui.engine.regions import summed_rows
 from blocksync_tui.engine.report import Progress, Report, outcome_of
 from blocksync_tui.engine.sync import SyncEngine, cancel_message
 from blocksync_tui.engine.transports import transport_factory
@@ -101,6 +103,14 @@ class ParallelEngine:
     @property
     def destination_info(self) -> dict:
         return self.lanes[0].destination_info
+
+    @property
+    def source_layout(self) -> Layout | None:
+        return self.lanes[0].source_layout
+
+    @property
+    def destination_layout(self) -> Layout | None:
+        return self.lanes[0].destination_layout
 
     @property
     def algorithm(self) -> str:
@@ -314,6 +324,7 @@ class ParallelEngine:
             chunks_settled=sum(r.chunks_settled for r in done),
             chunks_sampled=sum(r.chunks_sampled for r in done),
             sample_differed=sum(r.sample_differed for r in done),
+            partitions=summed_rows([r.partitions for r in done]),
         )
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ from blocksync_tui.engine.errors import BlocksyncError, ConnectionLost, Endpoint
 from blocksync_tui.engine.options import SyncOptions
 from blocksync_tui.engine.preflight import DESTINATION, SOURCE, Negotiated
 from blocksync_tui.engine.prior import Prior, Scope
+from blocksync_tui.engine.regions import DiffTally
 
 HASH_WINDOW_BYTES = 32 << 20
 """Chunks are requested for hashing in windows of this size..."""
@@ -232,6 +233,7 @@ class Transfer:
         dest_absent: bool,
         round_trip: float = 0.0,
         prior: Prior | None = None,
+        tally: DiffTally | None = None,
     ) -> None:
         self.sides = {name: Side(conn) for name, conn in conns.items()}
         self.names = names
@@ -248,6 +250,8 @@ class Transfer:
         self.bytes_sent = 0
         """Encoded chunk data relayed to the destination (or, direct, bytes it rewrote)."""
         self.bytes_differing = 0
+        self.tally = tally or DiffTally(())
+        """The same differing bytes, per region of the device (the report's partitions)."""
         self.verify_digests: dict[int, bytes] = {}
         """With --verify only: the source digest of each chunk written (b"" for zeros)."""
         window_bytes = {"direct": PAIR_WINDOW_BYTES, "stream": STREAM_WINDOW_BYTES}.get(
@@ -620,7 +624,7 @@ class Transfer:
                     offset = self.geometry.chunk(index)[0]
                     self._jobs[index] = _Job(index, wire.FLAG_ZERO, wire.FLAG_DATA, writing=True)
                     self.chunk_map.set(index, State.DIFFERS)
-                    self.bytes_differing += length
+                    self._differs(index, length)
                     self.sides[DESTINATION].conn.post(wire.OP_ZERO, wire.ZERO_REQ.pack(index, length, offset))
             elif flag == wire.FLAG_ERROR:
                 if index in self._streamed:
@@ -643,7 +647,7 @@ class Transfer:
             raise self._protocol_error(frame, f"data for chunk {index} out of order")
         _, length = self.geometry.chunk(index)
         try:
-            raw = wire.raw_bytes(frame.payload, index, length)
+            pieces = wire.piece_layout(frame.payload, index, length)
         except ValueError as exc:
             raise self._protocol_error(frame, f"pieces that do not fit chunk {index} ({exc})") from None
         if self.control.cancelled:
@@ -651,7 +655,7 @@ class Transfer:
         self._streamed.add(index)
         job = self._jobs[index] = _Job(index, wire.FLAG_DATA, wire.FLAG_ZERO, writing=True)
         self.chunk_map.set(index, State.DIFFERS)
-        self.bytes_differing += raw
+        self._differs_in_pieces(index, pieces)
         self._relay(job, frame.payload)
 
     def _on_paired(self, frame: Frame) -> None:
@@ -671,7 +675,7 @@ class Transfer:
                 side.scanned += length
             self._sampled(index, outcome == wire.PAIR_DIFFERS)
             if outcome == wire.PAIR_DIFFERS:
-                self.bytes_differing += differing
+                self._differs(index, differing)
                 if wrote:
                     self.bytes_sent += differing
                     if self.options.verify:
@@ -736,7 +740,7 @@ class Transfer:
         elif job.whole:
             self._ask(SOURCE, wire.OP_DELTA, job, self._chunk_request(index, wire.DELTA_WHOLE))
         elif job.src_flag == wire.FLAG_ZERO:
-            self.bytes_differing += length  # at chunk granularity: it costs no wire bytes
+            self._differs(index, length)  # at chunk granularity: it costs no wire bytes
             job.writing = True
             self.sides[DESTINATION].conn.post(wire.OP_ZERO, wire.ZERO_REQ.pack(index, length, offset))
         elif job.dst_flag == wire.FLAG_ZERO or length <= self.options.sub_block:
@@ -766,17 +770,27 @@ class Transfer:
             return
         job.subs[frame.side] = digests
         if len(job.subs) == 2:
-            self.bytes_differing += self._differing_bytes(
-                job.index, job.subs[SOURCE], job.subs[DESTINATION]
-            )
+            self._differing_sub_blocks(job.index, job.subs[SOURCE], job.subs[DESTINATION])
             self._finish_chunk(job, State.DIFFERS)
 
-    def _differing_bytes(self, index: int, src: bytes, dst: bytes) -> int:
+    def _differing_sub_blocks(self, index: int, src: bytes, dst: bytes) -> None:
         _, length = self.geometry.chunk(index)
         sub = self.options.sub_block
         starts = range(0, length, sub)
         differs = wire.differing_sub_blocks(src, dst, len(starts))
-        return sum(min(sub, length - start) for start, flag in zip(starts, differs) if flag)
+        spans = [(start, min(sub, length - start)) for start, flag in zip(starts, differs) if flag]
+        self._differs(index, sum(n for _, n in spans), spans)
+
+    def _differs_in_pieces(self, index: int, pieces: list[tuple[int, int, int, int, int]]) -> None:
+        """Count the bytes a checked DATA payload (see wire.piece_layout) rewrites."""
+        spans = [(offset, raw_len) for offset, _code, raw_len, _start, _end in pieces]
+        self._differs(index, sum(n for _, n in spans), spans)
+
+    def _differs(self, index: int, count: int, spans: list[tuple[int, int]] | None = None) -> None:
+        """Count `count` differing bytes of a chunk, in all and in the region(s) they lie in."""
+        self.bytes_differing += count
+        offset, length = self.geometry.chunk(index)
+        self.tally.add(offset, length, count, spans)
 
     def _on_data(self, frame: Frame) -> None:
         """Check the source's pieces against our own geometry of the chunk asked for, then
@@ -789,9 +803,10 @@ class Transfer:
         job = self._answering(frame)
         _, length = self.geometry.chunk(job.index)
         try:
-            self.bytes_differing += wire.raw_bytes(frame.payload, job.index, length)
+            pieces = wire.piece_layout(frame.payload, job.index, length)
         except ValueError as exc:
             raise self._protocol_error(frame, f"pieces that do not fit chunk {job.index} ({exc})") from None
+        self._differs_in_pieces(job.index, pieces)
         # Writes are acknowledged in batches (OP_WRITTEN), never one round trip each.
         job.writing = True
         self._relay(job, frame.payload)

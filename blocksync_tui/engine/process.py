@@ -24,6 +24,7 @@ from blocksync_tui.engine import errors
 from blocksync_tui.engine.chunkmap import ChunkMap, ChunkView, State
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, ProtocolError
+from blocksync_tui.engine.layout import Layout
 from blocksync_tui.engine.options import SshOptions, SyncOptions
 from blocksync_tui.engine.report import Progress, Report
 from blocksync_tui.engine.sync import SyncEngine
@@ -123,6 +124,8 @@ class Prepared:
     compression: str
     notes: list[str]
     state_file: str
+    source_layout: Layout | None = None
+    destination_layout: Layout | None = None
 
 
 @dataclass(frozen=True)
@@ -250,7 +253,8 @@ def _child_main() -> None:
     conn.send(Prepared(engine.size, engine.chunk_map.total, engine.warnings,
                        engine.source_info, engine.destination_info,
                        engine.algorithm, engine.compression, engine.notes,
-                       str(engine.state_file or "")))
+                       str(engine.state_file or ""),
+                       engine.source_layout, engine.destination_layout))
     command = conn.recv()
     if not isinstance(command, Run):
         engine.close()
@@ -354,6 +358,8 @@ class EngineProcess:
         self.warnings: list[str] = []
         self.source_info: dict = {}
         self.destination_info: dict = {}
+        self.source_layout: Layout | None = None
+        self.destination_layout: Layout | None = None
         self.algorithm = ""
         self.compression = ""
         self.notes: list[str] = []
@@ -403,6 +409,7 @@ class EngineProcess:
         self.source_info, self.destination_info = info.source_info, info.destination_info
         self.algorithm, self.compression = info.algorithm, info.compression
         self.notes, self.state_file = info.notes, info.state_file
+        self.source_layout, self.destination_layout = info.source_layout, info.destination_layout
         if self._owns_map:
             self._map_file = shared_map_file(info.total)
         else:  # the caller's, made before the size was known; every lane finds the same size

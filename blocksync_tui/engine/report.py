@@ -126,6 +126,10 @@ class Report:
     sample_differed: int = 0
     """Of those, how many differed: not 0 means the prior was wrong, and the run compared
     every chunk (then chunks_settled is 0)."""
+    partitions: list[dict] = field(default_factory=list)
+    """Differing bytes and chunks per partition of the destination's layout (else the
+    source's), the unpartitioned gaps named "unpartitioned" (engine.regions.DiffTally.rows);
+    empty when neither layout was read."""
 
     @classmethod
     def runs_of(cls, chunk_map: ChunkView, chunk_size: int, size: int) -> tuple[int, list[dict]]:

@@ -20,6 +20,7 @@ from blocksync_tui.engine.chunkmap import ChunkMap, State
 from blocksync_tui.engine.connection import Connection, Frame
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, EndpointError, ProtocolError, RemoteError
+from blocksync_tui.engine.layout import Layout
 from blocksync_tui.engine.options import MAX_CHUNK, MIN_CHUNK, SyncOptions
 from blocksync_tui.engine.pipeline import CHECKPOINT_SECONDS, Control, Geometry, Transfer, where
 from blocksync_tui.engine.preflight import (
@@ -33,6 +34,7 @@ from blocksync_tui.engine.preflight import (
     same_host,
 )
 from blocksync_tui.engine.prior import Prior
+from blocksync_tui.engine.regions import DiffTally, Region, regions_of, report_layout
 from blocksync_tui.engine.report import Progress, Report, outcome_of
 from blocksync_tui.engine.transports import TransportFactory, local_only
 from blocksync_tui.engine.verify import Verified, verify
@@ -101,6 +103,9 @@ class SyncEngine:
         self._conns: dict[str, Connection] = {}
         self._round_trips: dict[str, float] = {}
         self._opened: dict[str, Opened] = {}
+        self._layouts: dict[str, Layout] = {}
+        self.regions: list[Region] = []
+        """The regions the report counts differing bytes by (see engine.regions), once prepared."""
         self._negotiated: Negotiated | None = None
         self._control = Control()
         self._transfer: Transfer | None = None
@@ -200,6 +205,16 @@ class SyncEngine:
         opened = self._opened.get(SOURCE)
         return opened.raw if opened else {}
 
+    @property
+    def source_layout(self) -> Layout | None:
+        """The source's partition table and file systems, once prepared (None: not read)."""
+        return self._layouts.get(SOURCE)
+
+    @property
+    def destination_layout(self) -> Layout | None:
+        """The destination's, once prepared (None: absent, or not read)."""
+        return self._layouts.get(DESTINATION)
+
     # -- prepare
 
     def prepare(self) -> None:
@@ -231,6 +246,7 @@ class SyncEngine:
             self.close()
             raise
         self.size = self._opened[SOURCE].size
+        self.regions = regions_of(report_layout(self.destination_layout, self.source_layout), self.size)
         self.chunk_map = ChunkMap(Geometry(self.size, self.options.chunk_size).total)
         try:
             self.prior = self._known_before()
@@ -320,7 +336,8 @@ class SyncEngine:
                 asked = time.monotonic()
                 # Only the first lane of a parallel run starts at the start.
                 prefetch = PREFETCH_BYTES if not self.options.lane or not self.options.lane[0] else 0
-                opened = self._open(side, {"path": endpoints[side].path, "prefetch": prefetch})
+                opened = self._open(side, {"path": endpoints[side].path, "prefetch": prefetch},
+                                    layout=self.options.layout)
                 # Opening is microseconds of work: its reply time is the link's round trip.
                 self._round_trips[side] = time.monotonic() - asked
                 if side == SOURCE and not opened.exists:
@@ -340,16 +357,34 @@ class SyncEngine:
             if exc is not None:
                 raise exc
 
-    def _open(self, side: str, request: dict) -> Opened:
+    def _open(self, side: str, request: dict, layout: bool = False) -> Opened:
+        """OPEN, and with `layout` a LAYOUT of what was opened, asked at once (one round trip)."""
         conn = self._conns[side]
+        opening = conn.ask(wire.OP_OPEN, request)
+        reading = conn.ask(wire.OP_LAYOUT, {}) if layout else None
         try:
-            answer = conn.call_json(wire.OP_OPEN, request, timeout=self.options.peer_timeout)
+            answer = wire.decode_json(opening(self.options.peer_timeout))
         except RemoteError as exc:
             raise EndpointError(where(conn, str(exc))).on(side) from None
         opened = self._parsed(side, Opened.parse, answer)
         if not request.get("peer"):
             self._opened[side] = opened
+        if reading is not None:
+            self._read_layout(side, reading, opened)
         return opened
+
+    def _read_layout(self, side: str, reading, opened: Opened) -> None:
+        """Keep a side's layout; one that cannot be read or parsed is a warning, never a
+        failure: the run does not need it."""
+        try:
+            answer = wire.decode_json(reading(self.options.peer_timeout))
+            if opened.exists:
+                self._layouts[side] = Layout.parse(answer, opened.size)
+        except RemoteError as exc:
+            if opened.exists:
+                self.warnings.append(f"the {side}'s partition table was not read: {exc}")
+        except (ProtocolError, ValueError) as exc:
+            self.warnings.append(f"the {side}'s worker sent {exc}: its partitions are not shown")
 
     # -- run
 
@@ -389,6 +424,7 @@ class SyncEngine:
                 self._dest_absent,
                 round_trip=max(self._round_trips.values(), default=0.0),
                 prior=self.prior,
+                tally=DiffTally(self.regions),
             )
             self.errors = self._transfer.errors  # one list: the report reads it as it grows
             if self._checkpoints is not None:
@@ -555,6 +591,7 @@ class SyncEngine:
             chunks_settled=scope.settled if scope and not transfer.widened else 0,
             chunks_sampled=len(scope.sample) if scope else 0,
             sample_differed=transfer.sample_differed if transfer else 0,
+            partitions=(self._transfer.tally if self._transfer else DiffTally(self.regions)).rows(),
         )
 
     def close(self) -> None:

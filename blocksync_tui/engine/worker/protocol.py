@@ -45,6 +45,7 @@ OP_DEVICES = 9
 OP_EXIT = 10
 OP_PAIR = 11
 OP_STREAM = 12
+OP_LAYOUT = 13
 # Replies (worker -> controller).
 OP_REPLY = 64
 OP_DIGESTS = 65
@@ -426,11 +427,6 @@ def decode_pieces(payload, index: int, chunk_len: int) -> "list[tuple[int, int, 
             raise ValueError("piece decoded to %d bytes, expected %d" % (len(data), raw_len))
         pieces.append((offset, raw_len, data))
     return pieces
-
-
-def raw_bytes(payload, index: int, chunk_len: int) -> int:
-    """The bytes of the chunk that a checked DATA payload carries, decoded (zero pieces included)."""
-    return sum(raw_len for _o, _c, raw_len, _s, _e in piece_layout(payload, index, chunk_len))
 
 
 # ---------------------------------------------------------------------------- chunk requests

@@ -1,5 +1,5 @@
 """Provides the worker's request loop: frames in on stdin, each routed to its thread, and
-HELLO, OPEN, DEVICES and EXIT answered on the spot.
+HELLO, OPEN, LAYOUT, DEVICES and EXIT answered on the spot.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import queue
 import sys
 import threading
 
-from . import devices, protocol
+from . import devices, probe, protocol
 from .opening import Files
 from .output import Output, WorkerError, exception_text
 from .scan import Scanner, SubDigestCache
@@ -82,6 +82,9 @@ class Worker:
             self.out.reply(rid, self.files.open(req))
             if req.get("prefetch") and not req.get("peer") and self.files.target is not None:
                 self.files.target.prefetch(int(req["prefetch"]))
+        elif op == protocol.OP_LAYOUT:
+            t = self.files.need_target()
+            self.out.reply(rid, probe.layout(t.fd, t.size, devices.sector_size(t.fd) if t.is_block else 512))
         elif op == protocol.OP_DEVICES:
             self.out.reply(rid, {"devices": devices.list_devices()})
         elif op == protocol.OP_HASH:
