@@ -41,6 +41,8 @@ DOS_TYPES = {
     0xA5: "FreeBSD", 0xEE: "GPT", 0xEF: "EFI (FAT-12/16/32)", 0xFD: "Linux raid autodetect",
 }  # fmt: skip
 """MBR partition types by sfdisk's names."""
+DOS_EXTENDED = ("5", "f", "85")
+"""The MBR types of an extended partition, as `Partition.type` holds them."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,11 @@ class Partition:
     def end(self) -> int:
         """One past its last byte."""
         return self.start + self.length
+
+    @property
+    def is_extended(self) -> bool:
+        """An MBR extended partition: the container of the logical ones."""
+        return self.type in DOS_EXTENDED
 
     @property
     def label(self) -> str:

@@ -50,7 +50,9 @@ def regions_of(layout: Layout | None, size: int) -> list[Region]:
         return [Region(WHOLE, 0, size, fs=layout.fs)]
     regions: list[Region] = []
     at = 0
-    for part in sorted(layout.partitions, key=lambda p: p.start):
+    # An extended partition holds the logical ones: they are the regions, not it.
+    parts = [p for p in layout.partitions if not p.is_extended]
+    for part in sorted(parts, key=lambda p: p.start):
         start, end = max(part.start, at), min(part.end, size)
         if start >= end:
             continue

@@ -43,10 +43,10 @@ def layout(fd: int, size: int, sector: int) -> dict:
         return out  # not a status byte of a partition table
     out.update(table="dos", id="%08x" % struct.unpack_from("<I", mbr, 440), sector=512)
     for n, (_, kind, first, count) in enumerate(entries, 1):
+        if kind:
+            disk.part(out, n, first * 512, count * 512, "%02x" % kind, "", "")
         if kind in EXTENDED:
             _logical(disk, out, first * 512)
-        elif kind:
-            disk.part(out, n, first * 512, count * 512, "%02x" % kind, "", "")
     out["parts"].sort(key=lambda p: p["n"])
     return out
 
