@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from blocksync_tui.demo import make_pair
+from blocksync_tui.demo_layout import stamp_layout
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.inventory import Device
@@ -43,9 +44,10 @@ Scene = Callable[[object], Awaitable[None]]
 
 
 def make_images(directory: Path) -> None:
-    """The demo pair, small enough for tests: 64 MiB in 1,025 chunks of 64 KiB."""
+    """The demo pair, small enough for tests: 64 MiB in 1,025 chunks of 64 KiB, with the
+    demo's GPT (p3 a swap area on the source, an ext4 'data' on the destination)."""
     if not (directory / SOURCE).exists():
-        make_pair(directory, size=64 << 20, seed=7, chunk_hint=CHUNK)
+        stamp_layout(*make_pair(directory, size=64 << 20, seed=7, chunk_hint=CHUNK))
 
 
 def _engine(dry_run: bool) -> SyncEngine:
@@ -70,7 +72,8 @@ async def setup(pilot) -> None:
 
 
 async def run(pilot) -> None:
-    """You should see a sync in progress: the first 40% written or unchanged, the rest pending."""
+    """You should see a sync in progress: the first 40% written or unchanged, the rest pending;
+    bold numbers 1, 2, 3 on the map where the destination's partitions begin."""
     engine = _engine(dry_run=True)
     engine.run()
     chunk_map = engine.chunk_map
@@ -96,7 +99,9 @@ async def run(pilot) -> None:
 
 
 async def review(pilot) -> None:
-    """You should see a finished dry run: the map, the figures, the largest runs of changes."""
+    """You should see a finished dry run: the map with partition numbers 1-3, the figures, the
+    differing bytes of each partition and unpartitioned gap, the largest runs of changes; the
+    info line starts "unpartitioned ·" (the cursor is on the first cell)."""
     engine = _engine(dry_run=True)
     report = engine.run()
     report.seconds = 0.4
@@ -107,7 +112,9 @@ async def review(pilot) -> None:
 
 
 async def confirm(pilot) -> None:
-    """You should see the confirmation naming the destination file, over the setup screen."""
+    """You should see the confirmation naming the destination file, over the setup screen: its
+    GPT with three partitions (vfat 'EFI', ext4 'root', ext4 'data'), "In use: no", and a ⚠ line:
+    the destination's p3 holds ext4 'data' where the source has swap 'swap'."""
     engine = _engine(dry_run=False)
     await pilot.app.push_screen(ConfirmSyncScreen(engine))
     await pilot.pause()

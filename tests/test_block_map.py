@@ -17,6 +17,7 @@ from textual.app import App, ComposeResult
 from textual.widgets import Label
 
 from blocksync_tui.engine.chunkmap import ChunkMap, State
+from blocksync_tui.engine.layout import Filesystem, Layout, Partition
 from blocksync_tui.tui.widgets.block_cells import (
     EMPTY,
     PRIORITY,
@@ -270,6 +271,22 @@ def test_painter_merges_runs_and_marks_the_cursor() -> None:
         (" ", styles[0]),
         ("▀", Style(color=colors[State.SAME], bgcolor=white)),  # the cursor
         (" " * 12, styles[0]),
+    ]
+
+
+def test_painter_draws_marks_on_the_marked_cells_colour() -> None:
+    colors = [Color.parse(f"color({index})") for index in range(8)]
+    white, mark = Color.parse("white"), Color.parse("black")
+    painter = LinePainter(colors, [white] * 8, mark)
+    layout = CellLayout.build(bytes([State.SAME]) * 40, 40, width=20, rows=2)
+    layout.cells[23] = State.DIFFERS  # bottom half of column 3
+    segments = painter.paint(layout, 0, cursor=9, marks={23: "2", 20 + 9: "3"})
+    assert [(s.text, s.style) for s in segments] == [
+        (" " * 3, Style(bgcolor=colors[State.SAME])),
+        ("2", Style(color=mark, bgcolor=colors[State.DIFFERS], bold=True)),  # on its own cell's colour
+        (" " * 5, Style(bgcolor=colors[State.SAME])),
+        ("3", Style(color=mark, bgcolor=white, bold=True)),  # a mark under the cursor is tinted
+        (" " * 10, Style(bgcolor=colors[State.SAME])),
     ]
 
 
@@ -698,6 +715,39 @@ async def test_set_map_replaces_the_map_and_resets_zoom() -> None:
         assert block_map.describe_cell(0).startswith("offset 0x0000000 – ")
 
 
+def disk_layout() -> Layout:
+    """Three partitions on the 6000 MiB device of `pattern_map`: p1 1-512 MiB (vfat), p2 to
+    4000 MiB (ext4 'root'), p3 to 5999 MiB (no file system found)."""
+    return Layout(size=6000 * MiB - 12345, table="gpt", partitions=(
+        Partition(1, MiB, 511 * MiB, "c12a", "EFI System", fs=Filesystem("vfat", "EFI")),
+        Partition(2, 512 * MiB, 3488 * MiB, "0fc6", "Linux filesystem", fs=Filesystem("ext4", "root")),
+        Partition(3, 4000 * MiB, 1999 * MiB, "0fc6", "Linux filesystem"),
+    ))
+
+
+async def test_partitions_are_marked_where_they_begin_and_named_by_the_cursor() -> None:
+    app = MapApp(pattern_map(), chunk_size=MiB, device_size=6000 * MiB - 12345, poll_interval=None,
+                 disk_layout=disk_layout())
+    async with app.run_test(size=(40, 12)) as pilot:
+        block_map = app.query_one(BlockMap)
+        layout = block_map.cell_layout
+        assert block_map.marks == {layout.cell_of(1): "1", layout.cell_of(512): "2", layout.cell_of(4000): "3"}
+        assert app.highlights[-1].description.startswith("unpartitioned · offset 0x")
+        cell = layout.cell_of(600)
+        await pilot.click(block_map, offset=(cell % 40, cell // 80))
+        if block_map.cursor_cell != cell:
+            await pilot.click(block_map, offset=(cell % 40, cell // 80))
+        await pilot.pause()
+        start = app.highlights[-1].byte_start
+        assert app.highlights[-1].description.startswith(
+            f"p2 ext4 'root' +{(start - 512 * MiB) / MiB:.1f} MiB · offset 0x")
+        assert "".join(segment.text for segment in block_map.render_line(0)).count("1") == 1  # drawn
+        await pilot.press("plus", "plus", "plus")  # zoomed in around p2's start: only its mark shows
+        assert list(block_map.marks.values()) == ["2"]
+        block_map.set_layout(None)
+        assert block_map.marks == {}
+
+
 # -- snapshots ---------------------------------------------------------------------------
 
 SNAPSHOT_SIZE = (80, 20)
@@ -755,6 +805,19 @@ def test_snapshot_small_device_fills_the_map(snap_compare: Any) -> None:
     app = MapApp(small_pattern_map(), chunk_size=MiB)
     keys = ["right"] * 3 + ["down"]
     assert snap_compare(app, terminal_size=(60, 15), press=keys, run_before=run_before)
+
+
+def test_snapshot_partitions(snap_compare: Any) -> None:
+    """The dark map of `test_snapshot_dark` with three partitions (see `disk_layout`).
+
+    You should see three bold numbers on the map where the partitions begin: "1" in the
+    near-black zero band of the first line (at 1 MiB, cell 0), "2" a third of the way along
+    the sixth line (512 MiB), "3" in the pending area (4000 MiB); each drawn on its own cell's
+    colour. The info line starts with "unpartitioned ·", then the offsets of the cursor cell.
+    """
+    app = MapApp(pattern_map(), "textual-dark", chunk_size=MiB, device_size=6000 * MiB - 12345,
+                 disk_layout=disk_layout())
+    assert snap_compare(app, terminal_size=SNAPSHOT_SIZE)
 
 
 def test_snapshot_zoomed_with_cursor(snap_compare: Any) -> None:

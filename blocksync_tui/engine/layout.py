@@ -201,3 +201,27 @@ def _partition(value: dict, size: int, table: str, disk_id: str) -> Partition:
         part_uuid = f"{disk_id}-{number:02x}" if disk_id else ""
     return Partition(number, start, length, kind, name, part_uuid, _text(value.get("name", "")),
                      _filesystem(value.get("fs")))
+
+
+def overwritten_file_systems(destination: Layout | None, source: Layout | None) -> list[str]:
+    """What a sync destroys that the source does not bring back: each file system of the
+    destination (a partition's, or the whole device's) where the source has none, another
+    type, or another file system of that type (another UUID). One line each, for a warning."""
+    if destination is None:
+        return []
+    found = source.file_systems() if source is not None else []
+    lines = []
+    for where, fs, start, _end in destination.file_systems():
+        if fs is None:
+            continue
+        theirs = next((s for _w, s, s_start, _e in found if s_start == start), None)
+        if theirs is None:
+            instead = "where the source has no file system"
+        elif theirs.type != fs.type:
+            instead = f"where the source has {theirs.describe()}"
+        elif fs.uuid and theirs.uuid and fs.uuid != theirs.uuid:
+            instead = f"(UUID {fs.uuid}), where the source has another one (UUID {theirs.uuid})"
+        else:
+            continue
+        lines.append(f"the destination's {where} holds {fs.describe()} {instead}")
+    return lines

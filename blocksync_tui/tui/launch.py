@@ -34,10 +34,12 @@ def make_app(request: RunRequest, demo_size: int | None = None) -> BlocksyncApp:
     if demo_size is None:
         return BlocksyncApp(request)
     from blocksync_tui.demo import make_pair
+    from blocksync_tui.demo_layout import stamp_layout
 
     workdir = Path(tempfile.mkdtemp(prefix="blocksync-demo-"))
     print(f"blocksync-tui: writing two {demo_size >> 20} MiB demo images to {workdir} ...", file=sys.stderr)
     source, destination = make_pair(workdir, size=demo_size)
+    stamp_layout(source, destination)  # partitions on the map, a file system at stake
     request = replace(request, source=str(source), destination=str(destination),
                       options=SyncOptions(chunk_size=DEMO_CHUNK_SIZE))
     return BlocksyncApp(request, autostart=True)

@@ -1,4 +1,5 @@
-"""Provides ConfirmSyncScreen: name what will be overwritten; a device's name must be typed."""
+"""Provides ConfirmSyncScreen: name what will be overwritten (the destination's partitions and
+file systems, and whether anything uses it); a device's name must be typed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,34 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 from blocksync_tui.engine.api import Engine
+from blocksync_tui.engine.layout import Layout, overwritten_file_systems
+from blocksync_tui.engine.preflight import Opened
 from blocksync_tui.engine.units import human_bytes
+
+TABLES = {"gpt": "GPT", "dos": "MBR (DOS)"}
+
+
+def layout_lines(layout: Layout | None) -> list[str]:
+    """What is on a destination, one line each: its table, then each partition's number, size,
+    type, file system and label (or the whole device's file system)."""
+    if layout is None:
+        return ["Partitions: not read."]
+    if not layout.partitions:
+        fs = layout.fs.describe() if layout.fs else "no file system or partition table found"
+        return [f"Holds: {fs}."]
+    lines = [f"Partition table: {TABLES.get(layout.table, layout.table)}, "
+             f"{len(layout.partitions)} partition{'s' if len(layout.partitions) != 1 else ''}:"]
+    for part in layout.partitions:
+        fs = part.fs.describe() if part.fs else "no file system found"
+        lines.append(f"  {part.label:<4} {human_bytes(part.length):>10}  {part.type_name:<17.17} {fs}")
+    lines += [f"  (not believed: {problem})" for problem in layout.problems]
+    return lines
+
+
+def usage_line(info: dict) -> str:
+    """Whether anything uses the destination, as its worker saw it."""
+    usage = Opened.parse(info).usage
+    return f"In use: {usage}." if usage else "In use: no (nothing mounted, no holders, no swap)."
 
 
 class ConfirmSyncScreen(ModalScreen[bool]):
@@ -47,6 +75,10 @@ class ConfirmSyncScreen(ModalScreen[bool]):
             f"Source: {engine.source} ({human_bytes(engine.size)}).",
             "Every chunk that differs from the source will be overwritten. This cannot be undone.",
         ]
+        if info.get("exists"):
+            lines += ["", *layout_lines(engine.destination_layout), usage_line(info)]
+        lost = overwritten_file_systems(engine.destination_layout, engine.source_layout)
+        lines += [f"⚠ {line}: it will be overwritten" for line in lost]
         lines += [f"⚠ {warning}" for warning in engine.warnings]
         with Vertical(classes="dialog confirm-dialog"):
             yield Label("Confirm sync", classes="dialog-title")

@@ -17,6 +17,7 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.mapfile import ddrescue_map
+from blocksync_tui.engine.regions import report_layout
 from blocksync_tui.engine.report import Report
 from blocksync_tui.engine.units import format_duration, human_bytes, human_rate
 from blocksync_tui.tui.map_svg import map_svg
@@ -32,6 +33,20 @@ _TITLES = {
     "failed": "Failed",
     "cancelled": "Cancelled",
 }
+
+
+def partition_table(report: Report) -> Table:
+    """The differing bytes of each partition and unpartitioned gap, in device order."""
+    table = Table.grid(padding=(0, 1), expand=True)
+    table.add_column(no_wrap=True, style="bold")
+    table.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
+    table.add_column(no_wrap=True, justify="right", min_width=9)
+    for row in report.partitions:
+        what = f"{row['fs']} '{row['label']}'" if row["label"] else row["fs"] or row["type"]
+        size = human_bytes(row["length"])
+        differing = human_bytes(row["bytes_differing"]) if row["bytes_differing"] else "–"
+        table.add_row(Text(row["region"]), Text(f"{what}, {size}" if what else size), Text(differing))
+    return table
 
 
 class ReviewScreen(Screen[None]):
@@ -55,11 +70,15 @@ class ReviewScreen(Screen[None]):
                      classes=f"outcome-{report.outcome}")
         with Horizontal(id="review-body"):
             with Vertical(id="map-column"):
-                yield BlockMap(self.engine.chunk_map, report.chunk_size, report.size, id="block-map")
+                yield BlockMap(self.engine.chunk_map, report.chunk_size, report.size, id="block-map",
+                               disk_layout=report_layout(self.engine.destination_layout, self.engine.source_layout))
                 yield BlockMapLegend("#block-map")
                 yield Static("Select a run to zoom to it; 0 shows the whole device.", id="cell-info")
             with Vertical(id="review-side"):
                 yield Static(self.summary(), id="summary")
+                if report.partitions:
+                    yield Label("Differing by partition", classes="section-title")
+                    yield Static(partition_table(report), id="partitions")
                 yield Label(f"Runs of changes, largest first ({report.change_runs:,} in all)",
                             classes="section-title")
                 table: DataTable[str] = DataTable(id="runs", cursor_type="row", zebra_stripes=True)

@@ -13,6 +13,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from blocksync_tui.engine.api import Engine
+from blocksync_tui.engine.regions import report_layout
 from blocksync_tui.engine.report import Progress, Report
 from blocksync_tui.tui.screens.dialogs import YesNoScreen
 from blocksync_tui.tui.widgets.block_map import BlockMap
@@ -62,7 +63,8 @@ class RunScreen(Screen[None]):
         with Horizontal(id="run-body"):
             with Vertical(id="map-column"):
                 yield BlockMap(engine.chunk_map, engine.options.chunk_size, engine.size,
-                               poll_interval=1 / MAP_HZ, id="block-map")
+                               poll_interval=1 / MAP_HZ, id="block-map",
+                               disk_layout=report_layout(engine.destination_layout, engine.source_layout))
                 yield BlockMapLegend("#block-map")
                 yield Static("Move the cursor or the mouse over the map to see what a cell holds.",
                              id="cell-info")

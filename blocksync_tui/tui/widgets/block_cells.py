@@ -351,15 +351,19 @@ _TOP_TO_CODE = bytes((value << 3) & 0xFF for value in range(256))
 class LinePainter:
     """Paints terminal lines of a `CellLayout` as Rich segments, in given colours."""
 
-    def __init__(self, colors: Sequence[Color], cursor_colors: Sequence[Color]) -> None:
+    def __init__(
+        self, colors: Sequence[Color], cursor_colors: Sequence[Color], mark_color: Color | None = None
+    ) -> None:
         """Prepare the 64 (top, bottom) styles.
 
         Args:
             colors: Colour by cell state value, including EMPTY (the background).
             cursor_colors: The same colours as tinted for the cursor cell.
+            mark_color: The colour of a mark's character (a partition's number).
         """
         self._colors = colors
         self._cursor_colors = cursor_colors
+        self._mark_color = mark_color
         self._segments: dict[int, Segment] = {}
         # Indexed by the line code `top << 3 | bottom`. Equal halves are a space: some
         # terminals leave a seam between stacked half blocks of one colour.
@@ -371,13 +375,18 @@ class LinePainter:
             for bottom in range(EMPTY + 1)
         ]
 
-    def paint(self, layout: CellLayout, line: int, cursor: int = -1) -> list[Segment]:
+    def paint(
+        self, layout: CellLayout, line: int, cursor: int = -1, marks: dict[int, str] | None = None
+    ) -> list[Segment]:
         """Segments of one terminal line: cell rows `2 * line` and `2 * line + 1`.
 
         Args:
             layout: The cells.
             line: The terminal line.
             cursor: Where the cursor is in this line's two cell rows (`0 .. 2 * width`), or -1.
+            marks: A character to draw on cells of this line (same positions as `cursor`), on
+                the marked cell's colour: where a partition begins. The other half of that
+                character's cell pair gives way to it.
 
         Returns:
             Segments covering exactly `layout.width` columns.
@@ -389,16 +398,27 @@ class LinePainter:
         codes = (
             int.from_bytes(top.translate(_TOP_TO_CODE), "little") | int.from_bytes(bottom, "little")
         ).to_bytes(width, "little")
-        if not 0 <= cursor < 2 * width:
+        special: dict[int, Segment] = {}
+        for at, char in (marks or {}).items():
+            column, row = at % width, top if at < width else bottom
+            colors = self._cursor_colors if cursor >= 0 and cursor % width == column else self._colors
+            special[column] = Segment(char, Style(color=self._mark_color, bgcolor=colors[row[column]], bold=True))
+        if 0 <= cursor < 2 * width and cursor % width not in special:
+            column = cursor % width
+            upper, lower = self._colors[top[column]], self._colors[bottom[column]]
+            if cursor < width:
+                upper = self._cursor_colors[top[column]]
+            else:
+                lower = self._cursor_colors[bottom[column]]
+            special[column] = Segment(UPPER_HALF, Style(color=upper, bgcolor=lower))
+        if not special:
             return self._runs(codes, 0, width)
-        column = cursor % width
-        upper, lower = self._colors[top[column]], self._colors[bottom[column]]
-        if cursor < width:
-            upper = self._cursor_colors[top[column]]
-        else:
-            lower = self._cursor_colors[bottom[column]]
-        marked = Segment(UPPER_HALF, Style(color=upper, bgcolor=lower))
-        return [*self._runs(codes, 0, column), marked, *self._runs(codes, column + 1, width)]
+        segments, start = [], 0
+        for column in sorted(special):
+            segments += self._runs(codes, start, column)
+            segments.append(special[column])
+            start = column + 1
+        return segments + self._runs(codes, start, width)
 
     def _runs(self, codes: bytes, start: int, end: int) -> list[Segment]:
         """One segment per run of equal codes in `codes[start:end]`."""

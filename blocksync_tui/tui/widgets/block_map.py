@@ -16,6 +16,7 @@ from textual.strip import Strip
 from textual.timer import Timer
 
 from blocksync_tui.engine.chunkmap import STATE_NAMES, ChunkView, State
+from blocksync_tui.engine.layout import Layout
 from blocksync_tui.tui.widgets.block_cells import (
     EMPTY,
     PRIORITY,
@@ -41,7 +42,8 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
     """The whole device (or a zoomed window of it) as a grid of coloured half-block cells.
 
     Each terminal character shows two cells ("▀": foreground = top cell, background = bottom
-    cell). Each cell covers `layout.per_cell` consecutive chunks and shows the most significant
+    cell). With a disk layout, the cell where a partition begins shows its number, and the
+    cursor's description starts with the partition it is in. Each cell covers `layout.per_cell` consecutive chunks and shows the most significant
     state among them (see `PRIORITY`), so one differing chunk among thousands still shows. With
     fewer chunks than cells (a small device, or zoomed in far), each chunk spans
     `layout.cells_per_chunk` consecutive cells instead, so the device always fills the map; the
@@ -53,8 +55,10 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         *(f"block-map--{name}" for name in STATE_NAMES.values()),
         "block-map--cursor",
+        "block-map--mark",
     }
-    """One class per `State` (its `background` is the cell colour), plus the cursor tint."""
+    """One class per `State` (its `background` is the cell colour), plus the cursor tint and the
+    colour of a partition's number."""
 
     DEFAULT_CSS = """
     BlockMap {
@@ -70,6 +74,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         & > .block-map--updated { background: #A66BE0; }
         & > .block-map--error { background: $error; }
         & > .block-map--cursor { background: $foreground; }
+        & > .block-map--mark { color: $foreground; }
     }
     """
     """Greys for unknown/all-zero chunks, greens for in sync (bright: written by this run), amber
@@ -131,6 +136,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         device_size: int = 0,
         *,
         poll_interval: float | None = 1 / 15,
+        disk_layout: Layout | None = None,
         name: str | None = None,
         id: str | None = None,
         classes: str | None = None,
@@ -143,6 +149,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
             device_size: Bytes of the device (0: `total * chunk_size`); the last chunk may be short.
             poll_interval: Seconds between the map's own polls once mounted with a map; None
                 leaves polling to the owner.
+            disk_layout: The partitions to mark and name (None: none).
             name: The name of the widget.
             id: The ID of the widget in the DOM.
             classes: The CSS classes of the widget.
@@ -155,6 +162,10 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         """Bytes of the device (0: a whole number of chunks)."""
         self.poll_interval = poll_interval
         """Seconds between automatic polls (None: the owner calls `poll`)."""
+        self.disk_layout = disk_layout
+        """The partitions marked on the map and named by the cursor's description."""
+        self._marks: dict[int, str] = {}
+        """The character drawn on the cell where each partition shown begins, by cell."""
         self.counts_changed: Signal[dict[State, int]] = Signal(self, "counts-changed")
         """Published with `ChunkView.counts()` by each poll that saw a change (the legend's feed)."""
         self._zoom = 0
@@ -267,7 +278,24 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         facts = self.cell_facts(cell)
         if facts is None:
             return ""
-        return describe_range(facts[2], facts[3], facts[4], self.device_bytes)
+        return self._describe(facts[2], facts[3], facts[4])
+
+    def set_layout(self, disk_layout: Layout | None) -> None:
+        """Mark and name these partitions (None: none)."""
+        self.disk_layout = disk_layout
+        if self.is_mounted:
+            self._rebuild()
+
+    @property
+    def marks(self) -> dict[int, str]:
+        """The partition numbers drawn on the map, by the cell where each partition begins."""
+        return dict(self._marks)
+
+    def _describe(self, start: int, end: int, counts: dict[State, int]) -> str:
+        """`p2 ext4 'root' +1.2 MiB · offset 0x… – 0x… (…): 3 differs`: where, then what."""
+        text = describe_range(start, end, counts, self.device_bytes)
+        where = self.disk_layout.describe_at(start) if self.disk_layout else ""
+        return f"{where} · {text}" if where else text
 
     def state_color(self, state: int) -> Color:
         """The colour of a cell in `state` (from the component classes), e.g. for a legend."""
@@ -421,7 +449,9 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
                layout.per_cell, layout.cells_per_chunk, cursor)  # fmt: skip
         strip = self._strip_cache.get(key)
         if strip is None:
-            strip = Strip(self._get_painter().paint(layout, line, cursor), layout.width)
+            first = 2 * line * layout.width  # marks only change with a rebuild, which restamps
+            marks = {c - first: m for c, m in self._marks.items() if first <= c < first + 2 * layout.width}
+            strip = Strip(self._get_painter().paint(layout, line, cursor, marks), layout.width)
             self._strip_cache.set(key, strip)
         return strip
 
@@ -442,9 +472,11 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
             cursor = self.get_component_rich_style("block-map--cursor")
             tint_color = cursor.bgcolor or cursor.color
             tint = colors[EMPTY] if tint_color is None else Color.from_rich_color(tint_color)
+            mark = self.get_component_rich_style("block-map--mark").color
             self._painter = LinePainter(
                 [color.rich_color for color in colors],
                 [color.blend(tint, _CURSOR_BLEND).rich_color for color in colors],
+                mark,
             )
         return self._painter
 
@@ -470,6 +502,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
             if follow_cursor and self._zoom and not layout.first <= self._cursor < layout.last:
                 layout = CellLayout.build(*args, self._cursor - (layout.last - layout.first) // 2)
         self._layout = layout
+        self._marks = self._partition_marks(layout)
         self._first = layout.first
         if layout.used and self._cursor < layout.first:
             self._cursor = layout.first
@@ -481,6 +514,20 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         self.refresh()
         if layout.used:
             self._post_highlight(self.cursor_cell, is_cursor=True)
+
+    def _partition_marks(self, layout: CellLayout) -> dict[int, str]:
+        """The cell where each partition in the window begins, and its number (1-9, then a-z,
+        then +): one character, so that a mark never spills over the next cell."""
+        marks: dict[int, str] = {}
+        if self.disk_layout is None or not layout.used:
+            return marks
+        for part in self.disk_layout.partitions:
+            chunk = part.start // self.chunk_size
+            if part.is_extended or not layout.first <= chunk < layout.last:
+                continue
+            n = part.number
+            marks.setdefault(layout.cell_of(chunk), str(n) if n < 10 else chr(87 + n) if n < 36 else "+")
+        return marks
 
     def _refresh_map_lines(self, lines: set[int]) -> None:
         """Give `lines` a new stamp (so their cached strips are not reused) and repaint them."""
@@ -543,7 +590,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         if facts is None:
             return
         self._highlighted = (cell, is_cursor)
-        description = describe_range(facts[2], facts[3], facts[4], self.device_bytes)
+        description = self._describe(facts[2], facts[3], facts[4])
         self.post_message(self.CellHighlighted(*facts, self, cell, description, is_cursor))
 
     def _start_polling(self) -> None:
