@@ -230,3 +230,23 @@ def test_a_fat_boot_sector_is_not_a_partition_table(tmp_path: Path) -> None:
 def test_a_malformed_answer_is_a_protocol_error(answer: dict) -> None:
     with pytest.raises(ProtocolError, match="malformed LAYOUT"):
         Layout.parse(answer, 1 << 20)
+
+
+def test_a_loop_device_is_read_as_its_image(tmp_path: Path, loop_device) -> None:
+    """On a block device the worker reads the table through the device (its sector size from
+    the kernel): the engine's layout of /dev/loopN is the image's."""
+    from blocksync_tui.engine.endpoint import Endpoint
+    from blocksync_tui.engine.sync import SyncEngine, SyncOptions
+
+    image = gpt_image(tmp_path / "gpt.img")
+    device = loop_device(image)
+    source = tmp_path / "source.img"  # not the image itself: that overlaps the device
+    source.write_bytes(image.read_bytes())
+    engine = SyncEngine(Endpoint.parse(str(source)), Endpoint.parse(device), SyncOptions(dry_run=True))
+    engine.prepare()
+    try:
+        assert engine.destination_info["kind"] == "block"
+        assert engine.destination_layout == read_layout(image)
+        assert engine.source_layout == read_layout(source)
+    finally:
+        engine.close()
