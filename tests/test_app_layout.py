@@ -45,6 +45,7 @@ async def test_the_review_shows_partitions_on_the_map_and_lists_their_bytes(tmp_
         listed = console.file.getvalue()
         assert "p2" in listed and "ext4 'root'" in listed and "8.0 KiB" in listed
         block_map = review.query_one(BlockMap)
+        await _wait_for(pilot, lambda: block_map.cell_layout.used > 0)  # laid out on its first resize
         assert sorted(block_map.marks.values()) == ["1", "2"]
         block_map.zoom_to(30 * MiB // (1 << 16), 1)  # the run of changes, as selecting it does
         await pilot.pause()
