@@ -9,6 +9,12 @@ Prints a Markdown table and saves it with the raw numbers under bench/results/.
     python3 bench/bench_sync.py --size 1G --rounds 3
     python3 bench/bench_sync.py --ssh --ssh-port 2222 --ssh-key KEY --ssh-known-hosts FILE
     python3 bench/bench_sync.py --ssh --other-host [--delay-ms 25] --ours base=/work/baseline
+    python3 bench/bench_sync.py --only ours --only ours-cache --only ours-nocache
+
+The "with its cache" rows are a repeat sync: before each of their runs (untimed) a compare of
+the pristine destination with itself keeps the destination's digest cache, as the previous
+sync would have; the timed sync then reads only the source (and a sample of the destination).
+Caches live in a directory of the workdir, removed before every run: ~/.cache is not touched.
 """
 
 from __future__ import annotations
@@ -117,6 +123,9 @@ class Contender:
     """False for the read limit, which leaves the destination as it was."""
     cwd: Path = REPO
     """Where the command runs: a checkout of blocksync-tui for `python3 -m blocksync_tui`."""
+    setup: Callable[[Context], str] | None = None
+    """A command run, untimed, after the destination is restored and before the page cache
+    is dropped: what the state before the run needs (a digest cache of the destination)."""
 
 
 def _json_report(ctx: Context) -> dict:
@@ -150,6 +159,13 @@ def _ours(c: Context, destination: str, extra: list[str]) -> str:
     return shlex.join([*argv, "--yes", "-q", "--json", str(c.report), *extra, *c.ours_extra])
 
 
+def _keep_cache(c: Context, destination: str, extra: list[str]) -> str:
+    """A compare of the destination with the pristine copy it was restored from: it keeps the
+    destination's digests, as a previous sync would have (the repeat sync's starting point)."""
+    argv = [sys.executable, "-m", "blocksync_tui", "compare", "--full", "-q", str(c.workdir / "pristine.img")]
+    return shlex.join([*argv, destination, *extra, *c.ours_extra])
+
+
 def _naive(c: Context, ssh: list[str]) -> str:
     argv = [sys.executable, str(NAIVE), str(c.src), str(c.dst), "--json", str(c.report)]
     return shlex.join(argv + ssh)
@@ -172,6 +188,19 @@ def local_contenders() -> list[Contender]:
         ),
         Contender("blocksync-tui", "ours", lambda c: _ours(c, str(c.dst), []), _ours_wire),
         Contender(
+            "blocksync-tui --forget (keeps no digest cache)",
+            "ours-nocache",
+            lambda c: _ours(c, str(c.dst), ["--forget"]),
+            _ours_wire,
+        ),
+        Contender(
+            "blocksync-tui, repeat sync with its cache",
+            "ours-cache",
+            lambda c: _ours(c, str(c.dst), []),
+            _ours_wire,
+            setup=lambda c: _keep_cache(c, str(c.dst), []),
+        ),
+        Contender(
             "blocksync-tui --no-direct (digests)",
             "ours-digests",
             lambda c: _ours(c, str(c.dst), ["--no-direct"]),
@@ -188,8 +217,7 @@ def local_contenders() -> list[Contender]:
     ]
 
 
-def _ours_ssh(c: Context, direct: bool = False, extra: tuple[str, ...] = ()) -> str:
-    """Our command line with the destination on the ssh host."""
+def _ssh_flags(c: Context, direct: bool = False) -> list[str]:
     # The ssh host is normally this machine, where the engine would compare directly on the
     # host and send nothing over ssh: --no-direct measures the network path. The other-host
     # sshd shows another boot id, so there the tool takes the network path on its own.
@@ -197,7 +225,12 @@ def _ours_ssh(c: Context, direct: bool = False, extra: tuple[str, ...] = ()) -> 
     flags += ["-i", c.ssh_key] if c.ssh_key else []
     flags += ["--known-hosts", c.ssh_known_hosts] if c.ssh_known_hosts else []
     flags += ["--ssh-config", c.ssh_config] if c.ssh_config else []
-    return _ours(c, f"{c.remote}:{c.ssh_port}:{c.dst}", [*flags, *extra])
+    return flags
+
+
+def _ours_ssh(c: Context, direct: bool = False, extra: tuple[str, ...] = ()) -> str:
+    """Our command line with the destination on the ssh host."""
+    return _ours(c, f"{c.remote}:{c.ssh_port}:{c.dst}", [*_ssh_flags(c, direct), *extra])
 
 
 @dataclass(frozen=True)
@@ -241,7 +274,7 @@ def with_checkouts(contenders: list[Contender], checkouts: list[Checkout], ssh: 
     """Replace our rows by one per checkout, in their place in the table."""
     if not checkouts:
         return contenders
-    ours_roles = ("ours", "ours-digests", "ours-direct")
+    ours_roles = ("ours", "ours-digests", "ours-direct", "ours-cache", "ours-nocache")
     at = next(i for i, c in enumerate(contenders) if c.role == "ours")
     rest = [c for c in contenders if c.role not in ours_roles]
     return rest[:at] + checkout_contenders(checkouts, ssh) + rest[at:]
@@ -277,6 +310,13 @@ def ssh_contenders(other_host: bool = False) -> list[Contender]:
     return [
         local_contenders()[0],
         Contender("blocksync-tui (ssh)", "ours", ours, _ours_wire),
+        Contender(
+            "blocksync-tui (ssh), repeat sync with its cache",
+            "ours-cache",
+            ours,
+            _ours_wire,
+            setup=lambda c: _keep_cache(c, f"{c.remote}:{c.ssh_port}:{c.dst}", _ssh_flags(c)),
+        ),
         *direct,
         Contender("naive lockstep (ssh)", "naive", naive, _naive_wire),
         Contender(
@@ -324,10 +364,15 @@ def files_equal(a: Path, b: Path) -> bool:
     return subprocess.run(["cmp", "-s", str(a), str(b)], check=False).returncode == 0
 
 
-def prepare(ctx: Context, pristine: Path, cold: bool) -> None:
-    """Restore the destination and put the page cache in the same state for every contender."""
+def prepare(ctx: Context, pristine: Path, cold: bool, contender: Contender) -> None:
+    """Restore the destination, run the contender's setup, and put the page cache in the same
+    state for every contender."""
     subprocess.run(["cp", "--reflink=auto", str(pristine), str(ctx.dst)], check=True)
     ctx.report.unlink(missing_ok=True)
+    shutil.rmtree(CONTENDER_ENV["XDG_CACHE_HOME"], ignore_errors=True)  # no cache but its own
+    if contender.setup is not None:
+        subprocess.run(contender.setup(ctx), shell=True, cwd=contender.cwd, env=CONTENDER_ENV, check=True,
+                       stdout=subprocess.DEVNULL)
     if cold:
         drop_caches()
     else:
@@ -462,9 +507,15 @@ def key_ratios(rows: list[dict], changed: int) -> list[str]:
         ("dd / blocksync-tui", "dd", "ours"),
     ]
     named = [(r, r[len("ours-"):]) for r in seconds if r.startswith("ours-")]
-    for role, label in (("ours-digests", "--no-direct"), ("ours-direct", "direct"), *named):
+    fixed = ("ours-digests", "ours-direct", "ours-cache", "ours-nocache")
+    named = [(role, label) for role, label in named if role not in fixed]
+    labels = (("ours-digests", "--no-direct"), ("ours-direct", "direct"), ("ours-cache", "with its cache"),
+              ("ours-nocache", "--forget"))
+    for role, label in (*labels, *named):
         if role in seconds:
-            if role not in ("ours-digests", "ours-direct"):
+            if role in ("ours-cache", "ours-nocache"):
+                pairs.append((f"blocksync-tui {label} / blocksync-tui", role, "ours"))
+            if role not in fixed:
                 pairs += [(f"blocksync-tui {label} / blocksync-tui", role, "ours"),
                           (f"rsync / blocksync-tui {label}", "rsync", role)]
             pairs += [
@@ -548,7 +599,7 @@ def _main(argv: list[str], host: object | None = None) -> int:
         "--only",
         action="append",
         metavar="ROLE",
-        choices=["ours", "ours-digests", "ours-direct", "naive", "rsync", "dd"],
+        choices=["ours", "ours-digests", "ours-direct", "ours-cache", "ours-nocache", "naive", "rsync", "dd"],
         help="run only these contenders besides the read limit (repeatable)",
     )
     parser.add_argument(
@@ -638,6 +689,8 @@ def run(args: argparse.Namespace, workdir: Path, host: object | None = None) -> 
         [sys.executable, "-m", "compileall", "-q", *packages, str(NAIVE)],
         env=CONTENDER_ENV, check=True, stdout=subprocess.DEVNULL,
     )
+    # Digest caches of the runs stay in the workdir, never in ~/.cache.
+    CONTENDER_ENV["XDG_CACHE_HOME"] = str(workdir / "xdg-cache")
     cold = not args.warm and drop_caches()
     cache = (
         "cold cache (dropped before every run)"
@@ -660,7 +713,7 @@ def run(args: argparse.Namespace, workdir: Path, host: object | None = None) -> 
             history = runs[contender.name]
             if history and history[-1]["returncode"] != 0:
                 continue  # failed before: skip it, the table says why
-            prepare(ctx, pristine, cold)
+            prepare(ctx, pristine, cold, contender)
             result = run_once(ctx, contender, measure_loopback=args.ssh)
             history.append(result)
             status = "failed" if result["returncode"] else f"{result['seconds']:.2f} s"

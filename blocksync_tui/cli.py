@@ -36,7 +36,7 @@ EXIT_INTERRUPTED = 130
 """128 + SIGINT; a SIGTERM ends with 128 + SIGTERM = 143."""
 EXIT_TERMINATED = 143
 
-HEADLESS_COMMANDS = ("sync", "compare")
+HEADLESS_COMMANDS = ("sync", "compare", "forget")
 APP_COMMAND = "app"
 """The app's command, which may be left out: any other first argument starts the app."""
 DEBUG_ENV = "BLOCKSYNC_DEBUG"
@@ -121,6 +121,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--changed-from", metavar="FILE",
                         help="compare only the ranges this list says changed (a ddrescue mapfile: + "
                         "unchanged, anything else changed; or thin_delta's XML), and a sample of the rest")
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--full", dest="cache", action="store_const", const="full", default="auto",
+                       help="read both sides, even where the destination's digest cache would "
+                       "spare reading it; then keep a fresh cache")
+    cache.add_argument("--forget", dest="cache", action="store_const", const="forget",
+                       help="remove the destination's digest cache, and keep none after this run")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true",
                         help=f"print the traceback of an error (or set {DEBUG_ENV}=1)")
@@ -189,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "sent, zeros become holes or BLKZEROOUT")
     compare = commands.add_parser("compare", help="dry run: report what differs, write nothing")
     _add_run_options(compare)
+    forget = commands.add_parser(
+        "forget", help="remove kept digest caches: of the destinations named, or all of them",
+        description="Remove the digest caches kept of destinations (in $XDG_CACHE_HOME/blocksync-tui), "
+        "named as they were written in the runs (/dev/sdb, host:/dev/sdb); with none named, all.",
+    )
+    forget.add_argument("destination", nargs="*", help="a destination as it was written in its runs")
     app = commands.add_parser(
         APP_COMMAND, help="the full-screen app (the default: `blocksync-tui [SOURCE DESTINATION]`)",
         description="The full-screen app: pick endpoints, dry-run, review, sync. It is also what "
@@ -397,6 +409,8 @@ def run_headless(args: argparse.Namespace, signals: _Signals | None = None) -> i
     from blocksync_tui.progress import ProgressDisplay
 
     signals = signals or _Signals()
+    if args.command == "forget":
+        return _forget(args.destination)
     dry_run = args.command == "compare"
     options = SyncOptions(
         chunk_size=args.chunk_size,
@@ -410,6 +424,7 @@ def run_headless(args: argparse.Namespace, signals: _Signals | None = None) -> i
         changed_from=args.changed_from,
         resume=getattr(args, "resume", True),
         state_file=getattr(args, "state", None),
+        cache=args.cache,
     )
     engine = engine_for(Endpoint.parse(args.source), Endpoint.parse(args.destination), options,
                         _ssh_options(args))
@@ -456,6 +471,16 @@ def run_headless(args: argparse.Namespace, signals: _Signals | None = None) -> i
     if report.errors:
         return EXIT_ERROR
     return EXIT_DIFFERS if dry_run and report.outcome == "differs" else EXIT_OK
+
+
+def _forget(destinations: list[str]) -> int:
+    """`forget`: remove the digest caches of these destinations, or of all."""
+    from blocksync_tui.engine import digest_cache
+
+    names = [str(Endpoint.parse(name)) for name in destinations]
+    removed = digest_cache.forget(names)
+    _out(f"blocksync-tui: removed {removed} digest cache{'' if removed == 1 else 's'} from {digest_cache.cache_dir()}")
+    return EXIT_OK
 
 
 def _run(engine: Engine, display: Any, signals: _Signals) -> Report | BaseException:

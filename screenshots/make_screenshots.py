@@ -26,6 +26,7 @@ async def shoot(name: str, out: Path) -> None:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="blocksync-shots-") as work:
         os.chdir(work)
+        os.environ["XDG_CACHE_HOME"] = work  # the scenes' digest caches stay out of ~/.cache
         scenes.make_images(Path(work))
         for name in scenes.SCENES:
             asyncio.run(shoot(name, HERE))

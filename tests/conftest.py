@@ -73,3 +73,10 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
 def kill_ssh_connections(sshd: SshServer) -> Callable[[], list[int]]:
     """SIGKILL the sshd processes serving every open connection; returns the orphaned session pids."""
     return sshd.kill_connections
+
+
+@pytest.fixture(autouse=True)
+def _private_cache_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test, and every process it starts, keeps digest caches in a directory of its own:
+    never in the real ~/.cache, and never one test's cache in another's way."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))

@@ -257,9 +257,9 @@ def test_describe_range_and_sizes() -> None:
 
 
 def test_painter_merges_runs_and_marks_the_cursor() -> None:
-    colors = [Color.parse(f"color({index})") for index in range(8)]
+    colors = [Color.parse(f"color({index})") for index in range(EMPTY + 1)]
     white = Color.parse("white")
-    painter = LinePainter(colors, [white] * 8)
+    painter = LinePainter(colors, [white] * (EMPTY + 1))
     layout = CellLayout.build(bytes([State.SAME]) * 40, 40, width=20, rows=2)
     styles = [Style(bgcolor=colors[State.SAME])]
     assert [(s.text, s.style) for s in painter.paint(layout, 0)] == [(" " * 20, styles[0])]
@@ -399,7 +399,7 @@ async def test_small_device_fills_the_map_and_each_cell_describes_its_chunk() ->
     async with app.run_test(size=(100, 42)) as pilot:
         block_map = app.query_one(BlockMap)
         layout = block_map.cell_layout
-        assert (layout.width, layout.rows) == (100, 80)
+        assert (layout.width, layout.rows) == (100, 78)  # the legend takes two lines of 100
         assert (layout.per_cell, layout.cells_per_chunk, layout.used) == (1, 7, 1025 * 7)
         cell = layout.cell_of(520) + 3  # the middle cell of chunk 520
         assert layout.cells[cell] == State.DIFFERS

@@ -82,7 +82,7 @@ def test_compare_then_sync_makes_identical(tmp_path: Path, pair: tuple, compress
     assert report.chunks["zero"] == want.count("zero")
     assert (dst.read_bytes() if dst_bytes is not None else None) == dst_bytes, "compare wrote"
 
-    report = run_engine(src, dst, chunk_size=chunk, compress=compress, verify=True, direct=direct)
+    report = run_engine(src, dst, chunk_size=chunk, compress=compress, verify=True, direct=direct, cache="full")
     assert report.method == ("direct" if direct else "stream" if dst_bytes is None else "digests")
     assert dst.read_bytes() == src_bytes
     assert report.errors == []

@@ -21,6 +21,13 @@ def test_opcodes_are_frozen() -> None:
     }
 
 
+def test_chunk_flags_and_outcomes_are_frozen() -> None:
+    """Chunk flags and direct-compare outcomes are wire values too (and kept in digest caches)."""
+    flags = (wire.FLAG_DATA, wire.FLAG_ZERO, wire.FLAG_ERROR, wire.FLAG_HOLE)
+    outcomes = (wire.PAIR_SAME, wire.PAIR_ZERO, wire.PAIR_DIFFERS, wire.PAIR_ERROR, wire.PAIR_HOLE)
+    assert flags == (0, 1, 2, 3) and outcomes == (0, 1, 2, 3, 4)
+
+
 def test_header_golden_bytes() -> None:
     assert wire.pack_header(wire.OP_HASH, 7, 258) == b"BK\x03\x00\x00\x00\x00\x07\x00\x00\x01\x02"
     assert wire.unpack_header(wire.pack_header(wire.OP_DATA, 1, 5)) == (wire.OP_DATA, 1, 5)

@@ -63,7 +63,8 @@ def test_a_sparse_source_gives_a_sparse_destination(tmp_path: Path) -> None:
     assert report.method == "stream" and dst.read_bytes() == src.read_bytes()
     data = sum(len(d) for _, d in extents)
     assert report.bytes_differing == data and report.chunks["written"] == 5
-    assert report.chunks["zero"] == 256 - 5
+    assert report.chunks["zero"] == 2  # the allocated zeros; the rest are holes, never read
+    assert report.chunks["hole"] == 256 - 5 - 2
     assert _allocated(dst) <= data + 16 * KIB  # file-system blocks at the edges of extents
 
 
@@ -237,3 +238,15 @@ def test_no_compare_is_for_a_sync_only(tmp_path: Path) -> None:
     dst.write_bytes(b"x")
     with pytest.raises(UsageError, match="no-compare"):
         run_engine(src, dst, dry_run=True, compare=False)
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "blake2b"])
+def test_a_first_copy_verifies_with_a_hashlib_digest(tmp_path: Path, algorithm: str) -> None:
+    """The stream hashes each chunk it sends (for --verify and the digest cache) with any
+    chunk digest, not only xxhash's (a hashlib constructor takes no data)."""
+    src = tmp_path / "src"
+    src.write_bytes(random.Random(3).randbytes(5 * CHUNK + 100))
+    dst = tmp_path / "dst"
+    report = run_engine(src, dst, chunk_size=CHUNK, direct=False, verify=True, algorithm=algorithm)
+    assert report.method == "stream" and report.verified and report.cache == "kept"
+    assert dst.read_bytes() == src.read_bytes()

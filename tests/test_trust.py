@@ -159,6 +159,24 @@ def test_a_stray_answer_is_a_protocol_error(tmp_path: Path) -> None:
         engine.run()
 
 
+@pytest.mark.parametrize("cut", [-1, 1], ids=["short", "long"])
+def test_sub_digests_of_the_wrong_length_are_a_protocol_error(tmp_path: Path, cut: int) -> None:
+    """The sub-digests a scan sends for the digest cache are as long as our geometry says:
+    one byte less or more is refused, and no cache is kept."""
+    src, dst, _, _ = _pair(tmp_path, 10)
+
+    def bend(op: int, rid: int, payload: bytes):
+        if op == wire.OP_DIGESTS:
+            payload = payload[:cut] if cut < 0 else payload + b"\0"
+        return [(op, rid, payload)]
+
+    engine = tampered_engine(src, dst, "source", bend, chunk_size=CHUNK, direct=False)
+    engine.prepare()
+    with pytest.raises(ProtocolError, match="sub-digests of the wrong length"):
+        engine.run()
+    assert not engine._cache_path.exists()
+
+
 def test_an_unexpected_frame_is_a_protocol_error_in_one_line(tmp_path: Path) -> None:
     src, dst, _, _ = _pair(tmp_path, 9)
 

@@ -246,7 +246,8 @@ def _bytes_read(conn: Connection) -> int:
 
 def test_holes_are_zero_chunks_without_a_read(worker, tmp_path: Path) -> None:
     """A sparse 64 MiB image with three data extents: the scan reads about what is allocated, and
-    reports every chunk right (data where written, zero in holes and in allocated zeros)."""
+    reports every chunk right (data where written, a hole where nothing is allocated, zero in
+    allocated zeros)."""
     conn, events = worker
     path = tmp_path / "sparse.img"
     size = 64 << 20
@@ -268,7 +269,10 @@ def test_holes_are_zero_chunks_without_a_read(worker, tmp_path: Path) -> None:
         first, count, dsize = wire.DIGESTS_HEAD.unpack_from(frame.payload)
         flags += [frame.payload[wire.DIGESTS_HEAD.size + i * (1 + dsize)] for i in range(count)]
     data_chunks = {0, (10 << 20) // CHUNK, total - 1}
-    assert flags == [wire.FLAG_DATA if i in data_chunks else wire.FLAG_ZERO for i in range(total)]
+    zeros = range((20 << 20) // CHUNK, (20 << 20) // CHUNK + 1)
+    assert flags == [
+        wire.FLAG_DATA if i in data_chunks else wire.FLAG_ZERO if i in zeros else wire.FLAG_HOLE for i in range(total)
+    ]
     assert _bytes_read(conn) - before < 8 * CHUNK  # not the 64 MiB a dense read takes
 
 
@@ -296,5 +300,5 @@ def test_pair_does_not_read_holes_on_both_sides(worker, tmp_path: Path) -> None:
             pos = wire.DIGESTS_HEAD.size + n * (wire.PAIRED_ITEM.size + dsize)
             outcomes.append(wire.PAIRED_ITEM.unpack_from(frame.payload, pos)[0])
     assert len(outcomes) == size // chunk
-    assert outcomes.count(wire.PAIR_SAME) == 1 and outcomes.count(wire.PAIR_ZERO) == len(outcomes) - 1
+    assert outcomes.count(wire.PAIR_SAME) == 1 and outcomes.count(wire.PAIR_HOLE) == len(outcomes) - 1
     assert _bytes_read(conn) - before < 16 * chunk  # the data chunk on each side, and the frames

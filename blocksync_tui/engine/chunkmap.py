@@ -25,7 +25,8 @@ class State(IntEnum):
     SAME = 1
     """Identical on both sides (and not all zero)."""
     ZERO = 2
-    """Identical on both sides, all zero bytes."""
+    """Identical on both sides, all zero bytes, allocated on at least one side (zeros written,
+    or any zero chunk of a block device)."""
     DIFFERS = 3
     """Differs; a dry run stops here, a sync will write it."""
     WRITTEN = 4
@@ -34,6 +35,9 @@ class State(IntEnum):
     """Could not be read, written or verified."""
     UPDATED = 6
     """The source changed while the sync ran; the chunk was synced again."""
+    HOLE = 7
+    """Identical, all zeros, and a hole on both sides: no block of either file holds it
+    (SEEK_DATA/SEEK_HOLE), so neither was read."""
 
 
 STATE_NAMES: dict[State, str] = {s: s.name.lower() for s in State}
@@ -42,6 +46,9 @@ DIFFERING: tuple[State, ...] = (State.DIFFERS, State.WRITTEN, State.ERROR, State
 """The states of a chunk that differed between source and destination before the run: the one
 rule every count of "differing" chunks follows (report, progress bar, stats, review). An UPDATED
 chunk differed and was written, then rewritten because the source changed under it: it counts."""
+
+EQUAL: tuple[State, ...] = (State.SAME, State.ZERO, State.HOLE)
+"""The states of a chunk found equal on both sides."""
 
 _CHANGED = bytes(DIFFERING)
 

@@ -6,7 +6,7 @@ order. ddrescueview draws it and ddrescuelog reads it, so a compare's result can
 with them. A mapfile's statuses describe a rescue; ours are mapped so that the tools' views
 mean what a user of this one expects:
 
-    +  finished       the chunk is equal (same or zero), or was written (written, updated)
+    +  finished       the chunk is equal (same, zero or hole), or was written (written, updated)
     -  bad sector     the chunk differs, or failed (differs, error): `ddrescuelog -l-` lists them
     ?  non-tried      the chunk was not compared (pending: a cancelled or failed run)
 """
@@ -22,6 +22,7 @@ STATUS = {
     State.PENDING: "?",
     State.SAME: "+",
     State.ZERO: "+",
+    State.HOLE: "+",
     State.WRITTEN: "+",
     State.UPDATED: "+",
     State.DIFFERS: "-",

@@ -16,6 +16,7 @@ SUB_BLOCK = 4096
 """The unit of a delta inside a differing chunk: the page size of every file system in use."""
 MAX_STREAMS = 16
 COMPRESSIONS = ("auto", "none", "zlib", "lz4", "zstd")
+CACHE_MODES = ("auto", "full", "forget")
 PEER_TIMEOUT = 120.0
 """A worker that owes an answer and says nothing for this long ends the run. A scan reports at
 least every 50 ms while it reads, so only a hung disk or a dead link stays this quiet."""
@@ -41,6 +42,10 @@ class SyncOptions:
     compare: bool = True
     """False: a sync that writes every chunk without comparing (a destination known to differ
     everywhere): the source streams, and its zeros are zeroed on the destination."""
+    cache: str = "auto"
+    """The destination's digest cache: "auto" (a valid one stands in for reading the
+    destination, after a sample of it is re-read; one is kept after the run), "full" (read
+    both sides; keep a fresh one) or "forget" (remove it; keep none)."""
 
     layout: bool = True
     """Read each side's partition table and file-system signatures (a few KiB) while opening:
@@ -85,6 +90,8 @@ class SyncOptions:
             raise UsageError(f"--streams {self.streams}: must be from 1 to {MAX_STREAMS}")
         if self.lane is not None and not 0 <= self.lane[0] < self.lane[1]:
             raise UsageError(f"lane {self.lane[0]} of {self.lane[1]} does not exist")
+        if self.cache not in CACHE_MODES:
+            raise UsageError(f"unknown cache mode {self.cache!r}")
         if not self.compare and self.dry_run:
             raise UsageError("a compare without comparing is nothing: --no-compare is for sync")
 

@@ -9,6 +9,9 @@ into one shared map; progress and the report are summed here. Nothing here knows
 Writing starts only once every lane has opened the destination for writing: the first lane
 opens it (creates it if absent, truncates a file to the source's size), and the others open
 the very object it reports, so no lane's write changes what another has yet to check.
+
+Each lane uses the destination's digest cache for its share (and re-reads its own sample of
+it); each keeps its share of a new one, which is merged here once every lane is done.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from blocksync_tui.engine import chunkmap, resume
+from blocksync_tui.engine import chunkmap, digest_cache, resume
 from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.endpoint import Endpoint
@@ -81,6 +84,7 @@ class ParallelEngine:
         self._paused = False
         self._report: Report | None = None
         self._prepared = False
+        self._cache_kept = False
 
     # -- what the first lane found (every lane opened the same pair)
 
@@ -216,6 +220,14 @@ class ParallelEngine:
 
     def _finish(self) -> Report:
         """The lanes' reports as one; raise the first failure, else a cancel."""
+        reports = [lane.last_report for lane in self.lanes]
+        path = digest_cache.cache_path(str(self.destination))
+        shares = len(self.lanes)
+        if all(r is not None and "kept" in r.cache for r in reports) and not any(self._errors):
+            self._cache_kept = digest_cache.merge(path, shares)
+        else:  # whatever shares some lanes kept: no cache of part of a run
+            for k in range(shares):
+                digest_cache.part_path(path, (k, shares)).unlink(missing_ok=True)
         self._report = report = self.report()
         failures = [e for e in self._errors if e is not None and not isinstance(e, Cancelled)]
         if report.outcome in ("synced", "identical") and not self.options.dry_run and not report.errors:
@@ -307,6 +319,11 @@ class ParallelEngine:
             verified = all(r.verified for r in done) and len(done) == len(reports) and outcome in ("synced", "identical")
         run_count, largest = Report.runs_of(self.chunk_map, self.options.chunk_size, base.size)
         warnings = list(dict.fromkeys(w for r in done for w in r.warnings))
+        cache = [word for word in ("forgotten", "dropped") if any(word in r.cache for r in done)]
+        if done and all("used" in r.cache for r in done):
+            cache.append("used")
+        if self._cache_kept:
+            cache.append("kept")
         return replace(
             base,
             outcome=outcome,
@@ -325,6 +342,9 @@ class ParallelEngine:
             chunks_sampled=sum(r.chunks_sampled for r in done),
             sample_differed=sum(r.sample_differed for r in done),
             partitions=summed_rows([r.partitions for r in done]),
+            scanned_source=sum(r.scanned_source for r in done),
+            scanned_destination=sum(r.scanned_destination for r in done),
+            cache=", ".join(cache),
         )
 
     def close(self) -> None:

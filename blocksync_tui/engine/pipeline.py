@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.chunkmap import ChunkMap, State
 from blocksync_tui.engine.connection import EOF_OP, Connection, Frame
+from blocksync_tui.engine import digest_cache
+from blocksync_tui.engine.digest_cache import DigestCache, Record
 from blocksync_tui.engine.errors import BlocksyncError, ConnectionLost, EndpointError, ProtocolError, RemoteError
 from blocksync_tui.engine.options import SyncOptions
 from blocksync_tui.engine.preflight import DESTINATION, SOURCE, Negotiated
@@ -68,6 +70,24 @@ CHECKPOINT_SECONDS = 5.0
 recorded as done (engine.resume): only chunks on disk may be called done."""
 """How often a wait for frames wakes to check for silence, a pause or a cancel."""
 MAX_DIGEST_SIZE = 64
+ZEROS = (wire.FLAG_ZERO, wire.FLAG_HOLE)
+"""The flags of a chunk of zeros: read as zeros, or not read at all (a hole)."""
+
+
+def content(flag: int) -> int:
+    """A chunk's flag as its bytes go: a hole is zeros."""
+    return wire.FLAG_ZERO if flag == wire.FLAG_HOLE else flag
+
+
+def runs_of(indexes: list[int]) -> list[list[int]]:
+    """[first, count] runs of consecutive numbers in a sorted list."""
+    runs: list[list[int]] = []
+    for index in indexes:
+        if runs and runs[-1][0] + runs[-1][1] == index:
+            runs[-1][1] += 1
+        else:
+            runs.append([index, 1])
+    return runs
 
 
 @dataclass(frozen=True)
@@ -208,15 +228,27 @@ class _Job:
     """Dry run: each side's sub-block digests, as they arrive."""
     sent: int = 0
     """Bytes of its data relayed to the destination, until the write is acknowledged."""
+    dst_subs: bytes | None = None
+    """The destination's sub-block digests as a digest cache kept them: no SUBHASH needed."""
 
 
 class Transfer:
     """Settles every chunk of a prepared pair: compares it and, unless a dry run, fixes it.
 
     `method` is "digests" (both workers hash; differing pieces go through the controller),
-    "direct" (both ends on one machine: the destination's worker reads the source itself) or
+    "direct" (both ends on one machine: the destination's worker reads the source itself),
     "stream" (a destination just created: nothing to compare, the source sends every chunk that
-    is not zeros, read once, and the destination writes it).
+    is not zeros, read once, and the destination writes it) or "cache" (the destination's
+    digests are `cached`, checked by a sample: only the source is scanned).
+
+    Against a cache, a random sample of its chunks is re-read on the destination first, while
+    the source's scan starts: no source digest is compared, and so nothing is written, before
+    the sample agrees with the cache. If it does not, the run goes on by digests (the source's
+    digests so far still hold) and `sample_wrong` names the chunks that differed.
+
+    `record`, if given, is filled with the destination's digests as the run leaves them, for
+    the next run: the source's for a sync (what the destination becomes), the destination's
+    for a compare; the side that knows them sends each data chunk's sub-digests as it scans.
     """
 
     def __init__(
@@ -234,6 +266,8 @@ class Transfer:
         round_trip: float = 0.0,
         prior: Prior | None = None,
         tally: DiffTally | None = None,
+        cached: DigestCache | None = None,
+        record: Record | None = None,
     ) -> None:
         self.sides = {name: Side(conn) for name, conn in conns.items()}
         self.names = names
@@ -246,6 +280,23 @@ class Transfer:
         self.control = control
         self.method = method
         self.dest_absent = dest_absent
+        self.cached = cached if method == "cache" else None
+        self.record = record
+        self.sample_wrong: list[int] = []
+        """The sampled chunks the destination no longer holds as its cache says."""
+        self.sample_size = 0
+        self.cache_sampled = False
+        """Whether the sample is in (and `sample_wrong` final)."""
+        self._sample: dict[int, bool] | None = None
+        """While the sample is out: each sampled chunk, and whether its digest came back."""
+        self._sample_rid: int | None = None
+        self._held: list[Frame] = []
+        """The source's scan frames that arrived during the sample, handled after it."""
+        # Which side's frames carry sub-digests for the record: the one that scans what the
+        # destination holds after the run (a direct compare's PAIRED come from the destination).
+        self._subs_from: str | None = None
+        if record is not None and record.layout.stride:
+            self._subs_from = DESTINATION if method == "direct" or options.dry_run else SOURCE
         self.errors: list[str] = []
         self.bytes_sent = 0
         """Encoded chunk data relayed to the destination (or, direct, bytes it rewrote)."""
@@ -258,7 +309,7 @@ class Transfer:
             method, HASH_WINDOW_BYTES
         )
         self._window = max(1, window_bytes // options.chunk_size)
-        if method == "digests":
+        if method in ("digests", "cache"):
             self._window = max(self._window, HASH_WINDOW_CHUNKS)
         elif method == "direct":
             self._window = max(self._window, PAIR_WINDOW_CHUNKS)
@@ -268,6 +319,8 @@ class Transfer:
         """What a prior settles of those chunks, and the sample of them read again."""
         if method == "stream":  # a stream compares nothing, so a sample could prove nothing
             self.scope.sample = frozenset()
+        if record is not None and self.cached is not None and self.scope.settled and record.layout == self.cached.layout:
+            record.take(self.cached, self._first, self._end)  # what the prior spares reading
         self.warnings: list[str] = []
         self.sample_differed = 0
         """Chunks of the sample that differed: the prior was wrong, and everything is read."""
@@ -311,7 +364,7 @@ class Transfer:
         """Mark the sides that scan nothing in this method as done with every window."""
         if self.method == "direct":
             self.sides[SOURCE].next_window = self.sides[SOURCE].windows_done = self._windows
-        elif self.dest_absent or self.method == "stream":  # nothing to hash: all zero
+        elif self.dest_absent or self.method in ("stream", "cache"):  # all zero, or known from its cache
             self.sides[DESTINATION].next_window = self.sides[DESTINATION].windows_done = self._windows
 
     def _skipped(self) -> int:
@@ -334,6 +387,8 @@ class Transfer:
         (after a cancel: until the writes in flight are acknowledged)."""
         total = self._end - self._first
         control = self.control
+        if self.cached is not None and not self.cache_sampled and self._sample is None:
+            self._start_sample()
         while True:
             if not control.cancelled:
                 self._widen_if_due()
@@ -414,6 +469,8 @@ class Transfer:
     def resend(self, indexes: list[int], digests: dict[int, bytes | None]) -> None:
         """Send chunks again, whole (their source changed during the run), and wait for the
         writes; `digests` are their source digests now, for the verify that follows."""
+        if self.record is not None:
+            self.record.broken = "chunks were sent again (their source changed during the run)"
         for index in indexes:
             self.verify_digests[index] = digests[index] or b""
             self.chunk_map.set(index, State.DIFFERS)
@@ -438,11 +495,68 @@ class Transfer:
         """Whether a side has a request outstanding."""
         if self.control.paused:
             return False  # nothing new was asked, and answers may trickle in slowly
-        if self.sides[name].windows:
+        if self.sides[name].windows or (name == DESTINATION and self._sample_rid is not None):
             return True
         if any(side == name for side, _ in self._by_request):
             return True
         return name == DESTINATION and any(job.writing for job in self._jobs.values())
+
+    # -- the sample of a digest cache
+
+    def _start_sample(self) -> None:
+        assert self.cached is not None
+        indexes = digest_cache.sample(self._first, self._end)
+        self.sample_size = len(indexes)
+        if not indexes:
+            self.cache_sampled = True
+            return
+        self._sample = dict.fromkeys(indexes, False)
+        request = {"ranges": runs_of(indexes), "chunk_size": self.geometry.chunk_size,
+                   "size": self.geometry.size, "algo": self.negotiated.algorithm}
+        self._sample_rid = self.sides[DESTINATION].conn.post(wire.OP_HASH, request)
+
+    def _on_sample(self, frame: Frame) -> None:
+        """The destination's digests of the sampled chunks: each asked for, once; then DONE."""
+        assert self.cached is not None and self._sample is not None
+        if frame.op == wire.OP_ERROR:
+            message = where(self.sides[DESTINATION].conn, str(wire.decode_json(frame.payload)["message"]))
+            raise RemoteError(message).on(DESTINATION)
+        if frame.op == wire.OP_DONE:
+            if not all(self._sample.values()):
+                raise self._protocol_error(frame, "an incomplete sample")
+            self._verdict()
+            return
+        if frame.op != wire.OP_DIGESTS:
+            raise self._protocol_error(frame, "an unexpected frame")
+        first, count, dsize = wire.DIGESTS_HEAD.unpack_from(frame.payload)
+        if dsize != self.negotiated.digest_size or len(frame.payload) != wire.DIGESTS_HEAD.size + count * (1 + dsize):
+            raise self._protocol_error(frame, "a sample batch of the wrong length")
+        pos = wire.DIGESTS_HEAD.size
+        for index in range(first, first + count):
+            if self._sample.get(index) is not False:
+                raise self._protocol_error(frame, f"chunk {index}, not sampled or twice")
+            self._sample[index] = True
+            flag, digest = frame.payload[pos], bytes(frame.payload[pos + 1 : pos + 1 + dsize])
+            pos += 1 + dsize
+            now = digest if flag == wire.FLAG_DATA else b"" if flag in ZEROS else None
+            if not self.cached.matches(index, now):
+                self.sample_wrong.append(index)
+            self.sides[DESTINATION].scanned += self.geometry.chunk(index)[1]
+
+    def _verdict(self) -> None:
+        """The sample is in: go on against the cache, or, if it lied, by the destination's own
+        digests from its first chunk on; then the source frames that waited."""
+        self._sample, self._sample_rid = None, None
+        self.cache_sampled = True
+        if self.sample_wrong:
+            self.cached = None
+            self.method = "digests"
+            self.sides[DESTINATION].next_window = self.sides[DESTINATION].windows_done = 0
+            if self.record is not None and self.scope.settled:
+                self.record.broken = "the chunks a prior settles were known from a cache that lied"
+        held, self._held = self._held, []
+        for frame in held:
+            self._handle(frame)
 
     # -- windows of chunks to scan
 
@@ -463,10 +577,11 @@ class Transfer:
             # never read twice (SUBHASH answers from them, DELTA reads only differing pieces).
             request.update(sub_block=self.options.sub_block, sub_algo=self.negotiated.sub_algorithm)
         for name, side in self.sides.items():
-            if name == DESTINATION and self.dest_absent:
+            if name == DESTINATION and (self.dest_absent or self.cached is not None):
                 continue
+            mine = {**request, "subs_out": True} if name == self._subs_from else request
             while side.next_window < min(self._windows, low + WINDOWS_AHEAD):
-                self._post_window(name, wire.OP_HASH, request)
+                self._post_window(name, wire.OP_HASH, mine)
 
     def _issue_pairs(self) -> None:
         """Direct mode: ask the destination's worker to compare (and fix) windows of chunks.
@@ -480,6 +595,10 @@ class Transfer:
             "write": not self.options.dry_run,
             "digests": self.options.verify,
         }
+        if self.record is not None:  # every chunk's digest, and the sub-digests, for the record
+            request["keep"] = True
+            if self._subs_from:
+                request["sub_algo"] = self.record.layout.sub_algorithm
         while side.next_window < min(self._windows, side.windows_done + PAIR_WINDOWS_AHEAD):
             self._post_window(DESTINATION, wire.OP_PAIR, request)
 
@@ -493,8 +612,10 @@ class Transfer:
             "sub_block": self.options.sub_block,
             "codec": "" if compression == "none" else compression,
         }
-        if self._record_digests:
+        if self._record_digests or self.record is not None:
             request["algo"] = self.negotiated.algorithm
+        if self._subs_from:
+            request["sub_algo"] = self.record.layout.sub_algorithm  # type: ignore[union-attr]
         if not self.dest_absent:  # what the destination holds is overwritten, zeros included
             request["overwrite"] = True
         while (
@@ -516,6 +637,8 @@ class Transfer:
         side.windows[rid] = Window(runs)
         side.next_window += 1
         behind = min(s.next_window for s in self.sides.values())
+        if self._sample is not None:
+            behind = 0  # a cache that lies sets the destination scanning from the start
         for old in [k for k in self._made if k < behind]:
             del self._made[old]  # every side has asked for it
 
@@ -526,7 +649,17 @@ class Transfer:
         parse, ends the run as a protocol error: it is never guessed at."""
         if frame.op == EOF_OP:
             raise ConnectionLost(frame.payload.decode()).on(frame.side)
-        handler = self._handlers.get(frame.op)
+        if self._sample is not None:  # no source digest is compared before the sample is in
+            if frame.side == SOURCE and frame.op in (wire.OP_DIGESTS, wire.OP_DONE):
+                self._held.append(frame)
+                return
+            if frame.side == DESTINATION and frame.rid == self._sample_rid:
+                self._guarded(Transfer._on_sample, frame)
+                return
+        self._guarded(self._handlers.get(frame.op), frame)
+
+    def _guarded(self, handler: Callable[[Transfer, Frame], None] | None, frame: Frame) -> None:
+        """Run a frame's handler; what does not parse is that side's protocol error."""
         if handler is None:
             raise self._protocol_error(frame, "an unexpected frame")
         try:
@@ -550,13 +683,16 @@ class Transfer:
 
     def _window_entries(self, frame: Frame, entry_size: int) -> tuple[int, int, int]:
         """(first, count, digest size) of a DIGESTS or PAIRED batch, checked: it belongs to a
-        window in flight, continues it where the last batch ended, and has its stated length."""
+        window in flight, continues it where the last batch ended, and has its stated length
+        (the side that sends sub-digests for the record: at least that; `_take_subs` checks
+        the rest)."""
         first, count, dsize = wire.DIGESTS_HEAD.unpack_from(frame.payload)
         window = self.sides[frame.side].windows.get(frame.rid)
         if window is None:
             raise self._protocol_error(frame, "chunk states nobody asked for")
         size = wire.DIGESTS_HEAD.size + count * (entry_size + dsize)
-        if len(frame.payload) != size or dsize > MAX_DIGEST_SIZE:
+        tail = frame.side == self._subs_from
+        if (len(frame.payload) < size if tail else len(frame.payload) != size) or dsize > MAX_DIGEST_SIZE:
             raise self._protocol_error(frame, "a batch of the wrong length")
         if not window.take(first, count):
             raise self._protocol_error(frame, f"chunks {first}..{first + count} out of order")
@@ -574,24 +710,42 @@ class Transfer:
         mine = self._digests[frame.side]
         other = self._digests[DESTINATION if frame.side == SOURCE else SOURCE]
         side = self.sides[frame.side]
+        subs = pos + count * entry
         for index in range(first, first + count):
             flag = frame.payload[pos]
-            if flag not in (wire.FLAG_DATA, wire.FLAG_ZERO, wire.FLAG_ERROR):
+            if flag not in (wire.FLAG_DATA, wire.FLAG_ERROR, *ZEROS):
                 raise self._protocol_error(frame, f"an unknown chunk flag {flag}")
             # Only data chunks carry a digest; the field of a zero or failed chunk is padding.
             item = (flag, frame.payload[pos + 1 : pos + entry] if flag == wire.FLAG_DATA else b"")
             pos += entry
             side.scanned += self.geometry.chunk(index)[1]
-            if self.dest_absent:
-                self._resolve(index, item, (wire.FLAG_ZERO, b""))
+            if flag == wire.FLAG_DATA and frame.side == self._subs_from:
+                subs = self._take_subs(frame, index, subs)
+            if self.cached is not None:  # the destination as its cache says it is
+                self._resolve(index, item, self.cached.entry(index))
+            elif self.dest_absent:
+                self._resolve(index, item, (wire.FLAG_HOLE, b""))
             elif index in other:
                 theirs = other.pop(index)
                 pair = (item, theirs) if frame.side == SOURCE else (theirs, item)
                 self._resolve(index, *pair)
             else:
                 mine[index] = item
+        if subs != len(frame.payload):
+            raise self._protocol_error(frame, "sub-digests of the wrong length")
         if self.dest_absent:
             self.sides[DESTINATION].scanned = side.scanned
+
+    def _take_subs(self, frame: Frame, index: int, pos: int) -> int:
+        """Record the sub-digests of data chunk `index` from a batch's tail, at `pos`; where
+        the next chunk's start. Their length is our geometry's, never the frame's word."""
+        assert self.record is not None
+        _, length = self.geometry.chunk(index)
+        end = pos + -(-length // self.options.sub_block) * wire.SUB_DIGEST_SIZE
+        if end > len(frame.payload):
+            raise self._protocol_error(frame, "sub-digests of the wrong length")
+        self.record.sub_digests(index, bytes(frame.payload[pos:end]))
+        return end
 
     def _on_streamed_entries(self, frame: Frame) -> None:
         """A stream's chunk states, in order: a data chunk's DATA frame came before its entry
@@ -599,14 +753,22 @@ class Transfer:
         if frame.side != SOURCE:
             raise self._protocol_error(frame, "chunk states from the destination")
         first, count, dsize = self._window_entries(frame, 1)
-        if dsize != (self.negotiated.digest_size if self._record_digests else 0):
+        hashed = self._record_digests or self.record is not None
+        if dsize != (self.negotiated.digest_size if hashed else 0):
             raise self._protocol_error(frame, f"{dsize}-byte digests in a stream")
         pos = wire.DIGESTS_HEAD.size
         entry = 1 + dsize
+        subs = pos + count * entry
         source, destination = self.sides[SOURCE], self.sides[DESTINATION]
         for index in range(first, first + count):
             flag = frame.payload[pos]
             length = self.geometry.chunk(index)[1]
+            if self.record is not None and flag != wire.FLAG_ERROR:
+                # A new file's zero chunks stay holes; zeros made over old data may not be.
+                hole = self.dest_absent and flag in ZEROS
+                self.record.chunk(index, wire.FLAG_HOLE if hole else content(flag), bytes(frame.payload[pos + 1 : pos + entry]))
+            if flag == wire.FLAG_DATA and frame.side == self._subs_from:
+                subs = self._take_subs(frame, index, subs)
             if flag == wire.FLAG_DATA:
                 if index in self._streamed:
                     self._streamed.discard(index)
@@ -614,11 +776,11 @@ class Transfer:
                         self.verify_digests[index] = bytes(frame.payload[pos + 1 : pos + entry])
                 elif not self.control.cancelled:  # after a cancel, its data was not relayed
                     raise self._protocol_error(frame, f"a data chunk {index} it never sent")
-            elif flag == wire.FLAG_ZERO:
+            elif flag in ZEROS:
                 if index in self._streamed:
                     raise self._protocol_error(frame, f"data for chunk {index}, then called it zeros")
                 if self.dest_absent:  # a new file is all holes already
-                    self.chunk_map.set(index, State.ZERO)
+                    self.chunk_map.set(index, State.HOLE if flag == wire.FLAG_HOLE else State.ZERO)
                     self._settled += 1
                 elif not self.control.cancelled:  # overwriting: zero it there (hole, BLKZEROOUT)
                     offset = self.geometry.chunk(index)[0]
@@ -637,6 +799,8 @@ class Transfer:
             pos += entry
             source.scanned += length
             destination.scanned += length
+        if subs != len(frame.payload):
+            raise self._protocol_error(frame, "sub-digests of the wrong length")
 
     def _on_streamed_data(self, frame: Frame) -> None:
         """One whole chunk of a stream: it must be the window's next chunk not yet settled
@@ -664,16 +828,24 @@ class Transfer:
         first, count, dsize = self._window_entries(frame, wire.PAIRED_ITEM.size)
         pos = wire.DIGESTS_HEAD.size
         wrote = not self.options.dry_run
-        states = {wire.PAIR_SAME: State.SAME, wire.PAIR_ZERO: State.ZERO, wire.PAIR_ERROR: State.ERROR}
+        states = {wire.PAIR_SAME: State.SAME, wire.PAIR_ZERO: State.ZERO, wire.PAIR_HOLE: State.HOLE,
+                  wire.PAIR_ERROR: State.ERROR}
+        flags = {wire.PAIR_SAME: (wire.FLAG_DATA,), wire.PAIR_ZERO: (wire.FLAG_ZERO,), wire.PAIR_HOLE: (wire.FLAG_HOLE,),
+                 wire.PAIR_ERROR: (wire.FLAG_ERROR,), wire.PAIR_DIFFERS: (wire.FLAG_DATA, wire.FLAG_ZERO)}
+        subs = pos + count * (wire.PAIRED_ITEM.size + dsize)
         for index in range(first, first + count):
             outcome, flag, differing = wire.PAIRED_ITEM.unpack_from(frame.payload, pos)
             pos += wire.PAIRED_ITEM.size
             _, length = self.geometry.chunk(index)
-            if differing > length or (outcome != wire.PAIR_DIFFERS and outcome not in states):
+            if differing > length or flag not in flags.get(outcome, ()):
                 raise self._protocol_error(frame, f"an impossible outcome for chunk {index}")
             for side in self.sides.values():
                 side.scanned += length
             self._sampled(index, outcome == wire.PAIR_DIFFERS)
+            if flag == wire.FLAG_DATA and frame.side == self._subs_from:
+                subs = self._take_subs(frame, index, subs)
+            if self.record is not None:
+                self._record_paired(index, outcome, flag, bytes(frame.payload[pos : pos + dsize]), wrote)
             if outcome == wire.PAIR_DIFFERS:
                 self._differs(index, differing)
                 if wrote:
@@ -686,24 +858,48 @@ class Transfer:
                 self.chunk_map.set(index, states[outcome])
             pos += dsize
             self._settled += 1
+        if subs != len(frame.payload):
+            raise self._protocol_error(frame, "sub-digests of the wrong length")
+
+    def _record_paired(self, index: int, outcome: int, flag: int, digest: bytes, wrote: bool) -> None:
+        """A direct compare's chunk in the record: the source's digest is the destination's
+        wherever they were equal or the chunk was written."""
+        assert self.record is not None
+        if outcome == wire.PAIR_ERROR or (outcome == wire.PAIR_DIFFERS and not wrote):
+            self.record.broken = "the destination's digest of a differing chunk is not known"
+            return
+        self.record.chunk(index, flag, digest[: self.negotiated.digest_size])
 
     def _resolve(self, index: int, src: tuple[int, bytes], dst: tuple[int, bytes]) -> None:
-        """Compare one chunk's two digests and decide what it needs."""
+        """Compare one chunk's two digests and decide what it needs. Zeros are zeros, read or
+        not; a chunk that is a hole on both sides is a hole."""
         if src[0] == wire.FLAG_ERROR or dst[0] == wire.FLAG_ERROR:
             which = SOURCE if src[0] == wire.FLAG_ERROR else DESTINATION
             self.errors.append(f"{self.names[which]}: cannot read chunk {index}")
             self.chunk_map.set(index, State.ERROR)
             self._settled += 1
             return
-        self._sampled(index, src != dst)
-        if src == dst:
-            self.chunk_map.set(index, State.ZERO if src[0] == wire.FLAG_ZERO else State.SAME)
-            self._settled += 1
+        same = (src[0] in ZEROS and dst[0] in ZEROS) or src == dst
+        self._sampled(index, not same)
+        if src[0] in ZEROS and dst[0] in ZEROS:
+            hole = src[0] == dst[0] == wire.FLAG_HOLE
+            self.chunk_map.set(index, State.HOLE if hole else State.ZERO)
+        elif src == dst:
+            self.chunk_map.set(index, State.SAME)
+        else:
+            self.chunk_map.set(index, State.DIFFERS)
+            if self._record_digests:
+                self.verify_digests[index] = src[1] if src[0] == wire.FLAG_DATA else b""
+            if self.record is not None and not self.options.dry_run:  # as it will be written
+                self.record.chunk(index, content(src[0]), src[1])
+            elif self.record is not None:
+                self.record.chunk(index, dst[0], dst[1])
+            dst_subs = self.cached.sub_digests(index) if self.cached is not None else None
+            self._todo.append(_Job(index, content(src[0]), content(dst[0]), dst_subs=dst_subs))
             return
-        self.chunk_map.set(index, State.DIFFERS)
-        if self._record_digests:
-            self.verify_digests[index] = src[1] if src[0] == wire.FLAG_DATA else b""
-        self._todo.append(_Job(index, src[0], dst[0]))
+        if self.record is not None:
+            self.record.chunk(index, dst[0], dst[1])
+        self._settled += 1
 
     # -- differing chunks
 
@@ -736,7 +932,10 @@ class Transfer:
                 if side == DESTINATION and self.dest_absent:
                     job.subs[DESTINATION] = b""
                     continue
-                self._ask(side, wire.OP_SUBHASH, job, self._chunk_request(index, 0))
+                if side == DESTINATION and job.dst_subs is not None:
+                    job.subs[DESTINATION] = job.dst_subs
+                    continue
+                self._ask_subhash(side, job)
         elif job.whole:
             self._ask(SOURCE, wire.OP_DELTA, job, self._chunk_request(index, wire.DELTA_WHOLE))
         elif job.src_flag == wire.FLAG_ZERO:
@@ -746,8 +945,17 @@ class Transfer:
         elif job.dst_flag == wire.FLAG_ZERO or length <= self.options.sub_block:
             mode = wire.DELTA_DEST_ZERO if job.dst_flag == wire.FLAG_ZERO else wire.DELTA_WHOLE
             self._ask(SOURCE, wire.OP_DELTA, job, self._chunk_request(index, mode))
+        elif job.dst_subs is not None:  # kept by the cache: only the source reads
+            self._ask(SOURCE, wire.OP_DELTA, job, self._chunk_request(index, wire.DELTA_SUBDIGESTS, job.dst_subs))
         else:
-            self._ask(DESTINATION, wire.OP_SUBHASH, job, self._chunk_request(index, 0))
+            self._ask_subhash(DESTINATION, job)
+
+    def _ask_subhash(self, side: str, job: _Job) -> None:
+        """Ask for a chunk's sub-digests. A destination known from its cache was not scanned,
+        so it reads the chunk for them: counted as scanned."""
+        if side == DESTINATION and self.cached is not None:
+            self.sides[DESTINATION].scanned += self.geometry.chunk(job.index)[1]
+        self._ask(side, wire.OP_SUBHASH, job, self._chunk_request(job.index, 0))
 
     def _answering(self, frame: Frame) -> _Job:
         """The job a SUBDIGESTS or DATA frame answers; a stray one is a protocol error."""

@@ -32,6 +32,9 @@ class Hello:
     compressors: tuple[str, ...]
     boot_id: str
     """Unique per boot of its machine: two workers with one boot id share a kernel."""
+    machine_id: str = ""
+    """Its machine's id, the same across boots (/etc/machine-id), or "": part of what a
+    destination's kept digests are keyed by."""
 
     @classmethod
     def parse(cls, answer: dict) -> Hello:
@@ -41,6 +44,7 @@ class Hello:
                 algorithms=_strings(answer["algorithms"]),
                 compressors=_strings(answer.get("compressors", [])),
                 boot_id=str(answer.get("boot_id") or ""),
+                machine_id=_bounded(str(answer.get("machine_id") or ""), "machine id"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"a malformed HELLO ({exc})") from None
@@ -58,6 +62,9 @@ class Opened:
     identity: tuple[int, int, int] | None = None
     """(st_dev, st_ino, st_rdev) of what was opened."""
     mtime_ns: int = 0
+    ctime_ns: int = 0
+    sectors_written: int = -1
+    """A block device's sectors written since boot (-1: not known)."""
     readonly: bool = False
     mounted: tuple[str, ...] = ()
     holders: tuple[str, ...] = ()
@@ -68,6 +75,12 @@ class Opened:
     """The "major:minor" of every device below or above it (slaves, holders, partitions)."""
     backing: tuple[tuple[int, int], ...] = ()
     """A loop device's backing file, as (st_dev, st_ino)."""
+    realpath: str = ""
+    """The path with every symbolic link resolved, as the worker opened it."""
+    ids: tuple[tuple[str, str], ...] = ()
+    """A block device's names that do not depend on its number or contents, sorted (key,
+    value) pairs: WWN, serial, device-mapper UUID, by-id and by-partuuid links, a loop device's
+    backing file as "st_dev:st_ino"."""
     raw: dict = field(default_factory=dict, compare=False, repr=False)
     """The answer as it came, for display (model, sector size...)."""
 
@@ -91,6 +104,8 @@ class Opened:
                 size=size,
                 identity=tuple(int(x) for x in identity) if identity else None,  # type: ignore[arg-type]
                 mtime_ns=int(answer.get("mtime_ns") or 0),
+                ctime_ns=int(answer.get("ctime_ns") or 0),
+                sectors_written=int(answer.get("sectors_written", -1)),
                 readonly=bool(answer.get("readonly")),
                 mounted=_strings(answer.get("mounted") or []),
                 holders=_strings(answer.get("holders") or []),
@@ -98,6 +113,8 @@ class Opened:
                 devnum=str(answer.get("devnum") or ""),
                 stack=_strings(answer.get("stack") or []),
                 backing=tuple((int(d), int(i)) for d, i in answer.get("backing") or []),
+                realpath=_bounded(str(answer.get("realpath") or answer["path"]), "path", 4096),
+                ids=_device_ids(answer.get("ids") or {}),
                 raw=answer,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -117,6 +134,58 @@ class Opened:
         """What a later open for writing must find again: this very object, unchanged."""
         identity = list(self.identity) if self.identity else None
         return {"kind": self.kind, "size": self.size, "identity": identity, "mtime_ns": self.mtime_ns}
+
+
+DEVICE_ID_KEYS = ("wwid", "serial", "dm_uuid", "by_id", "partuuid", "loop")
+
+
+def _device_ids(value: object) -> tuple[tuple[str, str], ...]:
+    """OPEN's `ids` of a block device, checked: known keys, bounded strings, a loop device's
+    backing file as two integers."""
+    if not isinstance(value, dict):
+        raise TypeError("ids must be an object")
+    pairs = []
+    for key, item in value.items():
+        if key not in DEVICE_ID_KEYS:
+            raise ValueError(f"unknown device id {key!r}")
+        if key == "loop":
+            dev, ino = (int(x) for x in item)
+            pairs.append((key, f"{dev}:{ino}"))
+        elif key in ("by_id", "partuuid"):
+            names = _strings(item)
+            if len(names) > 64:
+                raise ValueError(f"{len(names)} {key} names")
+            pairs.extend((key, _bounded(name, key)) for name in sorted(names))
+        else:
+            pairs.append((key, _bounded(str(item), key)))
+    return tuple(sorted(pairs))
+
+
+def _bounded(text: str, what: str, limit: int = 256) -> str:
+    if len(text) > limit:
+        raise ValueError(f"a {what} of {len(text)} characters")
+    return text
+
+
+@dataclass(frozen=True)
+class Flushed:
+    """What a destination's worker found after the final flush, by fstat: after our writes."""
+
+    size: int
+    identity: tuple[int, int, int]
+    mtime_ns: int
+    ctime_ns: int
+    sectors_written: int
+
+    @classmethod
+    def parse(cls, answer: dict) -> Flushed:
+        """Raises ProtocolError if a field is missing or of the wrong type."""
+        try:
+            dev, ino, rdev = (int(x) for x in answer["identity"])
+            return cls(size=int(answer["size"]), identity=(dev, ino, rdev), mtime_ns=int(answer["mtime_ns"]),
+                       ctime_ns=int(answer["ctime_ns"]), sectors_written=int(answer["sectors_written"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"a malformed FLUSH answer ({exc})") from None
 
 
 def _strings(value: object) -> tuple[str, ...]:

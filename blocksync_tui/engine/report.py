@@ -36,7 +36,8 @@ class Progress:
     counts: dict[State, int]
     paused: bool = False
     method: str = "digests"
-    """"direct" once the destination's worker compares bytes on one host."""
+    """"direct" once the destination's worker compares bytes on one host, "cache" when the
+    destination's digests come from its cache."""
     skipped: int = 0
     """Bytes that a prior (resume, --changed-from, a dry run) settled: not read in this run."""
 
@@ -47,7 +48,9 @@ class Progress:
 
     @property
     def scanned(self) -> int:
-        """Bytes compared so far (the slower side)."""
+        """Bytes compared so far (the slower side; the source's, against a digest cache)."""
+        if self.method == "cache":
+            return self.scanned_source
         return min(self.scanned_source, self.scanned_destination)
 
     @property
@@ -93,7 +96,9 @@ class Report:
     chunk_size: int
     sub_block_size: int
     method: str
-    """"direct" (both ends on one machine: bytes compared there) or "digests"."""
+    """"digests", "direct" (both ends on one machine: bytes compared there), "stream" (a new
+    destination: every chunk with data sent once) or "cache" (source digests against the
+    destination's kept ones)."""
     algorithm: str
     compression: str
     total_chunks: int
@@ -112,6 +117,15 @@ class Report:
     message: str = ""
     destination_size: int = 0
     """The destination's size before the run."""
+    scanned_source: int = 0
+    """Bytes of the source this run scanned (hashed, compared or streamed; holes count,
+    though they cost no read)."""
+    scanned_destination: int = 0
+    """The same of the destination: against a digest cache, only the sample re-read and the
+    chunks read for their sub-block digests."""
+    cache: str = ""
+    """What became of the destination's digest cache: "" (none), "used", "kept" (written for
+    the next run), "used, kept", "dropped" (the sample found it wrong) or "forgotten"."""
     size_difference: int = 0
     """Destination size minus source size, for a destination file (a device keeps its tail):
     a difference of its own, which a sync removes by truncating or growing the file."""

@@ -287,6 +287,12 @@ class SshTransport(Transport):
         self._stderr_done = threading.Event()
         self._closing = False
 
+    @property
+    def host_identity(self) -> str:
+        """The SSH host key of the host the worker runs on, by fingerprint, once connected."""
+        key = self._ssh.get_remote_server_key() if self._ssh is not None else None
+        return f"ssh {known_hosts.fingerprint(key.asbytes())}" if key is not None else f"ssh {self.host_key}"
+
     def _hop(self, alias: str, user: str | None = None, port: int | None = None) -> _Hop:
         """Look `alias` up in ssh_config; what the endpoint itself says wins."""
         config = dict(self._config.lookup(alias)) if self._config else {}

@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from blocksync_tui.engine import changelist, chunkmap, resume
+from blocksync_tui.engine import changelist, chunkmap, digest_cache, resume
 from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.chunkmap import ChunkMap, State
 from blocksync_tui.engine.connection import Connection, Frame
+from blocksync_tui.engine.digest_cache import CacheError, CacheLayout, DigestCache, Record
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, EndpointError, ProtocolError, RemoteError
 from blocksync_tui.engine.layout import Layout
@@ -26,6 +27,7 @@ from blocksync_tui.engine.pipeline import CHECKPOINT_SECONDS, Control, Geometry,
 from blocksync_tui.engine.preflight import (
     DESTINATION,
     SOURCE,
+    Flushed,
     Hello,
     Negotiated,
     Opened,
@@ -136,6 +138,16 @@ class SyncEngine:
         """Called when the run is over, before the workers are stopped; it may block (the
         first lane of a parallel run keeps the destination's exclusive claim, and so the
         device safe from a mount, until every other lane is done)."""
+        self._cache_path = digest_cache.cache_path(str(destination))
+        self._cached: DigestCache | None = None
+        """The destination's kept digests, if they apply to it as it is now."""
+        self._host_id = ""
+        self._dest_boot = ""
+        self._flushed: Flushed | None = None
+        self._writing: Opened | None = None
+        """The destination as opened for writing (a file created, if it was absent)."""
+        self.cache_outcome: list[str] = []
+        """What became of the digest cache: used, kept, dropped, forgotten."""
 
     # -- control from other threads
 
@@ -253,6 +265,9 @@ class SyncEngine:
         except BaseException:
             self.close()
             raise
+        self._host_id = f"{dst.transport.host_identity} machine {hellos[DESTINATION].machine_id}"
+        self._dest_boot = hellos[DESTINATION].boot_id
+        self._plan_cache()
         self._prepared = True
         self._prepare_seconds = time.monotonic() - self._started
 
@@ -336,6 +351,8 @@ class SyncEngine:
                 asked = time.monotonic()
                 # Only the first lane of a parallel run starts at the start.
                 prefetch = PREFETCH_BYTES if not self.options.lane or not self.options.lane[0] else 0
+                if side == DESTINATION and self.options.cache == "auto" and self._cache_path.exists():
+                    prefetch = 0  # its cache may spare reading it at all
                 opened = self._open(side, {"path": endpoints[side].path, "prefetch": prefetch},
                                     layout=self.options.layout)
                 # Opening is microseconds of work: its reply time is the link's round trip.
@@ -385,6 +402,117 @@ class SyncEngine:
                 self.warnings.append(f"the {side}'s partition table was not read: {exc}")
         except (ProtocolError, ValueError) as exc:
             self.warnings.append(f"the {side}'s worker sent {exc}: its partitions are not shown")
+    # -- the digest cache
+
+    def _cache_layout(self) -> CacheLayout:
+        """What a cache of this run's destination holds: its geometry, hashes, sub-digests
+        (those only where the scan takes them anyway, and while they fit the cache's bound)."""
+        n, o = self._negotiated, self.options
+        assert n is not None
+        subs = (
+            n.subs_during_scan and o.chunk_size > o.sub_block
+            and digest_cache.subs_fit(self.chunk_map.total, o.chunk_size, o.sub_block)
+        )
+        return CacheLayout(self.size, o.chunk_size, n.algorithm, n.digest_size,
+                      n.sub_algorithm if subs else "", o.sub_block if subs else 0)
+
+    def _plan_cache(self) -> None:
+        """Find the destination's kept digests and decide whether they apply to it as it is
+        now (its identity, this run's chunks and hash); say why in one line if not."""
+        path = self._cache_path
+        if self.options.cache == "forget":
+            if digest_cache.forget([str(self.destination)], path.parent):
+                self.cache_outcome.append("forgotten")
+            return
+        if self.options.cache != "auto" or self._dest_absent:
+            return
+        try:
+            cache = digest_cache.load(path)
+        except FileNotFoundError:
+            return
+        except (OSError, CacheError) as exc:
+            self.warnings.append(f"cache: {path}: {exc}: ignored, comparing in full")
+            return
+        now = digest_cache.identity(self._host_id, self._opened[DESTINATION], boot_id=self._dest_boot)
+        why = digest_cache.change(cache.identity, now)
+        layout, kept = self._cache_layout(), cache.layout
+        if why:
+            self.warnings.append(f"cache: destination changed since last run ({why}), comparing in full")
+        elif (kept.size, kept.chunk_size, kept.algorithm, kept.digest_size) != (
+            layout.size, layout.chunk_size, layout.algorithm, layout.digest_size
+        ):
+            self.warnings.append(f"cache: kept for {kept.describe()}; this run has {layout.describe()}: comparing in full")
+        elif (kept.sub_algorithm, kept.sub_block) != (layout.sub_algorithm, layout.sub_block):
+            # Its chunk digests still hold; sub-digests of another kind are of no use.
+            bare = CacheLayout(kept.size, kept.chunk_size, kept.algorithm, kept.digest_size)
+            self._cached = DigestCache(cache.destination, cache.identity, bare, cache.states, cache.digests)
+        else:
+            self._cached = cache
+
+    def _new_record(self, method: str) -> Record | None:
+        """Where this run writes down the destination's digests for the next one, if it can
+        know them all: not a compare against a cache (the cache stays as it is) or against
+        nothing, not a source that is mounted (it may change while read)."""
+        if self.options.cache == "forget" or (self._dest_absent and self.options.dry_run):
+            return None
+        if method == "cache" and self.options.dry_run:
+            return None
+        if self._opened[SOURCE].mounted:
+            return None
+        return Record(self._cache_layout())
+
+    def _sampled(self, transfer: Transfer) -> None:
+        """What the sample of the cache found (the transfer re-read it before comparing)."""
+        wrong = transfer.sample_wrong
+        if not transfer.cache_sampled:
+            return  # cancelled before the sample was in
+        if not wrong:
+            self.cache_outcome.insert(0, "used")
+            return
+        self.method = transfer.method
+        self._cache_path.unlink(missing_ok=True)
+        self.cache_outcome.insert(0, "dropped")
+        self.warnings.append(
+            f"cache: {len(wrong)} of {transfer.sample_size} chunks re-read on the destination differ from "
+            "its cache (it was written behind our back): dropped it, comparing in full"
+        )
+
+    def _keep_cache(self, record: Record | None) -> None:
+        """After a run that settled every chunk: keep the destination's digests, keyed by its
+        identity after our writes (the last flush's fstat). A lane of a parallel run keeps its
+        share, for the run to merge (engine.parallel)."""
+        first, end = self.options.chunk_range(self.chunk_map.total)
+        if record is None or record.broken or record.unknown(first, end) or self.errors or self.cancelled:
+            return
+        opened = self._writing or self._opened[DESTINATION]  # a file just created: as opened
+        ident = digest_cache.identity(self._host_id, opened, self._flushed, self._dest_boot)
+        lane = self.options.lane
+        path = digest_cache.part_path(self._cache_path, lane) if lane else self._cache_path
+        try:
+            digest_cache.save(path, record.cache(str(self.destination), ident, first, end))
+        except OSError as exc:
+            self.warnings.append(f"cache: cannot write {self._cache_path}: {exc.strerror or exc}")
+            return
+        self.cache_outcome.append("kept")
+
+    def _transfer_for(self, method: str, cached: DigestCache | None, record: Record | None) -> Transfer:
+        return Transfer(
+            self._conns,
+            {SOURCE: str(self.source), DESTINATION: str(self.destination)},
+            self._events,
+            self.chunk_map,
+            Geometry(self.size, self.options.chunk_size),
+            self._negotiated,  # type: ignore[arg-type]  (set by prepare)
+            self.options,
+            self._control,
+            method,
+            self._dest_absent,
+            round_trip=max(self._round_trips.values(), default=0.0),
+            prior=self.prior,
+            tally=DiffTally(self.regions),
+            cached=cached,
+            record=record,
+        )
 
     # -- run
 
@@ -400,37 +528,31 @@ class SyncEngine:
         # The clock covers connecting and running, not the wait for a confirmation between.
         self._started = time.monotonic() - self._prepare_seconds
         try:
-            if not self.options.dry_run:
-                writable = self._open_for_writing()
-                if self.options.resume:
-                    self._start_checkpoints(writable)
             self.phase = "scanning"
+            cached = self._cached
             if not self.options.dry_run and not self.options.compare:
                 self.method = "stream"  # asked not to compare: every chunk sent once
+            elif cached is not None:
+                self.method = "cache"  # only the source is read (even on one host: half the reads)
             elif self._can_compare_directly():
                 self.method = "direct"  # one host: cheaper than any data through us
             elif self._dest_absent and not self.options.dry_run:
                 self.method = "stream"  # a new file: nothing to compare, every chunk sent once
-            self._transfer = Transfer(
-                self._conns,
-                {SOURCE: str(self.source), DESTINATION: str(self.destination)},
-                self._events,
-                self.chunk_map,
-                Geometry(self.size, self.options.chunk_size),
-                self._negotiated,  # type: ignore[arg-type]  (set by prepare)
-                self.options,
-                self._control,
-                self.method,
-                self._dest_absent,
-                round_trip=max(self._round_trips.values(), default=0.0),
-                prior=self.prior,
-                tally=DiffTally(self.regions),
-            )
+            record = self._new_record(self.method)
+            self._transfer = self._transfer_for(self.method, cached, record)
             self.errors = self._transfer.errors  # one list: the report reads it as it grows
+            if not self.options.dry_run:
+                # The destination is about to change: a run that fails now leaves no cache.
+                self._cache_path.unlink(missing_ok=True)
+                writable = self._open_for_writing()
+                if self.options.resume:
+                    self._start_checkpoints(writable)
             if self._checkpoints is not None:
                 self._transfer.on_checkpoint = self._checkpoints.write
                 self._transfer.checkpoint_seconds = _checkpoint_seconds()
-            self._transfer.run()
+            self._transfer.run()  # against a cache: re-reads a sample of it before any write
+            if cached is not None:
+                self._sampled(self._transfer)
             if not self.options.dry_run:
                 self.phase = "flushing"
                 flushed = [self._flush()]
@@ -440,6 +562,7 @@ class SyncEngine:
                 self._end_checkpoints(flushed[-1])
             if self.cancelled:
                 raise Cancelled(cancel_message(self.options.dry_run, self.chunk_map.count(State.WRITTEN)))
+            self._keep_cache(record)
             self.phase = "done"
             return self.report()
         except Cancelled:
@@ -514,6 +637,7 @@ class SyncEngine:
         opened = self._open(DESTINATION, request)
         if opened.kind == "block" and opened.size < self.size:
             raise EndpointError(f"{self.destination} is too small")
+        self._writing = opened
         if self.on_writable is not None:
             self.on_writable(opened.expectation())
         return opened
@@ -539,9 +663,11 @@ class SyncEngine:
     def _flush_within(self, timeout: float) -> dict:
         conn = self._conns[DESTINATION]
         try:
-            return wire.decode_json(conn.call(wire.OP_FLUSH, b"", timeout=timeout))
+            answer = wire.decode_json(conn.call(wire.OP_FLUSH, b"", timeout=timeout))
         except RemoteError as exc:
             raise RemoteError(where(conn, f"flush failed: {exc}")).on(DESTINATION)
+        self._flushed = self._parsed(DESTINATION, Flushed.parse, answer)
+        return answer
 
     # -- results
 
@@ -592,6 +718,9 @@ class SyncEngine:
             chunks_sampled=len(scope.sample) if scope else 0,
             sample_differed=transfer.sample_differed if transfer else 0,
             partitions=(self._transfer.tally if self._transfer else DiffTally(self.regions)).rows(),
+            scanned_source=p.scanned_source,
+            scanned_destination=p.scanned_destination,
+            cache=", ".join(self.cache_outcome),
         )
 
     def close(self) -> None:

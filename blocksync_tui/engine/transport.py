@@ -27,6 +27,12 @@ class Transport(ABC):
     host_key: str = "localhost"
     """Identifies the host, to tell whether two endpoints can be the same file."""
 
+    @property
+    def host_identity(self) -> str:
+        """What the host is, once started, for a digest cache to be keyed by: "local" here,
+        an SSH host's key fingerprint there (the worker adds its machine id)."""
+        return "local"
+
     @abstractmethod
     def start(self) -> None:
         """Start the worker's interpreter with the bootstrap stub."""

@@ -14,7 +14,7 @@ from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.connection import EOF_OP
 from blocksync_tui.engine.errors import ConnectionLost, RemoteError
-from blocksync_tui.engine.pipeline import POLL_SECONDS, Transfer, end_if_silent, protocol_error, where
+from blocksync_tui.engine.pipeline import POLL_SECONDS, Transfer, end_if_silent, protocol_error, runs_of, where
 from blocksync_tui.engine.preflight import DESTINATION, SOURCE
 
 RUNS_PER_REQUEST = 4096
@@ -115,16 +115,7 @@ def _collect(transfer: Transfer, side: str, rid: int, digests: dict[int, bytes |
         for index in range(first, first + count):
             flag = frame.payload[pos]
             digest = frame.payload[pos + 1 : pos + 1 + dsize]
-            digests[index] = digest if flag == wire.FLAG_DATA else b"" if flag == wire.FLAG_ZERO else None
+            zeros = flag in (wire.FLAG_ZERO, wire.FLAG_HOLE)
+            digests[index] = digest if flag == wire.FLAG_DATA else b"" if zeros else None
             pos += 1 + dsize
 
-
-def runs_of(indexes: list[int]) -> list[list[int]]:
-    """[first, count] runs of consecutive numbers in a sorted list."""
-    runs: list[list[int]] = []
-    for index in indexes:
-        if runs and runs[-1][0] + runs[-1][1] == index:
-            runs[-1][1] += 1
-        else:
-            runs.append([index, 1])
-    return runs

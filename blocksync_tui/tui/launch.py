@@ -40,8 +40,9 @@ def make_app(request: RunRequest, demo_size: int | None = None) -> BlocksyncApp:
     print(f"blocksync-tui: writing two {demo_size >> 20} MiB demo images to {workdir} ...", file=sys.stderr)
     source, destination = make_pair(workdir, size=demo_size)
     stamp_layout(source, destination)  # partitions on the map, a file system at stake
+    # Temporary images: no digest cache is kept of them.
     request = replace(request, source=str(source), destination=str(destination),
-                      options=SyncOptions(chunk_size=DEMO_CHUNK_SIZE))
+                      options=SyncOptions(chunk_size=DEMO_CHUNK_SIZE, cache="forget"))
     return BlocksyncApp(request, autostart=True)
 
 

@@ -14,6 +14,9 @@ import struct
 MOUNTINFO = "/proc/self/mountinfo"
 SWAPS = "/proc/swaps"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
+MACHINE_IDS = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+DISK_LINKS = (("by_id", "/dev/disk/by-id"), ("partuuid", "/dev/disk/by-partuuid"))
+"""udev's names of a device that do not come from its contents (not by-uuid, a file system's)."""
 SYS_BLOCK = "/sys/block"
 SECTOR = 512
 """The unit of the sizes sysfs gives, whatever the device's own sector size."""
@@ -50,6 +53,44 @@ def boot_id() -> str:
     """Unique per boot of a machine: tells that two endpoints reached differently (a path, ssh to
     localhost) are on one machine."""
     return read_text(BOOT_ID)
+
+
+def machine_id() -> str:
+    """The machine's own id, the same across boots (systemd's or D-Bus's), or ""."""
+    for path in MACHINE_IDS:
+        found = read_text(path)
+        if found:
+            return found
+    return ""
+
+
+def stable_ids(rdev: int, name: str) -> dict:
+    """What names a block device whatever its number: WWN, serial, device-mapper UUID (an LV's),
+    udev's by-id and by-partuuid links, a loop device's backing file (st_dev, st_ino)."""
+    base = sys_block_dir(rdev)
+    ids = {}
+    for key, rel in (("wwid", "/wwid"), ("wwid", "/device/wwid"), ("serial", "/device/serial"), ("dm_uuid", "/dm/uuid")):
+        found = read_text(base + rel)
+        if found and key not in ids:
+            ids[key] = found
+    for key, where in DISK_LINKS:
+        links = [e for e in _listdir(where) if os.path.realpath(os.path.join(where, e)) == "/dev/" + name]
+        if links:
+            ids[key] = links
+    if name.startswith("loop"):
+        backing = loop_backing_identities(name)
+        if backing:
+            ids["loop"] = list(backing[0])
+    return ids
+
+
+def sectors_written(rdev: int) -> int:
+    """The sectors written to a block device since boot (its sysfs stat), or -1: a device has
+    no mtime, but this counter moves with every write that reaches it."""
+    try:
+        return int(read_text(sys_block_dir(rdev) + "/stat").split()[6])
+    except (IndexError, ValueError):
+        return -1
 
 
 def devnum(rdev: int) -> str:

@@ -120,7 +120,8 @@ class Files:
                 if info["kind"] == "file" and req.get("truncate") is not None:
                     os.ftruncate(fd, int(req["truncate"]))
                     # What another lane of the same run must find when it opens this file.
-                    info["size"], info["mtime_ns"] = int(req["truncate"]), os.fstat(fd).st_mtime_ns
+                    st = os.fstat(fd)
+                    info["size"], info["mtime_ns"], info["ctime_ns"] = int(req["truncate"]), st.st_mtime_ns, st.st_ctime_ns
                 sync_size = int(req.get("sync_size", info["size"]))
                 if not 0 <= sync_size <= info["size"]:
                     raise WorkerError("%s is too small: %d bytes, the source has %d" % (path, info["size"], sync_size))
@@ -208,6 +209,8 @@ def _check_opened(fd: int, path: str, real: str, write: bool, expect) -> dict:
         "size": os.lseek(fd, 0, os.SEEK_END),
         "identity": [st.st_dev, st.st_ino, st.st_rdev],
         "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "sectors_written": devices.sectors_written(st.st_rdev) if is_block else -1,
         "sector_size": devices.sector_size(fd) if is_block else devices.SECTOR,
         "mounted": [],
         "holders": [],
@@ -223,6 +226,7 @@ def _check_opened(fd: int, path: str, real: str, write: bool, expect) -> dict:
         info["devnum"] = devices.devnum(st.st_rdev)
         info["stack"] = devices.device_stack(st.st_rdev)
         name = devices.kernel_name(st.st_rdev)
+        info["ids"] = devices.stable_ids(st.st_rdev, name)
         if name.startswith("loop"):
             info["backing"] = [list(x) for x in devices.loop_backing_identities(name)]
     else:

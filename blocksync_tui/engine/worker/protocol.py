@@ -62,6 +62,8 @@ OP_NAMES = {v: k[3:] for k, v in list(globals().items()) if k.startswith("OP_") 
 FLAG_DATA = 0
 FLAG_ZERO = 1
 FLAG_ERROR = 2
+FLAG_HOLE = 3
+"""Zeros, and the chunk lies wholly in a hole of a file: it was not read."""
 
 # Per-chunk outcomes in a PAIRED frame (a direct compare of two files on one host).
 PAIR_SAME = 0
@@ -69,6 +71,8 @@ PAIR_ZERO = 1
 PAIR_DIFFERS = 2
 """Differs; if the request said write, the differing sub-blocks are written already."""
 PAIR_ERROR = 3
+PAIR_HOLE = 4
+"""Both chunks lie wholly in holes: equal, and neither was read."""
 
 # Piece codecs.
 CODEC_RAW = 0

@@ -206,21 +206,30 @@ def spans(flags: "list[bool]") -> "list[tuple[int, int]]":
     return runs
 
 
-def send_entries(out, rid: int, op: int, first: int, entries, dsize: int) -> None:
+def send_entries(out, rid: int, op: int, first: int, entries, dsize: int, tails=None) -> None:
     """Send per-chunk entries (DIGESTS, PAIRED), from chunk `first` on, as they are made, in
-    batches of at most BATCH_ENTRIES and at least every BATCH_SECONDS."""
+    batches of at most BATCH_ENTRIES and at least every BATCH_SECONDS. `tails` (a list the
+    entries' maker appends each data chunk's sub-digests to) follows each batch's entries, and
+    is emptied."""
     batch: "list[bytes]" = []
     last_send = time.monotonic()
+
+    def flush() -> None:
+        tail = b"".join(tails) if tails else b""
+        out.send(op, rid, protocol.DIGESTS_HEAD.pack(first, len(batch), dsize) + b"".join(batch) + tail)
+        if tails:
+            del tails[:]
+
     for item in entries:
         batch.append(item)
         now = time.monotonic()
         if len(batch) >= BATCH_ENTRIES or now - last_send > BATCH_SECONDS:
-            out.send(op, rid, protocol.DIGESTS_HEAD.pack(first, len(batch), dsize) + b"".join(batch))
+            flush()
             first += len(batch)
             batch = []
             last_send = now
     if batch:
-        out.send(op, rid, protocol.DIGESTS_HEAD.pack(first, len(batch), dsize) + b"".join(batch))
+        flush()
 
 
 def geometry(req: dict) -> "tuple[int, int, int]":
@@ -269,12 +278,15 @@ class Scanner:
         buf = bytearray(min(READ_SIZE, chunk_size))
         d = SUB_DIGEST_SIZE
         holes = HoleFinder(target.scan_fd, not target.is_block)
+        # With subs_out, each data chunk's sub-digests also go to the controller (after its
+        # batch's entries): what it keeps of a destination for the next run.
+        tails = [] if req.get("subs_out") and sub_fn else None
 
         def scan(index: int) -> bytes:
             offset = index * chunk_size
             length = min(chunk_size, size - offset)
             if holes.covers(offset, length):
-                return entry.pack(protocol.FLAG_ZERO, b"")  # nothing allocated there: zeros, unread
+                return entry.pack(protocol.FLAG_HOLE, b"")  # nothing allocated there: zeros, unread
             h = make_hash()
             zero = True
             subs: "list[bytes]" = []
@@ -290,11 +302,15 @@ class Scanner:
             if zero:
                 return entry.pack(protocol.FLAG_ZERO, b"")
             if sub_fn:
-                self.cache.put(offset, (length, sub, sub_algo), b"".join(subs))
+                joined = b"".join(subs)
+                self.cache.put(offset, (length, sub, sub_algo), joined)
+                if tails is not None:
+                    tails.append(joined)
             return entry.pack(protocol.FLAG_DATA, h.digest())
 
         for first, count in req["ranges"]:
-            send_entries(self.out, rid, protocol.OP_DIGESTS, first, map(scan, range(first, first + count)), dsize)
+            chunks = map(scan, range(first, first + count))
+            send_entries(self.out, rid, protocol.OP_DIGESTS, first, chunks, dsize, tails)
         self.out.send(protocol.OP_DONE, rid)
 
     def pair(self, rid: int, req: dict) -> None:
@@ -303,7 +319,8 @@ class Scanner:
 
         One thread reads both files piece by piece into two small buffers and compares the
         bytes: exact, and cheaper than hashing them. With `digests` (for --verify), a differing
-        chunk's entry carries the digest of the source bytes it was given.
+        chunk's entry carries the digest of the source bytes it was given; with `keep`, every
+        data chunk's entry does, and its sub-digests follow its batch (as HASH's subs_out).
         """
         target = self.files.need_target()
         peer = self.files.need_peer()
@@ -313,32 +330,38 @@ class Scanner:
             raise WorkerError("the destination was not opened for writing")
         if write and (chunk_size != target.chunk_size or size != target.sync_size):
             raise WorkerError("direct compare with a geometry the destination was not opened with")
-        make_hash = protocol.new_hash(req["algo"]) if req.get("digests") else _NoHash
+        keep = bool(req.get("keep"))
+        make_hash = protocol.new_hash(req["algo"]) if req.get("digests") or keep else _NoHash
+        sub_fn = protocol.hasher(req["sub_algo"]) if keep and req.get("sub_algo") else None
+        tails = [] if sub_fn else None
         dsize = protocol.digest_size(req["algo"])
         piece_size = min(READ_SIZE, chunk_size)
         bufs = (bytearray(piece_size), bytearray(piece_size))
 
         # Holes on both sides are equal without a read: a sparse pair costs its data only.
         holes = (HoleFinder(peer.scan_fd, not peer.is_block), HoleFinder(target.scan_fd, not target.is_block))
-        both_zero = protocol.PAIRED_ITEM.pack(protocol.PAIR_ZERO, protocol.FLAG_ZERO, 0) + bytes(dsize)
+        both_holes = protocol.PAIRED_ITEM.pack(protocol.PAIR_HOLE, protocol.FLAG_HOLE, 0) + bytes(dsize)
 
         def compare(index: int) -> bytes:
             offset = index * chunk_size
             length = min(chunk_size, size - offset)
             if holes[0].covers(offset, length) and holes[1].covers(offset, length):
-                return both_zero
-            return self._pair_chunk(rid, (peer, target), index, offset, length, bufs, sub, write, make_hash, dsize)
+                return both_holes
+            ends = (peer, target)
+            return self._pair_chunk(rid, ends, index, offset, length, bufs, sub, write, make_hash, dsize, sub_fn, tails)
 
         for first, count in req["ranges"]:
-            send_entries(self.out, rid, protocol.OP_PAIRED, first, map(compare, range(first, first + count)), dsize)
+            chunks = map(compare, range(first, first + count))
+            send_entries(self.out, rid, protocol.OP_PAIRED, first, chunks, dsize, tails)
         self.out.send(protocol.OP_DONE, rid)
 
-    def _pair_chunk(self, rid, ends, index, offset, length, bufs, sub, write, make_hash, dsize) -> bytes:
+    def _pair_chunk(self, rid, ends, index, offset, length, bufs, sub, write, make_hash, dsize, sub_fn, tails) -> bytes:
         """Compare (and with `write`, fix) one chunk; return its PAIRED entry."""
         peer, target = ends
         h = make_hash()
         zero = True
         runs: "list[tuple[int, int]]" = []
+        subs: "list[bytes]" = []
         sources = pieces(peer.scan_fd, offset, length, bufs[0], peer.path)
         destinations = pieces(target.scan_fd, offset, length, bufs[1], target.path)
         pos = 0
@@ -346,6 +369,9 @@ class Scanner:
             for src, dst in zip(sources, destinations):
                 h.update(src)
                 zero = zero and is_zero(src)
+                if sub_fn:
+                    view = memoryview(src)
+                    subs.extend([sub_fn(view[o : o + sub])[:SUB_DIGEST_SIZE] for o in range(0, len(src), sub)])
                 if src != dst:
                     piece_runs = differing_runs(src, dst, sub, pos)
                     if write:
@@ -364,13 +390,15 @@ class Scanner:
             self.out.error(rid, text, chunk=index, code=exc.errno or 0)
             return protocol.PAIRED_ITEM.pack(protocol.PAIR_ERROR, protocol.FLAG_ERROR, 0) + bytes(dsize)
         flag = protocol.FLAG_ZERO if zero else protocol.FLAG_DATA
+        digest = (b"" if zero else h.digest()).ljust(dsize, b"\0")
+        if tails is not None and not zero:
+            tails.append(b"".join(subs))
         if not runs:
             same = protocol.PAIR_ZERO if zero else protocol.PAIR_SAME
-            return protocol.PAIRED_ITEM.pack(same, flag, 0) + bytes(dsize)
+            return protocol.PAIRED_ITEM.pack(same, flag, 0) + digest
         if write:
             self.cache.forget(offset)
         differing = sum(end - start for start, end in runs)
-        digest = (b"" if zero else h.digest()).ljust(dsize, b"\0")
         return protocol.PAIRED_ITEM.pack(protocol.PAIR_DIFFERS, flag, differing) + digest
 
     def subhash(self, rid: int, payload: bytes) -> None:

@@ -124,6 +124,7 @@ class Worker:
             # Unique per boot of a machine: tells that two endpoints reached differently (a path,
             # ssh to localhost) are on one machine, so the same-file check applies.
             "boot_id": devices.boot_id(),
+            "machine_id": devices.machine_id(),
         }
 
 

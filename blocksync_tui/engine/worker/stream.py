@@ -35,6 +35,9 @@ class Streamer:
         code, compress = protocol.compressor(codec) if codec else (protocol.CODEC_RAW, None)
         algo = req.get("algo") or ""
         make_hash = protocol.new_hash(algo) if algo else None
+        # With sub_algo, each data chunk's sub-digests follow its batch (as HASH's subs_out).
+        sub_fn = protocol.hasher(req["sub_algo"]) if req.get("sub_algo") else None
+        tails = [] if sub_fn else None
         dsize = protocol.digest_size(algo) if algo else 0
         entry = struct.Struct("!B%ds" % dsize)
         buf = bytearray(chunk_size)
@@ -60,7 +63,7 @@ class Streamer:
             offset = index * chunk_size
             length = min(chunk_size, size - offset)
             if holes.covers(offset, length):
-                return entry.pack(protocol.FLAG_ZERO, b"")  # nothing allocated: unread
+                return entry.pack(protocol.FLAG_HOLE, b"")  # nothing allocated: unread
             view = memoryview(buf)[:length]
             try:
                 read_into(target.scan_fd, view, offset, target.path)
@@ -78,10 +81,16 @@ class Streamer:
                     parts.extend(encode(start, view[start:end]))
             # Sent before the next read reuses the buffer: the frame goes out whole, now.
             self.out.send_parts(protocol.OP_DATA, rid, parts)
-            digest = make_hash(view).digest() if make_hash else b""
+            digest = b""
+            if make_hash:
+                h = make_hash()
+                h.update(view)
+                digest = h.digest()
+            if tails is not None:
+                tails.append(protocol.sub_digests(sub_fn, view, sub))
             return entry.pack(protocol.FLAG_DATA, digest)
 
         for first, count in req["ranges"]:
             # Each chunk's DATA goes out as it is read, so its entry always comes after it.
-            send_entries(self.out, rid, protocol.OP_DIGESTS, first, map(send, range(first, first + count)), dsize)
+            send_entries(self.out, rid, protocol.OP_DIGESTS, first, map(send, range(first, first + count)), dsize, tails)
         self.out.send(protocol.OP_DONE, rid)

@@ -16,7 +16,7 @@ import struct
 import time
 import zlib
 
-from . import protocol, zeroing
+from . import devices, protocol, zeroing
 from .output import WorkerError, exception_text, os_error_text
 
 ACK_BATCH = 256
@@ -85,8 +85,11 @@ class Writer:
         try:
             os.fsync(target.fd)
             st = os.fstat(target.fd)  # after our writes: what a kept digest cache is keyed by
-            self.out.reply(rid, {"flushed": True, "written": self.bytes_written, "size": os.lseek(target.fd, 0, os.SEEK_END),
-                                 "identity": [st.st_dev, st.st_ino, st.st_rdev], "mtime_ns": st.st_mtime_ns})
+            self.out.reply(rid, {
+                "flushed": True, "written": self.bytes_written, "size": os.lseek(target.fd, 0, os.SEEK_END),
+                "identity": [st.st_dev, st.st_ino, st.st_rdev], "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                "sectors_written": devices.sectors_written(st.st_rdev) if target.is_block else -1,
+            })
         except OSError as exc:
             self.out.error(rid, os_error_text(exc, target.path), code=exc.errno or 0)
 

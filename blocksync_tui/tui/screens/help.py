@@ -32,7 +32,8 @@ Each cell stands for one or more chunks; a cell shows its most significant state
 | colour | state |
 | --- | --- |
 | grey | pending: not compared yet |
-| dim grey | zero: identical, all zero bytes |
+| faint grey | hole: identical, a hole in both files (no block allocated, not read) |
+| dim grey | zero: identical, all zero bytes (allocated on at least one side) |
 | green | same: identical |
 | amber | differs: will be written by a sync |
 | bright green | written by this sync |

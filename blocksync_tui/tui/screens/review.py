@@ -110,7 +110,7 @@ class ReviewScreen(Screen[None]):
             ("Differing", f"{r.chunks_differing:,} chunks ({100 * r.chunks_differing / max(1, r.total_chunks):.2f}%)"),
             ("Bytes differing", f"{human_bytes(r.bytes_differing)} (at {human_bytes(r.sub_block_size)} granularity)"),
             ("Change runs", f"{r.change_runs:,}" + (f", largest {human_bytes(largest['length'])} at {largest['offset']:#x}" if largest else "")),
-            ("Unchanged", f"{r.chunks.get('same', 0):,} chunks, {r.chunks.get('zero', 0):,} all-zero"),
+            ("Unchanged", f"{r.chunks.get('same', 0):,} chunks, {r.chunks.get('zero', 0):,} all-zero, {r.chunks.get('hole', 0):,} holes"),
         ]
         if r.size_difference:
             longer = "longer" if r.size_difference > 0 else "shorter"

@@ -34,15 +34,16 @@ PRIORITY: tuple[State, ...] = (
     State.PENDING,
     State.SAME,
     State.ZERO,
+    State.HOLE,
 )
 """States from the most to the least significant: a cell shows the first one it contains.
 
 One error or one differing chunk among a thousand identical ones is what a user must see, so
-the rare, actionable states outrank the bulk ones; PENDING outranks SAME/ZERO so that a cell
+the rare, actionable states outrank the bulk ones; PENDING outranks SAME/ZERO/HOLE so that a cell
 only looks settled once every chunk in it is.
 """
 
-EMPTY = 7
+EMPTY = 8
 """Pseudo-state of a cell past the end of the shown range (not a `State`: drawn as background)."""
 
 _PRIORITY_INTS = tuple(int(state) for state in PRIORITY)
@@ -345,7 +346,9 @@ UPPER_HALF = "▀"
 """The glyph of a terminal cell showing two map cells: foreground on top, background below."""
 
 _RUNS = re.compile(rb"(.)\1*", re.DOTALL)
-_TOP_TO_CODE = bytes((value << 3) & 0xFF for value in range(256))
+_CODE_SHIFT = 4
+"""A line code is `top << 4 | bottom`: one byte holds two of the nine cell values (0..EMPTY)."""
+_TOP_TO_CODE = bytes((value << _CODE_SHIFT) & 0xFF for value in range(256))
 
 
 class LinePainter:
@@ -354,7 +357,7 @@ class LinePainter:
     def __init__(
         self, colors: Sequence[Color], cursor_colors: Sequence[Color], mark_color: Color | None = None
     ) -> None:
-        """Prepare the 64 (top, bottom) styles.
+        """Prepare the (top, bottom) styles.
 
         Args:
             colors: Colour by cell state value, including EMPTY (the background).
@@ -365,15 +368,16 @@ class LinePainter:
         self._cursor_colors = cursor_colors
         self._mark_color = mark_color
         self._segments: dict[int, Segment] = {}
-        # Indexed by the line code `top << 3 | bottom`. Equal halves are a space: some
+        # Indexed by the line code `top << 4 | bottom`. Equal halves are a space: some
         # terminals leave a seam between stacked half blocks of one colour.
-        self._styles = [
-            (" ", Style(bgcolor=colors[top]))
-            if top == bottom
-            else (UPPER_HALF, Style(color=colors[top], bgcolor=colors[bottom]))
-            for top in range(EMPTY + 1)
-            for bottom in range(EMPTY + 1)
-        ]
+        self._styles: list[tuple[str, Style]] = [(" ", Style())] * 256
+        for top in range(EMPTY + 1):
+            for bottom in range(EMPTY + 1):
+                self._styles[top << _CODE_SHIFT | bottom] = (
+                    (" ", Style(bgcolor=colors[top]))
+                    if top == bottom
+                    else (UPPER_HALF, Style(color=colors[top], bgcolor=colors[bottom]))
+                )
 
     def paint(
         self, layout: CellLayout, line: int, cursor: int = -1, marks: dict[int, str] | None = None
@@ -394,7 +398,7 @@ class LinePainter:
         width, cells = layout.width, layout.cells
         top = cells[2 * line * width : (2 * line + 1) * width]
         bottom = cells[(2 * line + 1) * width : (2 * line + 2) * width]
-        # code = top << 3 | bottom for every column at once: a big-int OR runs in C.
+        # code = top << 4 | bottom for every column at once: a big-int OR runs in C.
         codes = (
             int.from_bytes(top.translate(_TOP_TO_CODE), "little") | int.from_bytes(bottom, "little")
         ).to_bytes(width, "little")

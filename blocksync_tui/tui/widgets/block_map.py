@@ -68,6 +68,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         background: $background;
         & > .block-map--pending { background: $foreground 30%; }
         & > .block-map--zero { background: $foreground 12%; }
+        & > .block-map--hole { background: $foreground 5%; }
         & > .block-map--same { background: $success 40%; }
         & > .block-map--differs { background: $warning; }
         & > .block-map--written { background: $success; }
@@ -77,7 +78,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         & > .block-map--mark { color: $foreground; }
     }
     """
-    """Greys for unknown/all-zero chunks, greens for in sync (bright: written by this run), amber
+    """Greys for unknown/all-zero chunks (faintest: holes, which hold no block), greens for in sync (bright: written by this run), amber
     for to-be-written, violet for synced again, red for errors: theme variables where a theme has
     the meaning (light and dark both work), a fixed violet where no theme variable is distinct."""
 

@@ -11,6 +11,7 @@ from blocksync_tui.tui.widgets.block_map import BlockMap
 
 LEGEND_ORDER: tuple[State, ...] = (
     State.PENDING,
+    State.HOLE,
     State.ZERO,
     State.SAME,
     State.DIFFERS,
