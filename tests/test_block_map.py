@@ -275,9 +275,9 @@ def test_painter_merges_runs_and_marks_the_cursor() -> None:
 
 
 def test_painter_draws_marks_on_the_marked_cells_colour() -> None:
-    colors = [Color.parse(f"color({index})") for index in range(8)]
+    colors = [Color.parse(f"color({index})") for index in range(EMPTY + 1)]
     white, mark = Color.parse("white"), Color.parse("black")
-    painter = LinePainter(colors, [white] * 8, mark)
+    painter = LinePainter(colors, [white] * (EMPTY + 1), mark)
     layout = CellLayout.build(bytes([State.SAME]) * 40, 40, width=20, rows=2)
     layout.cells[23] = State.DIFFERS  # bottom half of column 3
     segments = painter.paint(layout, 0, cursor=9, marks={23: "2", 20 + 9: "3"})
