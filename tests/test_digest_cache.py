@@ -378,3 +378,25 @@ def test_lanes_use_and_keep_one_cache(tmp_path: Path) -> None:
     assert dst.read_bytes() == src.read_bytes()
     third = run(streams=1, dry_run=True)  # one lane finds the merged cache whole
     assert (third.method, third.outcome, third.cache) == ("cache", "identical", "used")
+
+
+def test_a_list_of_changes_and_a_cache_read_only_what_changed(tmp_path: Path) -> None:
+    """--changed-from with a cache: the source reads the listed chunks and the list's sample,
+    the destination its cache's sample; the chunks neither reads keep their cached digests,
+    so the next run still has a whole cache."""
+    src, dst = _pair(tmp_path, chunks=1024)
+    run_engine(src, dst, chunk_size=CHUNK, direct=False)
+    data = bytearray(src.read_bytes())
+    for index in (10, 500):
+        data[index * CHUNK + 7] ^= 0xFF
+    src.write_bytes(bytes(data))
+    changes = tmp_path / "changes.map"
+    lines = ["# Mapfile", "0x00000000     +               1"]
+    lines += [f"0x{i * CHUNK:08X}  0x{CHUNK:08X}  {'-' if i in (10, 500) else '+'}" for i in range(1024)]
+    changes.write_text("\n".join(lines) + "\n")
+    listed = run_engine(src, dst, chunk_size=CHUNK, direct=False, changed_from=str(changes))
+    assert (listed.method, listed.cache, listed.chunks["written"]) == ("cache", "used, kept", 2)
+    assert listed.scanned_source == (2 + 64) * CHUNK and listed.scanned_destination == 64 * CHUNK
+    assert dst.read_bytes() == src.read_bytes()
+    again = run_engine(src, dst, chunk_size=CHUNK, direct=False, dry_run=True)
+    assert (again.method, again.outcome, again.cache) == ("cache", "identical", "used")
