@@ -512,7 +512,7 @@ class Transfer:
             return
         self._sample = dict.fromkeys(indexes, False)
         request = {"ranges": runs_of(indexes), "chunk_size": self.geometry.chunk_size,
-                   "size": self.geometry.size, "algo": self.negotiated.algorithm}
+                   "size": self.geometry.size, "algo": self.negotiated.algorithm, "scattered": True}
         self._sample_rid = self.sides[DESTINATION].conn.post(wire.OP_HASH, request)
 
     def _on_sample(self, frame: Frame) -> None:

@@ -45,11 +45,12 @@ class Opened:
         for fd in {self.fd, self.scan_fd}:
             os.close(fd)
 
-    def prefetch(self, length: int) -> None:
-        """Ask the kernel to start reading the first `length` bytes now, in the background: the
-        scan then finds them in memory. Meant for while the other side is still connecting."""
+    def prefetch(self, length: int, offset: int = 0) -> None:
+        """Ask the kernel to start reading `length` bytes from `offset` now, in the background:
+        the scan then finds them in memory. Meant for while the other side is still connecting,
+        and for the scattered chunks of a sample, read all at once."""
         try:
-            os.posix_fadvise(self.scan_fd, 0, min(length, self.size), os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(self.scan_fd, offset, min(length, self.size - offset), os.POSIX_FADV_WILLNEED)
         except (OSError, AttributeError):
             pass
 
