@@ -89,6 +89,9 @@ class ProgressDisplay:
             + f", {human_bytes(report.wire_bytes)} on the wire; "
             f"{human_bytes(report.size)} in {report.seconds:.2f} s ({speed})"
         )
+        if "used" in report.cache:
+            text += (f"; the destination's digest cache stood in for reading it "
+                     f"({human_bytes(report.scanned_destination)} of it read)")
         if report.settled_by:
             text += (f"; {report.chunks_settled} chunks settled by the {report.settled_by}, not read "
                      f"({report.chunks_sampled} of them read again as a sample)")

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from blocksync_tui.engine.preflight import Flushed, Opened
+from blocksync_tui.engine.prior import sample_size
 from blocksync_tui.engine.worker import protocol as wire
 
 VERSION = 1
@@ -39,10 +39,6 @@ SUBS_LIMIT = 64 << 20
 """Sub-block digests are kept while they take at most this much (a device of 32 GiB, at 4 KiB
 sub-blocks): beyond, only chunk digests are, and a differing chunk costs a read of that chunk
 on the destination."""
-SAMPLE_FRACTION = 0.001
-SAMPLE_MIN = 64
-"""Each run re-reads this share of the cached chunks on the destination, at least this many
-(all of them if there are fewer), before the cache is believed."""
 SUFFIX = ".digests"
 
 DATA, ZERO, HOLE = 1, 2, 3
@@ -412,8 +408,6 @@ def forget(destinations: list[str], directory: Path | None = None) -> int:
 
 
 def sample(first: int, end: int, rng: random.Random | None = None) -> list[int]:
-    """The chunks of first..end-1 to re-read before trusting a cache: SAMPLE_FRACTION of
-    them, at least SAMPLE_MIN (all if fewer), at random, in order."""
-    total = end - first
-    count = min(total, max(SAMPLE_MIN, math.ceil(total * SAMPLE_FRACTION)))
-    return sorted((rng or random.SystemRandom()).sample(range(first, end), count))
+    """The chunks of first..end-1 to re-read before trusting a cache, at random, in order: as
+    many as a prior's sample (engine.prior: 0.1%, at least 64, all if fewer)."""
+    return sorted((rng or random.SystemRandom()).sample(range(first, end), sample_size(end - first)))

@@ -461,7 +461,7 @@ class SyncEngine:
             return None
         return Record(self._cache_layout())
 
-    def _sampled(self, transfer: Transfer) -> None:
+    def _cache_verdict(self, transfer: Transfer) -> None:
         """What the sample of the cache found (the transfer re-read it before comparing)."""
         wrong = transfer.sample_wrong
         if not transfer.cache_sampled:
@@ -552,7 +552,7 @@ class SyncEngine:
                 self._transfer.checkpoint_seconds = _checkpoint_seconds()
             self._transfer.run()  # against a cache: re-reads a sample of it before any write
             if cached is not None:
-                self._sampled(self._transfer)
+                self._cache_verdict(self._transfer)
             if not self.options.dry_run:
                 self.phase = "flushing"
                 flushed = [self._flush()]

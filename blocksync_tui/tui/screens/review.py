@@ -130,7 +130,8 @@ class ReviewScreen(Screen[None]):
         rows += [
             ("On the wire", human_bytes(r.wire_bytes)),
             ("Compared", "byte for byte, on one host"
-             if r.method == "direct" else f"{r.algorithm} digests, compression {r.compression}"),
+             if r.method == "direct" else f"{r.algorithm} digests, compression {r.compression}"
+             + (", the destination's from its digest cache (a sample of it read again)" if r.method == "cache" else "")),
             ("Time", (f"{r.seconds:.2f} s" if r.seconds < 60 else format_duration(r.seconds))
              + f" ({human_rate(r.size / max(r.seconds, 1e-9))})"),
         ]

@@ -55,7 +55,8 @@ class StatsPanel(Vertical):
         table.add_column(overflow="fold")
         rows = [
             ("Mode", ("dry run (writes nothing)" if p.dry_run else "sync")
-             + (", bytes compared on one host" if p.method == "direct" else "")),
+             + (", bytes compared on one host" if p.method == "direct" else "")
+             + (", the destination's digests from its cache" if p.method == "cache" else "")),
             ("Phase", Text(p.phase + ("  [paused]" if p.paused else ""))),
             ("Source", self.source),
             ("Destination", self.destination),
