@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from blocksync_tui.engine.chunkmap import ChunkView
+from blocksync_tui.engine.differences import Differences
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.layout import Layout
 from blocksync_tui.engine.options import SyncOptions
@@ -88,6 +89,12 @@ class Engine(Protocol):
     @property
     def cancelled(self) -> bool:
         """True once `cancel()` was called."""
+        ...
+
+    @property
+    def differences(self) -> Differences | None:
+        """Where the differing chunks differ, at sub-block granularity, as far as the run found
+        out (bounded: see engine.differences); None before a run."""
         ...
 
     def prepare(self) -> None:

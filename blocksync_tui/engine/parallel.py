@@ -23,6 +23,7 @@ from pathlib import Path
 from blocksync_tui.engine import chunkmap, digest_cache, resume
 from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.chunkmap import State
+from blocksync_tui.engine.differences import Differences
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, ProtocolError
 from blocksync_tui.engine.layout import Layout
@@ -288,6 +289,17 @@ class ParallelEngine:
             counts=self.chunk_map.counts(),
             paused=self._paused or any(p.paused for p in parts),
         )
+
+    @property
+    def differences(self) -> Differences | None:
+        """Every lane's record of where its chunks differ, as one (None before a run)."""
+        recorded = [lane.differences for lane in self.lanes if lane.differences is not None]
+        if not recorded:
+            return None
+        merged = Differences(self.options.chunk_size)
+        for part in recorded:
+            merged.merge(part)
+        return merged
 
     def report(self) -> Report:
         """The lanes' reports as one: sums, the first lane's settings, the shared map's states."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.chunkmap import ChunkMap, State
+from blocksync_tui.engine.differences import Differences
 from blocksync_tui.engine.connection import EOF_OP, Connection, Frame
 from blocksync_tui.engine import digest_cache
 from blocksync_tui.engine.digest_cache import DigestCache, Record
@@ -305,6 +306,8 @@ class Transfer:
         """The same differing bytes, per region of the device (the report's partitions)."""
         self.verify_digests: dict[int, bytes] = {}
         """With --verify only: the source digest of each chunk written (b"" for zeros)."""
+        self.differences = Differences(options.chunk_size)
+        """Where each differing chunk differs, as far as the run learns it (for owners)."""
         window_bytes = {"direct": PAIR_WINDOW_BYTES, "stream": STREAM_WINDOW_BYTES}.get(
             method, HASH_WINDOW_BYTES
         )
@@ -594,6 +597,7 @@ class Transfer:
             "algo": self.negotiated.algorithm,
             "write": not self.options.dry_run,
             "digests": self.options.verify,
+            "runs": True,
         }
         if self.record is not None:  # every chunk's digest, and the sub-digests, for the record
             request["keep"] = True
@@ -999,6 +1003,28 @@ class Transfer:
         self.bytes_differing += count
         offset, length = self.geometry.chunk(index)
         self.tally.add(offset, length, count, spans)
+        if spans is not None:  # where, for the owners of the differences
+            self.differences.add(index, [(start, start + n) for start, n in spans])
+        elif count == length:
+            self.differences.add(index, [(0, length)])
+
+    def _on_runs(self, frame: Frame) -> None:
+        """Where a chunk of a direct compare differs: it must be a chunk of a window in flight
+        whose entry is still due, with sorted runs inside the chunk."""
+        index, count = wire.RUNS_HEAD.unpack_from(frame.payload)
+        window = self.sides[frame.side].windows.get(frame.rid) if frame.side == DESTINATION else None
+        if window is None or not window.ahead(index):
+            raise self._protocol_error(frame, f"differing runs of chunk {index} nobody asked for")
+        _, length = self.geometry.chunk(index)
+        if count > wire.MAX_RUNS or len(frame.payload) != wire.RUNS_HEAD.size + count * wire.RUN_ITEM.size:
+            raise self._protocol_error(frame, "a list of runs of the wrong length")
+        runs = list(wire.RUN_ITEM.iter_unpack(frame.payload[wire.RUNS_HEAD.size :]))
+        end = 0
+        for start, stop in runs:
+            if not end <= start < stop <= length:
+                raise self._protocol_error(frame, f"runs outside chunk {index} or out of order")
+            end = stop
+        self.differences.add(index, runs)
 
     def _on_data(self, frame: Frame) -> None:
         """Check the source's pieces against our own geometry of the chunk asked for, then
@@ -1069,6 +1095,7 @@ class Transfer:
         wire.OP_DIGESTS: _on_digests,
         wire.OP_DONE: _on_done,
         wire.OP_PAIRED: _on_paired,
+        wire.OP_RUNS: _on_runs,
         wire.OP_SUBDIGESTS: _on_subdigests,
         wire.OP_DATA: _on_data,
         wire.OP_WRITTEN: _on_written,

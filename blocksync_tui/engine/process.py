@@ -22,6 +22,7 @@ from pathlib import Path
 
 from blocksync_tui.engine import errors
 from blocksync_tui.engine.chunkmap import ChunkMap, ChunkView, State
+from blocksync_tui.engine.differences import Differences
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, ProtocolError
 from blocksync_tui.engine.layout import Layout
@@ -197,6 +198,13 @@ class ProgressUpdate:
 
 
 @dataclass(frozen=True)
+class Recorded:
+    """Child -> parent, just before the outcome: where the differing chunks differ."""
+
+    differences: Differences
+
+
+@dataclass(frozen=True)
 class Finished:
     """Child -> parent, last: the run ended well."""
 
@@ -316,6 +324,8 @@ def _child_main() -> None:
     done.set()
     with send_lock:
         conn.send(ProgressUpdate(engine.progress()))
+        if engine.differences is not None:
+            conn.send(Recorded(engine.differences))
         report = engine.report()
         if not kind:
             conn.send(Finished(report))
@@ -378,6 +388,8 @@ class EngineProcess:
         self.writable: dict | None = None
         """With run(hold=True): what the child's Writable said, once it said it."""
         self._writable = threading.Event()
+        self.differences: Differences | None = None
+        """Where the differing chunks differ, once the child's run ended (see api.Engine)."""
 
     def prepare(self) -> None:
         """Start the engine's process and prepare there; raises what SyncEngine.prepare raises."""
@@ -431,10 +443,12 @@ class EngineProcess:
         self._running = True
         if self._paused:  # paused before the run began: it begins paused
             self._command(Pause())
-        while isinstance(message := self._receive(), (ProgressUpdate, Writable)):
+        while isinstance(message := self._receive(), (ProgressUpdate, Writable, Recorded)):
             if isinstance(message, Writable):
                 self.writable = message.expect
                 self._writable.set()
+            elif isinstance(message, Recorded):
+                self.differences = message.differences
             else:
                 self._progress = message.progress
         self.close()
@@ -450,7 +464,7 @@ class EngineProcess:
                 raise _rebuild(kind, text, None)
         raise ProtocolError(f"the engine's process sent {type(message).__name__} during a run")
 
-    def _receive(self) -> Prepared | PrepareFailed | ProgressUpdate | Outcome:
+    def _receive(self) -> Prepared | PrepareFailed | ProgressUpdate | Recorded | Outcome:
         assert self._conn is not None
         try:
             return self._conn.recv()

@@ -19,6 +19,7 @@ from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.chunkmap import ChunkMap, State
 from blocksync_tui.engine.connection import Connection, Frame
 from blocksync_tui.engine.digest_cache import CacheError, CacheLayout, DigestCache, Record
+from blocksync_tui.engine.differences import Differences
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, EndpointError, ProtocolError, RemoteError
 from blocksync_tui.engine.layout import Layout
@@ -204,6 +205,11 @@ class SyncEngine:
             paused=self._control.paused,
             method=self.method,
         )
+
+    @property
+    def differences(self) -> Differences | None:
+        """Where the differing chunks differ, as far as the run found out (None before a run)."""
+        return self._transfer.differences if self._transfer else None
 
     @property
     def destination_info(self) -> dict:

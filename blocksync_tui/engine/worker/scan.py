@@ -206,6 +206,13 @@ def spans(flags: "list[bool]") -> "list[tuple[int, int]]":
     return runs
 
 
+def pack_runs(index: int, runs: "list[tuple[int, int]]") -> bytes:
+    """An OP_RUNS payload: a chunk's differing runs, the last merged to the end past MAX_RUNS."""
+    if len(runs) > protocol.MAX_RUNS:
+        runs = runs[: protocol.MAX_RUNS - 1] + [(runs[protocol.MAX_RUNS - 1][0], runs[-1][1])]
+    return protocol.RUNS_HEAD.pack(index, len(runs)) + b"".join(protocol.RUN_ITEM.pack(*r) for r in runs)
+
+
 def send_entries(out, rid: int, op: int, first: int, entries, dsize: int, tails=None) -> None:
     """Send per-chunk entries (DIGESTS, PAIRED), from chunk `first` on, as they are made, in
     batches of at most BATCH_ENTRIES and at least every BATCH_SECONDS. `tails` (a list the
@@ -258,6 +265,7 @@ class Scanner:
         self.cache = cache
         self.writer = writer
         """A direct compare with `write` writes through it, so its byte count stays whole."""
+        self._runs: "list[tuple[int, int]]" = []
 
     def hash_chunks(self, rid: int, req: dict) -> None:
         """Stream the digests of chunk ranges, in order, in batches; then DONE.
@@ -342,6 +350,7 @@ class Scanner:
         bufs = (bytearray(piece_size), bytearray(piece_size))
 
         # Holes on both sides are equal without a read: a sparse pair costs its data only.
+        runs_wanted = bool(req.get("runs"))
         holes = (HoleFinder(peer.scan_fd, not peer.is_block), HoleFinder(target.scan_fd, not target.is_block))
         both_holes = protocol.PAIRED_ITEM.pack(protocol.PAIR_HOLE, protocol.FLAG_HOLE, 0) + bytes(dsize)
 
@@ -350,8 +359,10 @@ class Scanner:
             length = min(chunk_size, size - offset)
             if holes[0].covers(offset, length) and holes[1].covers(offset, length):
                 return both_holes
-            ends = (peer, target)
-            return self._pair_chunk(rid, ends, index, offset, length, bufs, sub, write, make_hash, dsize, sub_fn, tails)
+            entry = self._pair_chunk(rid, (peer, target), index, offset, length, bufs, sub, write, make_hash, dsize, sub_fn, tails)
+            if runs_wanted and self._runs:  # where it differs, before its entry: for owners
+                self.out.send(protocol.OP_RUNS, rid, pack_runs(index, self._runs))
+            return entry
 
         for first, count in req["ranges"]:
             chunks = map(compare, range(first, first + count))
@@ -365,6 +376,7 @@ class Scanner:
         zero = True
         runs: "list[tuple[int, int]]" = []
         subs: "list[bytes]" = []
+        self._runs = runs  # what `pair` sends in OP_RUNS; empty for a failed chunk
         sources = pieces(peer.scan_fd, offset, length, bufs[0], peer.path)
         destinations = pieces(target.scan_fd, offset, length, bufs[1], target.path)
         pos = 0
@@ -389,6 +401,7 @@ class Scanner:
                     runs.extend(piece_runs)
                 pos += len(src)
         except OSError as exc:
+            self._runs = []
             text = os_error_text(exc, exc.filename or target.path)
             self.out.error(rid, text, chunk=index, code=exc.errno or 0)
             return protocol.PAIRED_ITEM.pack(protocol.PAIR_ERROR, protocol.FLAG_ERROR, 0) + bytes(dsize)
