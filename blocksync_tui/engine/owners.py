@@ -14,7 +14,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.connection import Connection, Frame
+from blocksync_tui.engine.differences import differing_ranges
 from blocksync_tui.engine.e2fs_text import FsLayout, parse_dumpe2fs, parse_icheck, parse_ncheck
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError
@@ -374,6 +376,35 @@ def find_owners(
     owners.sort(key=lambda o: (-o.bytes, o.name))
     return Owners(side, tuple(owners), total, time.monotonic() - started, notes=tuple(notes_out),
                   regions=tuple(regions))
+
+
+def owners_after(
+    engine: Engine,
+    side: str = "source",
+    factory: TransportFactory = local_only,
+    regions: Sequence[FsRegion] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Owners:
+    """The owners, on one side, of what a finished run of `engine` found differing.
+
+    Args:
+        engine: A compare or sync that has run (its chunk map and its `differences`).
+        side: "source" or "destination": whose file systems name the bytes.
+        factory: How to reach that side's host (the run's SSH options).
+        regions: Its file systems; by default the whole device is taken for one.
+        timeout: Seconds for the whole lookup.
+    """
+    chunk_size = engine.options.chunk_size
+    ranges, whole, cut = differing_ranges(engine.chunk_map, engine.differences, chunk_size, engine.size)
+    notes = []
+    if whole:
+        notes.append(f"{whole:,} differing chunks are known only whole: all they hold is counted")
+    if cut:
+        notes.append(f"only the first {len(ranges):,} differing ranges were looked up")
+    endpoint = engine.source if side == "source" else engine.destination
+    if regions is None:
+        regions = [FsRegion(0, engine.size)]
+    return find_owners(endpoint, ranges, chunk_size, regions, side, factory, timeout, notes)
 
 
 def _owner(key: tuple, tally: _Tally) -> Owner:
