@@ -27,6 +27,7 @@ from blocksync_tui.engine.parallel import engine_for
 from blocksync_tui.engine.units import parse_size, size_text
 
 if TYPE_CHECKING:
+    from blocksync_tui.engine.owners import Owners
     from blocksync_tui.tui.app import BlocksyncApp
 
 EXIT_OK = 0
@@ -127,6 +128,15 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                        "spare reading it; then keep a fresh cache")
     cache.add_argument("--forget", dest="cache", action="store_const", const="forget",
                        help="remove the destination's digest cache, and keep none after this run")
+    parser.add_argument("--owners", nargs="?", const="source", choices=["source", "destination", "both"],
+                        help="after the run, name the files and ext2/3/4 structures that own the "
+                        "differing bytes, on the source (default), the destination or both, with "
+                        "e2fsprogs on that side's host; listed after the summary and in --json")
+    parser.add_argument("--fs-offset", action="append", default=[], metavar="OFFSET",
+                        help="with --owners: a file system starts at this byte offset (a "
+                        "partition; may be repeated); by default the whole device is one")
+    parser.add_argument("--owners-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="with --owners: give up the lookup after this long (default 60)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true",
                         help=f"print the traceback of an error (or set {DEBUG_ENV}=1)")
@@ -406,12 +416,13 @@ class _Signals:
 
 def run_headless(args: argparse.Namespace, signals: _Signals | None = None) -> int:
     """Run `sync` or `compare` with a progress bar; return the exit status."""
-    from blocksync_tui.progress import ProgressDisplay
+    from blocksync_tui.progress import ProgressDisplay, owners_lines
 
     signals = signals or _Signals()
     if args.command == "forget":
         return _forget(args.destination)
     dry_run = args.command == "compare"
+    _fs_offsets(args)  # a bad one is refused before anything runs
     options = SyncOptions(
         chunk_size=args.chunk_size,
         algorithm=args.algorithm,
@@ -443,8 +454,10 @@ def run_headless(args: argparse.Namespace, signals: _Signals | None = None) -> i
     display = ProgressDisplay(enabled=not args.quiet and sys.stderr.isatty())
     signals.running(dry_run)
     outcome = _run(engine, display, signals)
+    owners = _owners(engine, args, signals) if args.owners and not isinstance(outcome, BaseException) else []
     signals.quiet()
     report = engine.report()
+    report.owners = [o.to_dict() for o in owners]
     if isinstance(outcome, Cancelled):
         report.outcome, report.message = "cancelled", str(outcome)
     elif isinstance(outcome, BaseException):
@@ -465,7 +478,11 @@ def run_headless(args: argparse.Namespace, signals: _Signals | None = None) -> i
         if warning not in told:
             _say(f"blocksync-tui: warning: {warning}")
     # With the report on stdout, the summary goes to stderr: stdout stays valid JSON.
-    (_say if args.json == "-" else _out)(display.summary(report))
+    show = _say if args.json == "-" else _out
+    show(display.summary(report))
+    for side in owners:
+        for line in owners_lines(side):
+            show(line)
     for error in report.errors[:20]:
         _say(f"blocksync-tui: error: {error}")
     if report.errors:
@@ -507,6 +524,51 @@ def _run(engine: Engine, display: Any, signals: _Signals) -> Report | BaseExcept
             display.update(engine.progress(), cancelling=engine.cancelled)
         display.update(engine.progress())
     return result[0]
+
+
+def _fs_offsets(args: argparse.Namespace) -> list[int]:
+    """The --fs-offset values, in bytes, sorted.
+
+    Raises:
+        UsageError: one is not a size.
+    """
+    try:
+        return sorted({parse_size(text) for text in args.fs_offset})
+    except ValueError as exc:
+        raise UsageError(f"--fs-offset: {exc}") from None
+
+
+def _owners(engine: Engine, args: argparse.Namespace, signals: _Signals) -> list[Owners]:
+    """Look up the owners of the differing bytes on the sides asked for, in a thread: a first
+    signal skips the lookup (the run's outcome stands), as a second would stop at once."""
+    from blocksync_tui.engine.owners import FsRegion, owners_after
+    from blocksync_tui.engine.transports import transport_factory
+
+    offsets = _fs_offsets(args)
+    regions = None
+    if offsets:
+        ends = offsets[1:] + [engine.size]
+        named = len(offsets) > 1
+        regions = [FsRegion(start, max(0, end - start), name=f"@{start:#x}" if named else "")
+                   for start, end in zip(offsets, ends)]
+    sides = ["source", "destination"] if args.owners == "both" else [args.owners]
+    found: list[Owners] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            for side in sides:
+                found.append(owners_after(engine, side, transport_factory(_ssh_options(args)),
+                                          regions, args.owners_timeout))
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="owners", daemon=True).start()
+    while not done.wait(0.1):
+        if signals.cancel_requested:
+            _say(f"blocksync-tui: {signals.name}: the owners lookup was skipped")
+            return []
+    return found
 
 
 def _save(report: Report, path: str) -> None:

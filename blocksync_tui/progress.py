@@ -6,6 +6,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from blocksync_tui.engine.chunkmap import State
+from blocksync_tui.engine.owners import FREE, UNATTRIBUTED, Owners
 from blocksync_tui.engine.report import Progress as EngineProgress
 from blocksync_tui.engine.report import Report
 from blocksync_tui.engine.units import human_bytes, human_rate, rate
@@ -98,3 +99,25 @@ class ProgressDisplay:
         if report.verified is not None:
             text += "; verified" if report.verified else "; VERIFY FAILED"
         return text
+
+
+OWNERS_SHOWN = 20
+"""Owners listed after the summary; the JSON report holds up to a thousand."""
+
+
+def owners_lines(owners: Owners, limit: int = OWNERS_SHOWN) -> list[str]:
+    """The owners of one side's differing bytes, largest first, as `du` lists sizes."""
+    where = f"owners of the differing bytes on the {owners.side}"
+    if owners.unavailable:
+        return [f"{where}: unavailable: {owners.unavailable}"]
+    share = f"{100 * owners.fraction:.1f}%" if owners.bytes_total else "all"
+    lines = [f"{where} ({human_bytes(owners.bytes_total)}, {share} attributed to files and "
+             f"structures, {human_bytes(owners.bytes_of(FREE))} free space, "
+             f"{human_bytes(owners.bytes_of(UNATTRIBUTED))} unattributed; {owners.seconds:.2f} s):"]
+    for owner in owners.owners[:limit]:
+        chunks = f"{owner.chunks:,} chunk" + ("s" if owner.chunks != 1 else "")
+        lines.append(f"{human_bytes(owner.bytes):>11}  {owner.label}  [{owner.kind}, {chunks}]")
+    if len(owners.owners) > limit:
+        lines.append(f"{'':>11}  ... {len(owners.owners) - limit:,} more (all in --json)")
+    lines += [f"{'':>11}  note: {note}" for note in owners.notes]
+    return lines

@@ -4,6 +4,7 @@ worker; a GPT image with the file system in partition 2; the bounds and the host
 
 from __future__ import annotations
 
+import json
 import queue
 import shutil
 import time
@@ -283,3 +284,30 @@ def test_differences_are_bounded_and_whole_chunks_said(monkeypatch) -> None:
     ranges, whole, cut = differing_ranges(chunk_map, record, 1 << 16, 4 << 16)
     assert ranges == [(0, 8192), (12288, 4096), (65536, 8192), (77824, 4096), (131072, 65536)]
     assert whole == 1 and not cut
+
+
+def test_compare_owners_on_the_command_line(tmp_path: Path, capsys) -> None:
+    """`compare --owners` lists them after the summary, largest first, and in the JSON report;
+    a run without it has an empty list; the exit status is the compare's."""
+    from blocksync_tui.cli import main
+
+    case = _migration(tmp_path, 64 * MIB)
+    report_path = tmp_path / "r.json"
+    argv = ["compare", str(case["new"]), str(case["old"]), "-q", "--json", str(report_path)]
+    assert main([*argv, "--owners", "both"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("differs:")
+    assert out[1].startswith("owners of the differing bytes on the source (") and "attributed" in out[1]
+    assert "/home/user/alpha.bin  [file, " in out[2]
+    assert any(line.startswith("owners of the differing bytes on the destination") for line in out)
+    report = json.loads(report_path.read_text())
+    source, destination = report["owners"]
+    assert (source["side"], destination["side"]) == ("source", "destination")
+    assert source["attributed_bytes"] + source["free_bytes"] + source["unattributed_bytes"] == source["bytes"]
+    assert {o["name"] for o in source["owners"]} >= set(case["rewritten"])
+    assert main(argv) == 1
+    assert json.loads(report_path.read_text())["owners"] == []
+    assert main([*argv, "--owners", "--fs-offset", "64M"]) == 1  # past every difference
+    assert "unattributed" in capsys.readouterr().out
+    assert main([*argv, "--owners", "--fs-offset", "sixty"]) == 2
+    assert "--fs-offset: 'sixty' is not a size" in capsys.readouterr().err

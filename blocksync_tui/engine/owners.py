@@ -304,7 +304,8 @@ def _inode_key(inode: int | None, layout: FsLayout, names: dict[int, list[str]],
     if inode is None:
         return (UNATTRIBUTED,)
     if inode in names:
-        return (FILE, names[inode][0], inode, prefix, tuple(names[inode]))
+        links = tuple(names[inode]) if len(names[inode]) > 1 else ()
+        return (FILE, names[inode][0], inode, prefix, links)
     if inode == 2:
         return (FILE, "/", 2, prefix)
     if inode in layout.special:
@@ -365,7 +366,8 @@ def find_owners(
         if conn is not None:
             conn.close()
     if reasons and not covered:
-        reason = reasons[0] if reasons[0] != "timed out" else f"timed out after {timeout:g} s"
+        said = [f"timed out after {timeout:g} s" if r == "timed out" else r for r in reasons]
+        reason = "; ".join(dict.fromkeys(said))
         return Owners(side, bytes_total=total, seconds=time.monotonic() - started, unavailable=reason,
                       notes=tuple(notes_out), regions=tuple(regions))
     notes_out += [f"not looked at: {reason}" for reason in reasons]

@@ -144,6 +144,9 @@ class Report:
     """Differing bytes and chunks per partition of the destination's layout (else the
     source's), the unpartitioned gaps named "unpartitioned" (engine.regions.DiffTally.rows);
     empty when neither layout was read."""
+    owners: list[dict] = field(default_factory=list)
+    """What owns the differing bytes, one entry per side looked up (`owners.Owners.to_dict`):
+    filled in after the run by whoever asked (`--owners`, the review screen)."""
 
     @classmethod
     def runs_of(cls, chunk_map: ChunkView, chunk_size: int, size: int) -> tuple[int, list[dict]]:
