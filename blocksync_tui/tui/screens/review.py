@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from rich.table import Table
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
 from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.mapfile import ddrescue_map
+from blocksync_tui.engine.owners import Owners, owners_after
 from blocksync_tui.engine.regions import report_layout
 from blocksync_tui.engine.report import Report
+from blocksync_tui.engine.transports import transport_factory
 from blocksync_tui.engine.units import format_duration, human_bytes, human_rate
 from blocksync_tui.tui.map_svg import map_svg
 from blocksync_tui.tui.messages import SyncRequested
 from blocksync_tui.tui.request import RunRequest
 from blocksync_tui.tui.widgets.block_map import BlockMap
 from blocksync_tui.tui.widgets.block_map_legend import BlockMapLegend
+from blocksync_tui.tui.widgets.owners_panel import OwnersPanel
 
 _TITLES = {
     "identical": "Identical: nothing to do",
@@ -56,13 +61,28 @@ class ReviewScreen(Screen[None]):
         Binding("ctrl+s", "sync", "Sync…", id="review-sync", tooltip="Write what differs (asks first)"),
         Binding("ctrl+e", "export", "Export", id="export", tooltip="Save the report (JSON), the map (SVG) and a ddrescue mapfile"),
         Binding("escape", "back", "Back", id="back", tooltip="Back to the setup screen"),
+        Binding("o", "owners_side", "Owners: other side", id="owners-side",
+                tooltip="List the owners of the differing bytes on the other side"),
     ]
+
+    OWNERS_TIMEOUT = 60.0
+    """Seconds the owners lookup of one side may take."""
+
+    @dataclass
+    class OwnersFound(Message):
+        """The background lookup of one side's owners ended (maybe saying why there are none)."""
+
+        owners: Owners
 
     def __init__(self, engine: Engine, report: Report, request: RunRequest) -> None:
         super().__init__()
         self.engine = engine
         self.report = report
         self.request = request
+        self.owners: dict[str, Owners] = {}
+        """The owners found so far, by side."""
+        self.owners_side = "source"
+        """The side whose owners are listed."""
 
     def compose(self) -> ComposeResult:
         report = self.report
@@ -87,6 +107,8 @@ class ReviewScreen(Screen[None]):
                     table.add_row(f"{run['offset']:#x}", human_bytes(run["length"]), f"{run['chunks']:,}",
                                   key=str(run["first_chunk"]))
                 yield table
+                yield Static("", id="run-owners")
+                yield OwnersPanel(id="owners")
         with Horizontal(id="actions"):
             can_sync = report.mode == "compare" and report.outcome == "differs"
             yield Button("Sync…", id="sync", variant="error", disabled=not can_sync)
@@ -145,6 +167,13 @@ class ReviewScreen(Screen[None]):
             table.add_row(name, value if isinstance(value, Text) else Text(value))
         return table
 
+    def on_mount(self) -> None:
+        panel = self.query_one(OwnersPanel)
+        if self.report.chunks_differing:  # once the panel's own widgets are there
+            self.call_after_refresh(self._look_up, self.owners_side)
+        else:
+            panel.display = False
+
     @on(DataTable.RowHighlighted, "#runs")
     def _run_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key.value is None:
@@ -152,6 +181,71 @@ class ReviewScreen(Screen[None]):
         first = int(event.row_key.value)
         run = next(r for r in self.report.largest_runs if r["first_chunk"] == first)
         self.query_one(BlockMap).zoom_to(first, run["chunks"])
+        self._selected_run = (first, run["chunks"])
+        self._name_run_owners()
+
+    _selected_run: tuple[int, int] | None = None
+
+    def _name_run_owners(self) -> None:
+        """Say, under the runs, what owns the selected run (on the side listed)."""
+        if self._selected_run is None:
+            return
+        owners = self.owners.get(self.owners_side)
+        line = self.query_one("#run-owners", Static)
+        if owners is None or owners.unavailable:
+            line.update("")
+            return
+        found = owners.of_run(*self._selected_run)
+        names = ", ".join(f"{o.label} ({human_bytes(o.bytes)})" for o in found[:4])
+        more = f" and {len(found) - 4:,} more" if len(found) > 4 else ""
+        line.update(Text(f"In this run: {names}{more}" if found else "In this run: nothing named"))
+
+    # -- owners
+
+    def _look_up(self, side: str) -> None:
+        self.query_one(OwnersPanel).loading(side)
+        self.find_owners(side)
+
+    @work(thread=True, group="owners", exclusive=True, exit_on_error=False, description="Finding owners")
+    def find_owners(self, side: str) -> None:
+        """Ask that side's worker for the owners (blocking, bounded in time: in a thread)."""
+        try:
+            found = owners_after(self.engine, side, transport_factory(self.request.ssh),
+                                 timeout=self.OWNERS_TIMEOUT)
+        except Exception as exc:  # a row that says so, never a traceback over the screen
+            found = Owners(side, unavailable=f"unexpected error: {type(exc).__name__}: {exc}")
+        self.post_message(self.OwnersFound(found))
+
+    @on(OwnersFound)
+    def _owners_found(self, message: OwnersFound) -> None:
+        owners = message.owners
+        self.owners[owners.side] = owners
+        self.report.owners = [self.owners[side].to_dict() for side in ("source", "destination")
+                              if side in self.owners]
+        if owners.side == self.owners_side:
+            self.query_one(OwnersPanel).show(owners)
+            self._name_run_owners()
+
+    @on(OwnersPanel.Selected)
+    def _owner_selected(self, message: OwnersPanel.Selected) -> None:
+        block_map = self.query_one(BlockMap)
+        owner = message.owner
+        block_map.set_spotlight(owner.runs if owner else None)
+        if owner is not None:
+            chunks = f"{owner.chunks:,} chunk" + ("s" if owner.chunks != 1 else "")
+            self.query_one("#cell-info", Static).update(
+                Text(f"{owner.label}: {human_bytes(owner.bytes)} differ in {chunks}, highlighted"))
+
+    def action_owners_side(self) -> None:
+        """List the owners on the other side (looked up the first time)."""
+        if not self.report.chunks_differing:
+            return
+        self.owners_side = "destination" if self.owners_side == "source" else "source"
+        if self.owners_side in self.owners:
+            self.query_one(OwnersPanel).show(self.owners[self.owners_side])
+            self._name_run_owners()
+        else:
+            self._look_up(self.owners_side)
 
     @on(BlockMap.CellHighlighted)
     def _cell(self, message: BlockMap.CellHighlighted) -> None:

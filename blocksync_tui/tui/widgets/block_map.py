@@ -25,6 +25,7 @@ from blocksync_tui.tui.widgets.block_cells import (
     cell_scale,
     describe_range,
 )
+from blocksync_tui.tui.widgets.block_marks import DIM, mark_cells, paint_marked
 
 StripKey = tuple[int, int, int, int, int, int, int, int]
 """(line, line stamp, width, first chunk, last chunk, chunks per cell, cells per chunk, cursor
@@ -178,6 +179,11 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         self._line_stamps: list[int] = []
         self._strip_cache: LRUCache[StripKey, Strip] = LRUCache(1024)
         self._painter: LinePainter | None = None
+        self._dim_painter: LinePainter | None = None
+        self._palettes: tuple | None = None
+        self._spotlight: tuple[tuple[int, int], ...] = ()
+        self._spotlit: bytearray | None = None
+        """Per cell, 1 where a marked chunk shows (None: no marks, nothing dimmed)."""
         self._highlighted: tuple[int, bool] | None = None
         self._hover: int | None = None
         self._timer: Timer | None = None
@@ -298,6 +304,24 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         where = self.disk_layout.describe_at(start) if self.disk_layout else ""
         return f"{where} · {text}" if where else text
 
+    @property
+    def spotlight(self) -> tuple[tuple[int, int], ...]:
+        """The chunks in the spotlight, as (first, count) runs."""
+        return self._spotlight
+
+    def set_spotlight(self, runs: tuple[tuple[int, int], ...] | None) -> None:
+        """Show the cells of these chunk runs in their colours and dim every other cell (the
+        chunks of one owner, say); None or () shows the whole map as usual again.
+
+        Args:
+            runs: (first chunk, count) runs.
+        """
+        self._spotlight = tuple(runs or ())
+        self._spotlit = mark_cells(self._layout, self._spotlight) if self._spotlight else None
+        self._stamp += 1
+        self._line_stamps = [self._stamp] * len(self._line_stamps)
+        self.refresh()
+
     def state_color(self, state: int) -> Color:
         """The colour of a cell in `state` (from the component classes), e.g. for a legend."""
         return self._state_colors()[state]
@@ -394,6 +418,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         """Forget colours and strips: the theme or the CSS changed."""
         super().notify_style_update()
         self._painter = None
+        self._dim_painter = None
         self._strip_cache.clear()
 
     def on_click(self, event: events.Click) -> None:
@@ -452,9 +477,23 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         if strip is None:
             first = 2 * line * layout.width  # marks only change with a rebuild, which restamps
             marks = {c - first: m for c, m in self._marks.items() if first <= c < first + 2 * layout.width}
-            strip = Strip(self._get_painter().paint(layout, line, cursor, marks), layout.width)
+            strip = Strip(self._paint(layout, line, cursor, marks), layout.width)
             self._strip_cache.set(key, strip)
         return strip
+
+    def _paint(self, layout: CellLayout, line: int, cursor: int, marks: dict[int, str]) -> list:
+        """One line's segments: as usual, or, with a spotlight, dimmed but for the cells in it
+        (which are painted per column, without the partitions' numbers)."""
+        marked = self._spotlit
+        if marked is None:
+            return self._get_painter().paint(layout, line, cursor, marks)
+        painter = self._get_painter()
+        row = 2 * line * layout.width
+        if b"\1" not in marked[row : row + 2 * layout.width]:
+            assert self._dim_painter is not None
+            return self._dim_painter.paint(layout, line, cursor, marks)
+        assert self._palettes is not None
+        return paint_marked(layout, line, cursor, marked, self._palettes)
 
     def _state_colors(self) -> list[Color]:
         """Colours by cell state value; EMPTY is the widget background."""
@@ -474,11 +513,13 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
             tint_color = cursor.bgcolor or cursor.color
             tint = colors[EMPTY] if tint_color is None else Color.from_rich_color(tint_color)
             mark = self.get_component_rich_style("block-map--mark").color
-            self._painter = LinePainter(
-                [color.rich_color for color in colors],
-                [color.blend(tint, _CURSOR_BLEND).rich_color for color in colors],
-                mark,
-            )
+            cursor_colors = [color.blend(tint, _CURSOR_BLEND) for color in colors]
+            dim = [color.blend(colors[EMPTY], DIM) for color in colors]
+            dim_cursor = [color.blend(tint, _CURSOR_BLEND) for color in dim]
+            rich = [[color.rich_color for color in palette] for palette in (colors, cursor_colors, dim, dim_cursor)]
+            self._painter = LinePainter(rich[0], rich[1], mark)
+            self._dim_painter = LinePainter(rich[2], rich[3], mark)
+            self._palettes = tuple(rich)
         return self._painter
 
     # -- internals -------------------------------------------------------------------------
@@ -504,6 +545,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
                 layout = CellLayout.build(*args, self._cursor - (layout.last - layout.first) // 2)
         self._layout = layout
         self._marks = self._partition_marks(layout)
+        self._spotlit = mark_cells(layout, self._spotlight) if self._spotlight else None
         self._first = layout.first
         if layout.used and self._cursor < layout.first:
             self._cursor = layout.first
