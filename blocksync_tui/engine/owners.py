@@ -405,8 +405,32 @@ def owners_after(
         notes.append(f"only the first {len(ranges):,} differing ranges were looked up")
     endpoint = engine.source if side == "source" else engine.destination
     if regions is None:
-        regions = [FsRegion(0, engine.size)]
+        # The side's partition table, once the engine reads one (its `source_layout` and
+        # `destination_layout`); until then the whole device is taken for one file system.
+        regions = regions_of(getattr(engine, f"{side}_layout", None), engine.size)
+    if not regions:
+        return Owners(side, bytes_total=sum(n for _, n in ranges), unavailable="no ext2/3/4 file system in its partitions")
     return find_owners(endpoint, ranges, chunk_size, regions, side, factory, timeout, notes)
+
+
+EXT_TYPES = ("ext2", "ext3", "ext4")
+
+
+def regions_of(layout: object | None, size: int) -> list[FsRegion]:
+    """The ext2/3/4 file systems a side's layout shows (its partitions, by start, length,
+    file-system type and label "p2"; or one on the whole device); without a layout, the whole
+    device, for e2fsprogs to tell."""
+    if layout is None:
+        return [FsRegion(0, size)]
+    partitions = getattr(layout, "partitions", ())
+    found = [FsRegion(p.start, p.length, p.fs.type, p.label) for p in partitions
+             if p.fs is not None and p.fs.type in EXT_TYPES]
+    whole = getattr(layout, "fs", None)
+    if not found and whole is not None and whole.type in EXT_TYPES:
+        found = [FsRegion(0, size, whole.type)]
+    if not found and not partitions and whole is None:
+        found = [FsRegion(0, size)]  # nothing recognised: let e2fsprogs say
+    return found
 
 
 def _owner(key: tuple, tally: _Tally) -> Owner:
