@@ -154,8 +154,11 @@ def test_a_gpt_image_with_the_file_system_in_partition_2(tmp_path: Path) -> None
     assert all(o.region == "p2" for o in owners.owners if o.kind != UNATTRIBUTED)
     # The file system's own offsets: its superblock was changed (free counts), named in p2.
     assert "p2: superblock" in labels
-    # The whole disk taken for one file system: not ext4 at offset 0, said as such.
-    whole = owners_after(engine, "source")
+    # By default the side's own partition table says where its ext4 is: the same owners.
+    found = owners_after(engine, "source")
+    assert {o.label for o in found.owners} == labels and found.regions[0].name == "p2"
+    # Told the whole disk is one file system: not ext4 at offset 0, said as such.
+    whole = owners_after(engine, "source", regions=[FsRegion(0, engine.size)])
     assert whole.unavailable == "not an ext2/3/4 file system" and not whole.owners
 
 

@@ -1,9 +1,5 @@
-"""Provides run: e2fsprogs' dumpe2fs or debugfs (icheck, ncheck) on an ext2/3/4 file system at
-an offset of a file or device, read-only, bounded in time and output; the controller parses.
-
-The tool and command come from a fixed table and the arguments are integers; the file is
-opened here and given as /dev/fd/N, so a path is never an option or a "?options" suffix.
-"""
+"""Provides run: dumpe2fs or debugfs icheck/ncheck, read-only, bounded (the controller parses).
+Fixed commands, integer arguments; the file goes as /dev/fd/N, never as a path to parse."""
 
 from __future__ import annotations
 
@@ -19,15 +15,13 @@ from .output import WorkerError
 
 TOOLS = {"layout": "dumpe2fs", "icheck": "debugfs", "ncheck": "debugfs"}
 MAX_ARGS = 65536
-PER_RUN = 8000
-"""Numbers per debugfs -R: far below the kernel's 128 KiB limit on one argument."""
+PER_RUN = 8000  # numbers per -R (one argument: 128 KiB at most)
 MAX_OUTPUT = 16 << 20
 PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
 
 def run(req: dict) -> dict:
-    """What the command printed ("output", cut at MAX_OUTPUT: "truncated"), "status",
-    "stderr"'s tail and "timed_out"; or "missing": the tool's name."""
+    """output, truncated, status, stderr, timed_out; or missing: the tool's name."""
     cmd, offset, args = req["cmd"], int(req["offset"]), [int(a) for a in req.get("args", ())]
     deadline = time.monotonic() + min(float(req.get("timeout", 60)), 300.0)
     if cmd not in TOOLS or offset < 0 or len(args) > MAX_ARGS or not all(0 <= a < 1 << 64 for a in args):
@@ -56,7 +50,7 @@ def run(req: dict) -> dict:
 
 
 def _bounded(argv: "list[str]", fd: int, deadline: float) -> dict:
-    """Run argv with `fd`, reading at most MAX_OUTPUT until `deadline`, then kill its group."""
+    """Run argv; read MAX_OUTPUT at most until `deadline`, then kill its group."""
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             pass_fds=(fd,), env={"PATH": PATH, "LC_ALL": "C"}, start_new_session=True)
     out, err = proc.stdout.fileno(), proc.stderr.fileno()
@@ -74,10 +68,7 @@ def _bounded(argv: "list[str]", fd: int, deadline: float) -> dict:
             got[f] += data
             del got[err][:-2048]
     if reading:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
     proc.stderr.close()

@@ -46,9 +46,7 @@ OP_EXIT = 10
 OP_PAIR = 11
 OP_STREAM = 12
 OP_LAYOUT = 13
-OP_E2FS = 14
-"""Run e2fsprogs' dumpe2fs or debugfs (icheck, ncheck) read-only on an ext2/3/4 file system
-(worker/e2fs.py): to name what owns differing blocks."""
+OP_E2FS = 14  # dumpe2fs, debugfs icheck/ncheck (worker/e2fs.py)
 # Replies (worker -> controller).
 OP_REPLY = 64
 OP_DIGESTS = 65
@@ -58,8 +56,7 @@ OP_WRITTEN = 68
 OP_ERROR = 69
 OP_DONE = 70
 OP_PAIRED = 71
-OP_RUNS = 72
-"""Where a differing chunk of a direct compare differs: RUNS_HEAD, then RUN_ITEM per run."""
+OP_RUNS = 72  # where a chunk of a direct compare differs
 
 OP_NAMES = {v: k[3:] for k, v in list(globals().items()) if k.startswith("OP_") and k != "OP_NAMES"}
 
@@ -105,8 +102,7 @@ ACK_ITEM = struct.Struct("!QB")  # chunk index, status (ACK_OK, else errno)
 ACK_OK = 0
 RUNS_HEAD = struct.Struct("!QH")  # chunk index, number of runs
 RUN_ITEM = struct.Struct("!II")  # start, end: bytes of the chunk that differ
-MAX_RUNS = 1024
-"""A chunk's differing runs beyond this many are sent as one run to its end."""
+MAX_RUNS = 1024  # more: the last goes to the end
 PAIRED_ITEM = struct.Struct("!BBI")  # outcome, source FLAG_DATA/ZERO, bytes differing; digest
 
 FATAL_ERRNOS = frozenset(

@@ -207,7 +207,6 @@ def spans(flags: "list[bool]") -> "list[tuple[int, int]]":
 
 
 def pack_runs(index: int, runs: "list[tuple[int, int]]") -> bytes:
-    """An OP_RUNS payload: a chunk's differing runs, the last merged to the end past MAX_RUNS."""
     if len(runs) > protocol.MAX_RUNS:
         runs = runs[: protocol.MAX_RUNS - 1] + [(runs[protocol.MAX_RUNS - 1][0], runs[-1][1])]
     return protocol.RUNS_HEAD.pack(index, len(runs)) + b"".join(protocol.RUN_ITEM.pack(*r) for r in runs)
@@ -360,7 +359,7 @@ class Scanner:
             if holes[0].covers(offset, length) and holes[1].covers(offset, length):
                 return both_holes
             entry = self._pair_chunk(rid, (peer, target), index, offset, length, bufs, sub, write, make_hash, dsize, sub_fn, tails)
-            if runs_wanted and self._runs:  # where it differs, before its entry: for owners
+            if runs_wanted and self._runs:
                 self.out.send(protocol.OP_RUNS, rid, pack_runs(index, self._runs))
             return entry
 
@@ -376,7 +375,7 @@ class Scanner:
         zero = True
         runs: "list[tuple[int, int]]" = []
         subs: "list[bytes]" = []
-        self._runs = runs  # what `pair` sends in OP_RUNS; empty for a failed chunk
+        self._runs = runs
         sources = pieces(peer.scan_fd, offset, length, bufs[0], peer.path)
         destinations = pieces(target.scan_fd, offset, length, bufs[1], target.path)
         pos = 0

@@ -91,7 +91,7 @@ class Worker:
             self.scan_queue.put((self.scanner.hash_chunks, rid, protocol.decode_json(payload)))
         elif op == protocol.OP_PAIR:
             self.scan_queue.put((self.scanner.pair, rid, protocol.decode_json(payload)))
-        elif op == protocol.OP_E2FS:  # seconds of an external tool: not on the request loop
+        elif op == protocol.OP_E2FS:
             self.scan_queue.put((self._e2fs, rid, protocol.decode_json(payload)))
         elif op == protocol.OP_STREAM:
             self.scan_queue.put((self.streamer.stream, rid, protocol.decode_json(payload)))
