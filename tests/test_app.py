@@ -132,6 +132,42 @@ async def test_paths_with_brackets_are_shown_as_they_are(tmp_path: Path) -> None
         assert dst.read_bytes() == src.read_bytes()
 
 
+async def test_brackets_in_user_strings_everywhere_else(tmp_path: Path) -> None:
+    """The run screen's figures, an error beside a field and the device table show "[v1]" too."""
+    from blocksync_tui.engine.endpoint import Endpoint
+    from blocksync_tui.engine.inventory import Device
+    from blocksync_tui.engine.sync import SyncEngine, SyncOptions
+
+    src, dst = _pair(tmp_path)
+    src = src.rename(tmp_path / "disk[v1].img")
+    dst = dst.rename(tmp_path / "copy[b].img")
+    app = BlocksyncApp(RunRequest(str(tmp_path / "gone[v2].img"), str(dst)), list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+d")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        await pilot.press("enter")
+        panel = app.screen.query_one("#source", EndpointPanel)
+        assert "gone[v2].img" in str(panel.query_one("#source-error").render())
+        panel.show_devices([Device("/dev/loop7", 1 << 20, "loop: /srv/vm[web].img", mounted=("/mnt/[x]",))])
+        table = panel.query_one("#source-devices")
+        assert [str(cell) for cell in table.get_row("/dev/loop7")] == [
+            "/dev/loop7", "1.0 MiB", "/mnt/[x]", "loop: /srv/vm[web].img"]
+
+        engine = SyncEngine(Endpoint(str(src)), Endpoint(str(dst)), SyncOptions(dry_run=True))
+        engine.prepare()
+        try:
+            screen = RunScreen(engine, poll=False)
+            await app.push_screen(screen)
+            await pilot.pause()
+            screen.show_progress(engine.progress())
+            console = Console(width=200, file=io.StringIO())
+            console.print(screen.query_one("#stats").table(engine.progress()))
+            figures = console.file.getvalue()
+            assert "disk[v1].img" in figures and "copy[b].img" in figures
+        finally:
+            engine.close()
+
+
 def _big_sync_app(tmp_path: Path, seed: int) -> tuple[BlocksyncApp, Path, Path]:
     """An app set to sync 256 MiB into an empty file in 64 KiB chunks: several times what is in
     flight at once (32 MiB), so that a cancel or a quit lands mid-way."""

@@ -85,7 +85,7 @@ class HostKeyScreen(ModalScreen[bool]):
             yield Static(
                 f"The authenticity of host {error.host} can't be established: no known_hosts "
                 f"file lists its key. The {kind} key fingerprint is:",
-                classes="dialog-body",
+                classes="dialog-body", markup=False,
             )
             yield Static(error.fingerprint, id="fingerprint", markup=False)
             yield Static(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -72,7 +73,7 @@ class EndpointPanel(Vertical):
             with Horizontal(classes="field"):
                 yield Label(label, classes="field-label")
                 yield Input(value, placeholder=placeholder, id=f"{self.side}-{name}")
-        yield Static("", id=f"{self.side}-error", classes="field-error")
+        yield Static("", id=f"{self.side}-error", classes="field-error", markup=False)
         with Horizontal(classes="devices-bar"):
             yield Label("Block devices", classes="devices-title")
             yield Button("List devices", id=f"{self.side}-list", compact=True)
@@ -150,7 +151,9 @@ class EndpointPanel(Vertical):
                 use = ", ".join(entry.mounted or entry.holders) or ("partitions in use" if entry.in_use else "")
                 if entry.readonly:
                     use = (use + ", read-only").lstrip(", ")
-                table.add_row(branch + entry.path, human_bytes(entry.size), use, entry.model, key=entry.path)
+                cells = (branch + entry.path, human_bytes(entry.size), use, entry.model)
+                # As text: a path, a mount point or a model name is never markup.
+                table.add_row(*map(Text, cells), key=entry.path)
 
     @on(Button.Pressed)
     def _list_pressed(self, event: Button.Pressed) -> None:

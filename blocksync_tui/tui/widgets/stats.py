@@ -79,9 +79,9 @@ class StatsPanel(Vertical):
             ("ETA", format_duration(p.eta)),
         ]
         if counts[State.ERROR]:
-            rows.append(("Errors", f"[red]{counts[State.ERROR]:,} chunks[/]"))
-        for name, value in rows:
-            table.add_row(name, value)
+            rows.append(("Errors", Text(f"{counts[State.ERROR]:,} chunks", style="red")))
+        for name, value in rows:  # as text: paths are the user's, never markup
+            table.add_row(name, value if isinstance(value, Text) else Text(value))
         return table
 
 
