@@ -325,6 +325,8 @@ async def test_remote_destination_in_the_app(tmp_path: Path, sshd, monkeypatch: 
         assert report.outcome == "differs" and report.destination == sshd.endpoint(dst)
         assert report.chunks_differing == run_engine(src, dst, dry_run=True).chunks_differing
         await pilot.press("escape")
+        await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
+        await _click(pilot, "#yes")  # leave the review
         panel = app.screen.query_one("#destination", EndpointPanel)
         assert panel.host.endswith(f"127.0.0.1:{sshd.port}")
         await _wait_for(pilot, lambda: bool(panel.devices))
@@ -477,3 +479,47 @@ async def test_sync_after_a_dry_run_reads_only_what_differed_and_a_sample(tmp_pa
         read = app.screen.engine.progress()  # what the engine's workers read, each side
         assert read.scanned_source == read.scanned_destination == (7 + 64) * (64 << 10)
         assert "settled by the dry run" in _summary_text(app.screen)
+
+
+async def test_a_dialog_open_when_the_run_ends_stays_until_answered(tmp_path: Path) -> None:
+    """The cancel question is open when the sync ends: it stays, and the Enter meant for it
+    answers it (keep going) instead of landing on the review that follows."""
+    app, src, dst = _big_sync_app(tmp_path, seed=4)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+s")
+        await _click(pilot, "#go")
+        await _wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+        run_screen = app.screen
+        engine = run_screen.engine
+        await _wait_for(pilot, lambda: engine.chunk_map.count(State.WRITTEN) > 0)
+        engine.pause()
+        await pilot.press("escape")
+        await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
+        dialog = app.screen
+        engine.resume()
+        await _wait_for(pilot, lambda: run_screen.finished)
+        await pilot.pause(0.2)
+        assert app.screen is dialog
+        await pilot.press("enter")  # on "Keep going", the focused answer
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        assert app.screen.report.outcome == "synced" and not engine.cancelled
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ReviewScreen)
+    assert dst.read_bytes() == src.read_bytes()
+
+
+async def test_escape_on_the_review_asks_before_leaving_it(tmp_path: Path) -> None:
+    src, dst = _pair(tmp_path)
+    app = BlocksyncApp(RunRequest(str(src), str(dst)), autostart=True, list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        review = app.screen
+        await pilot.press("escape")
+        await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
+        await pilot.press("escape")  # no: stay
+        await pilot.pause()
+        assert app.screen is review
+        await pilot.press("escape")
+        await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
+        await _click(pilot, "#yes")
+        await _wait_for(pilot, lambda: type(app.screen).__name__ == "SetupScreen")

@@ -261,8 +261,18 @@ class BlocksyncApp(App[int]):
 
     @on(RunFinished)
     def _run_finished(self, message: RunFinished) -> None:
-        if isinstance(self.screen, RunScreen):
-            self.screen.finish(message.report)
+        run = next((s for s in self.screen_stack if isinstance(s, RunScreen)), None)
+        if run is not None:
+            run.finish(message.report)
+            if self.screen is not run:
+                # A dialog over the run (cancel? quit?) stays until it is answered: keys meant
+                # for it must not land on the review. The review comes once the run is shown again.
+                run.after_dialogs = lambda: self._show_review(message)
+                self.notify("The run has ended.", timeout=5)
+                return
+        self._show_review(message)
+
+    def _show_review(self, message: RunFinished) -> None:
         self._pop_to_setup()
         self.push_screen(ReviewScreen(message.engine, message.report, self.request))
         if message.error and not message.cancelled:

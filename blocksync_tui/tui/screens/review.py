@@ -27,6 +27,7 @@ from blocksync_tui.engine.units import format_duration, human_bytes, human_rate
 from blocksync_tui.tui.map_svg import map_svg
 from blocksync_tui.tui.messages import SyncRequested
 from blocksync_tui.tui.request import RunRequest
+from blocksync_tui.tui.screens.dialogs import YesNoScreen
 from blocksync_tui.tui.widgets.block_map import BlockMap
 from blocksync_tui.tui.widgets.block_map_legend import BlockMapLegend
 from blocksync_tui.tui.widgets.owners_panel import OwnersPanel
@@ -83,6 +84,8 @@ class ReviewScreen(Screen[None]):
         """The owners found so far, by side."""
         self.owners_side = "source"
         """The side whose owners are listed."""
+        self.exported = False
+        """True once exported: leaving then loses nothing."""
 
     def compose(self) -> ComposeResult:
         report = self.report
@@ -259,8 +262,19 @@ class ReviewScreen(Screen[None]):
             self.post_message(SyncRequested())
 
     def action_back(self) -> None:
-        """Back to the setup screen."""
-        self.app.pop_screen()
+        """Back to the setup screen, once the user agreed to leave an unexported review."""
+        if self.exported:
+            self.app.pop_screen()
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.app.pop_screen()
+
+        self.app.push_screen(YesNoScreen(
+            "Leave the review?",
+            "Back to the setup screen: this review is not kept. Export it first (Ctrl+E) to "
+            "keep its report and map.", yes="Leave it", no="Stay"), answer)
 
     def action_export(self) -> None:
         """Write the JSON report, an SVG of the map and a ddrescue mapfile next to the chosen prefix."""
@@ -273,6 +287,7 @@ class ReviewScreen(Screen[None]):
         except OSError as exc:
             self.notify(f"Cannot export: {exc.strerror}: {exc.filename}", severity="error", markup=False)
             return
+        self.exported = True
         saved = ", ".join(str(prefix.with_suffix(s)) for s in (".json", ".svg", ".map"))
         self.notify(f"Saved {saved}", title="Exported", markup=False)
 

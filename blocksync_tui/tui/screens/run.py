@@ -55,6 +55,9 @@ class RunScreen(Screen[None]):
         self.poll = poll
         """Poll the engine on a timer (off only to show a fixed snapshot)."""
         self.finished = False
+        self.after_dialogs: Callable[[], object] | None = None
+        """What to do once this screen is on top again (the app sets it when the run ends
+        while a dialog is open over it)."""
 
     def compose(self) -> ComposeResult:
         engine = self.engine
@@ -93,6 +96,12 @@ class RunScreen(Screen[None]):
         """The run is over: stop offering pause and cancel."""
         self.finished = True
 
+    def on_screen_resume(self) -> None:
+        """Back on top: if the run ended meanwhile, move on now."""
+        then, self.after_dialogs = self.after_dialogs, None
+        if then is not None:
+            self.call_later(then)
+
     @on(BlockMap.CellHighlighted)
     def _cell(self, message: BlockMap.CellHighlighted) -> None:
         self.query_one("#cell-info", Static).update(message.description)
@@ -120,7 +129,7 @@ class RunScreen(Screen[None]):
             )
 
         def answer(yes: bool | None) -> None:
-            if yes:
+            if yes and not self.finished:
                 self.engine.cancel()
 
         self.app.push_screen(YesNoScreen("Cancel?", question, yes="Cancel the run", no="Keep going"), answer)
