@@ -523,3 +523,34 @@ async def test_escape_on_the_review_asks_before_leaving_it(tmp_path: Path) -> No
         await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
         await _click(pilot, "#yes")
         await _wait_for(pilot, lambda: type(app.screen).__name__ == "SetupScreen")
+
+
+async def test_at_80x24_everything_is_reachable(tmp_path: Path) -> None:
+    """On the smallest common terminal: the review's runs table has rows when it has the focus,
+    every button and footer key is on screen, the side panel leaves the map room, and the
+    setup's options row fits."""
+    from textual.widgets import Button, DataTable
+    from textual.widgets._footer import FooterKey
+
+    def on_screen(widget) -> bool:
+        region = widget.region
+        return region.area > 0 and region.right <= 80 and region.bottom <= 24
+
+    src, dst = _pair(tmp_path)
+    app = BlocksyncApp(RunRequest(str(src), str(dst)), list_devices=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _wait_for(pilot, lambda: app.screen.query("#options > *") and all(
+            on_screen(widget) for widget in app.screen.query("#options > *")), timeout=20)
+        await pilot.press("ctrl+d")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        review = app.screen
+        await _wait_for(pilot, lambda: review.query(FooterKey) and all(
+            on_screen(widget) for widget in [*review.query(Button), *review.query(FooterKey)]), timeout=20)
+        assert review.query_one("#review-side").region.width <= 36
+        runs = review.query_one("#runs", DataTable)
+        runs.focus()
+
+        def rows_shown() -> int:
+            return runs.region.intersection(review.query_one("#review-side").content_region).height
+
+        await _wait_for(pilot, lambda: rows_shown() >= 6, timeout=20)

@@ -16,7 +16,7 @@ from textual import events
 from textual.app import App, ComposeResult
 from textual.widgets import Label
 
-from blocksync_tui.engine.chunkmap import ChunkMap, State
+from blocksync_tui.engine.chunkmap import STATE_NAMES, ChunkMap, State
 from blocksync_tui.engine.layout import Filesystem, Layout, Partition
 from blocksync_tui.tui.widgets.block_cells import (
     EMPTY,
@@ -33,7 +33,7 @@ from blocksync_tui.tui.widgets.block_cells import (
     format_size,
 )
 from blocksync_tui.tui.widgets.block_map import BlockMap
-from blocksync_tui.tui.widgets.block_map_legend import BlockMapLegend
+from blocksync_tui.tui.widgets.block_map_legend import LEGEND_ORDER, BlockMapLegend
 
 MiB = 1 << 20
 
@@ -696,7 +696,7 @@ async def test_theme_change_repaints_in_the_new_colours() -> None:
         assert block_map.state_color(State.SAME) != dark_same
         light_line = block_map.render_line(5)
         assert light_line is not dark_line
-        styles = {segment.style for segment in light_line}
+        styles = {segment.style for y in range(block_map.size.height) for segment in block_map.render_line(y)}
         assert any(style and style.bgcolor == block_map.state_color(State.SAME).rich_color
                    for style in styles)  # fmt: skip
         legend_styles = {span.style for span in app.query_one(BlockMapLegend).render().spans}
@@ -829,3 +829,20 @@ def test_snapshot_zoomed_with_cursor(snap_compare: Any) -> None:
     """
     keys = ["down"] * 7 + ["right"] * 30 + ["plus", "plus"]
     assert snap_compare(snapshot_app("textual-dark"), terminal_size=SNAPSHOT_SIZE, press=keys)
+
+
+@pytest.mark.parametrize("width", [30, 44, 80, 120])
+async def test_legend_never_splits_a_name_from_its_count(width: int) -> None:
+    """At any width, each line of the legend holds whole items ("██ differs 800"), none cut."""
+    chunk_map = ChunkMap(10_000)
+    for index in range(800):
+        chunk_map.set(index, State.DIFFERS)
+    app = MapApp(chunk_map, poll_interval=None)
+    async with app.run_test(size=(width, 12)) as pilot:
+        await pilot.pause()
+        legend = app.query_one(BlockMapLegend)
+        lines = [strip.text.strip() for strip in (legend.render_line(y) for y in range(legend.size.height))]
+        items = [item for line in lines for item in line.split("  ") if item]
+        assert items == [f"██ {name} {legend.counts.get(state, 0):,}"
+                         for state, name in ((s, STATE_NAMES[s]) for s in LEGEND_ORDER)], lines
+        assert all(len(line) <= legend.content_size.width for line in lines)

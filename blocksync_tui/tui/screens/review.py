@@ -11,7 +11,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static
@@ -97,7 +97,7 @@ class ReviewScreen(Screen[None]):
                                disk_layout=report_layout(self.engine.destination_layout, self.engine.source_layout))
                 yield BlockMapLegend("#block-map")
                 yield Static("Select a run to zoom to it; 0 shows the whole device.", id="cell-info")
-            with Vertical(id="review-side"):
+            with VerticalScroll(id="review-side"):
                 yield Static(self.summary(), id="summary")
                 if report.partitions:
                     yield Label("Differing by partition", classes="section-title")
@@ -119,7 +119,7 @@ class ReviewScreen(Screen[None]):
             yield Input("blocksync-report", id="export-prefix")
             yield Button("Export JSON, SVG, map", id="export")
             yield Button("Back", id="back")
-        yield Footer()
+        yield Footer(compact=True)
 
     def summary(self) -> Table:
         """The key figures of the report."""

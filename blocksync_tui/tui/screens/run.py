@@ -72,7 +72,7 @@ class RunScreen(Screen[None]):
                 yield Static("Move the cursor or the mouse over the map to see what a cell holds.",
                              id="cell-info")
             yield StatsPanel(str(engine.source), str(engine.destination), id="stats")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one(BlockMap).focus()

@@ -59,12 +59,14 @@ class SetupScreen(Screen[None]):
             yield Select(HASHES, value=opts.algorithm or "", allow_blank=False, id="hash", compact=True)
             yield Label("Compress")
             yield Select(COMPRESSION, value=opts.compress, allow_blank=False, id="compress", compact=True)
-            yield Checkbox("Verify after sync", opts.verify, id="verify", compact=True)
+            verify = Checkbox("Verify", opts.verify, id="verify", compact=True)
+            verify.tooltip = "After a sync, re-read every written chunk from disk"
+            yield verify
         with Horizontal(id="actions"):
             yield Button("Dry run", id="dry-run", variant="primary")
             yield Button("Sync…", id="sync", variant="error")
             yield Label("A dry run compares both sides and writes nothing.", id="hint")
-        yield Footer()
+        yield Footer(compact=True)
 
     # -- actions
 

@@ -84,11 +84,12 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
     the meaning (light and dark both work), a fixed violet where no theme variable is distinct."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("plus,equals_sign", "zoom_in", "Zoom in", id="block-map.zoom-in",
-                tooltip="Zoom in 2x around the cursor"),
-        Binding("minus", "zoom_out", "Zoom out", id="block-map.zoom-out",
+        # One footer entry for the three zoom keys: an 80-column footer holds no more.
+        Binding("plus,equals_sign", "zoom_in", "Zoom", id="block-map.zoom-in", key_display="+-0",
+                tooltip="Zoom in 2x around the cursor (- out, 0 the whole device)"),
+        Binding("minus", "zoom_out", "Zoom out", id="block-map.zoom-out", show=False,
                 tooltip="Zoom out 2x around the cursor"),
-        Binding("0", "zoom_reset", "Whole device", id="block-map.zoom-reset",
+        Binding("0", "zoom_reset", "Whole device", id="block-map.zoom-reset", show=False,
                 tooltip="Show the whole device again"),
         *(Binding(key, f"move_cursor({dx}, {dy})", key.title(), show=False,
                   id=f"block-map.cursor-{key}", tooltip=f"Move the cursor one {unit} {key}")

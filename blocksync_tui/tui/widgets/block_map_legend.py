@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.style import Style
 from rich.text import Text
+from textual.geometry import Size
 from textual.widget import Widget
 
 from blocksync_tui.engine.chunkmap import STATE_NAMES, State
@@ -84,21 +85,43 @@ class BlockMapLegend(Widget):
         if counts == self.counts:
             return
         self.counts = counts
-        # A relayout only when the text grew or shrank (it may wrap differently): counting
-        # up at 15 Hz must not relayout the screen each time.
-        length = len(self.render().plain)
+        # A relayout only when the line count may change: counting up at 15 Hz must not
+        # relayout the screen each time.
+        length = sum(len(item) for item in self._items())
         self.refresh(layout=length != self._length)
         self._length = length
 
-    def render(self) -> Text:
-        """One swatch, name and count per state."""
-        text = Text(no_wrap=False, overflow="fold")
-        for index, state in enumerate(LEGEND_ORDER):
-            if index:
-                text.append("  ")
+    def _items(self) -> list[Text]:
+        """One swatch, name and count per state: each item is kept whole on one line."""
+        items = []
+        for state in LEGEND_ORDER:
+            item = Text()
             if self._block_map is not None:
-                color = self._block_map.state_color(state).rich_color
-                text.append("██", Style(color=color))
-            # Non-breaking spaces keep an item on one line when the legend wraps.
-            text.append(f"\u00a0{STATE_NAMES[state]}\u00a0{self.counts.get(state, 0):,}")
-        return text
+                item.append("██", Style(color=self._block_map.state_color(state).rich_color))
+            item.append(f" {STATE_NAMES[state]} {self.counts.get(state, 0):,}")
+            items.append(item)
+        return items
+
+    def _lines(self, width: int) -> list[Text]:
+        """The items packed into lines of `width` cells, two spaces apart, never split.
+
+        Rich would wrap at any space (its word splitter takes a no-break space for one too), so
+        a name could end a line and its count start the next.
+        """
+        lines: list[Text] = []
+        for item in self._items():
+            if lines and lines[-1].cell_len + 2 + item.cell_len <= width:
+                lines[-1].append("  ")
+                lines[-1].append_text(item)
+            else:
+                lines.append(item)
+        return lines
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        """As many lines as the items need at this width."""
+        return len(self._lines(width))
+
+    def render(self) -> Text:
+        """The items, whole, on as many lines as the width needs."""
+        width = self.content_size.width or 1 << 16
+        return Text("\n").join(self._lines(width))
