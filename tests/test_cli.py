@@ -268,3 +268,38 @@ def test_a_ddrescue_map_of_a_compare_and_of_the_sync(pair: tuple[Path, Path], tm
     synced = tmp_path / "sync.map"
     assert main(["sync", str(src), str(dst), "--chunk-size", "64K", "-q", "--map", str(synced)]) == 0
     assert synced.read_text().splitlines()[-1] == f"0x00000000  0x{size:08X}  +"
+
+
+REPORT_KEYS = [
+    "source", "destination", "mode", "outcome", "size", "chunk_size", "sub_block_size", "method",
+    "algorithm", "compression", "total_chunks", "chunks", "chunks_differing", "bytes_differing",
+    "bytes_sent", "wire_bytes", "seconds", "verified", "change_runs", "largest_runs", "errors",
+    "warnings", "message", "destination_size", "scanned_source", "scanned_destination", "cache",
+    "size_difference", "settled_by", "chunks_settled", "chunks_sampled", "sample_differed",
+    "partitions", "owners", "tool_version", "started", "source_host", "destination_host",
+    "source_path", "destination_path",
+]
+"""The JSON report's keys, in order: scripts read them, so new keys only ever go at the end."""
+
+
+def test_report_says_when_where_and_by_what(pair: tuple[Path, Path], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report read a year later still says when it ran, on which machines, which files (the
+    absolute paths, links resolved, even for a destination that does not exist yet) and by
+    which version of the tool."""
+    import time
+
+    from blocksync_tui import __version__
+
+    src, _ = pair
+    (tmp_path / "link.img").symlink_to(src.name)
+    monkeypatch.chdir(tmp_path)
+    before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    assert main(["compare", "link.img", "new.img", "--json", "r.json"]) == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert list(report) == REPORT_KEYS
+    assert report["source"] == "link.img" and report["source_path"] == str(src)
+    assert report["destination_path"] == str(tmp_path / "new.img")
+    assert report["source_host"] == report["destination_host"] == os.uname().nodename
+    assert report["tool_version"] == __version__
+    assert before <= report["started"] <= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -35,6 +35,8 @@ class Hello:
     machine_id: str = ""
     """Its machine's id, the same across boots (/etc/machine-id), or "": part of what a
     destination's kept digests are keyed by."""
+    host: str = ""
+    """Its machine's host name (for the report)."""
 
     @classmethod
     def parse(cls, answer: dict) -> Hello:
@@ -45,6 +47,7 @@ class Hello:
                 compressors=_strings(answer.get("compressors", [])),
                 boot_id=str(answer.get("boot_id") or ""),
                 machine_id=_bounded(str(answer.get("machine_id") or ""), "machine id"),
+                host=str(answer.get("host") or "")[:255],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"a malformed HELLO ({exc})") from None
@@ -89,7 +92,9 @@ class Opened:
         """Raises ProtocolError if a field is missing or of the wrong type."""
         try:
             if not answer.get("exists"):
-                return cls(path=str(answer.get("path", "")), exists=False, raw=answer)
+                return cls(path=str(answer.get("path", "")), exists=False,
+                           realpath=_bounded(str(answer.get("realpath") or ""), "path", 4096),
+                           raw=answer)
             kind = answer["kind"]
             if kind not in ("file", "block"):
                 raise ValueError(f"kind {kind!r}")

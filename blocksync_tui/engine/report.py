@@ -7,6 +7,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from blocksync_tui import __version__
 from blocksync_tui.engine.chunkmap import STATE_NAMES, ChunkView, State, differing
 from blocksync_tui.engine.units import rate
 
@@ -147,6 +148,19 @@ class Report:
     owners: list[dict] = field(default_factory=list)
     """What owns the differing bytes, one entry per side looked up (`owners.Owners.to_dict`):
     filled in after the run by whoever asked (`--owners`, the review screen)."""
+    tool_version: str = __version__
+    """The version of blocksync-tui that made the report."""
+    started: str = ""
+    """When the run started: ISO 8601 in UTC to the second, e.g. "2025-12-03T07:10:00Z"."""
+    source_host: str = ""
+    """The host name of the source's machine, as its worker reported it (`uname -n`)."""
+    destination_host: str = ""
+    """The host name of the destination's machine, as its worker reported it."""
+    source_path: str = ""
+    """The source's absolute path on its host, symbolic links resolved (`/dev/disk/by-id/...`
+    named in `source` is the `/dev/sdX` here)."""
+    destination_path: str = ""
+    """The destination's absolute path on its host, symbolic links resolved."""
 
     @classmethod
     def runs_of(cls, chunk_map: ChunkView, chunk_size: int, size: int) -> tuple[int, list[dict]]:

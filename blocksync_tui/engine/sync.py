@@ -109,6 +109,8 @@ class SyncEngine:
         self._layouts: dict[str, Layout] = {}
         self.regions: list[Region] = []
         """The regions the report counts differing bytes by (see engine.regions), once prepared."""
+        self._hellos: dict[str, Hello] = {}
+        self._started_at = ""
         self._negotiated: Negotiated | None = None
         self._control = Control()
         self._transfer: Transfer | None = None
@@ -242,13 +244,14 @@ class SyncEngine:
             BlocksyncError: with a message for the user; nothing has been written.
         """
         self._started = time.monotonic()
+        self._started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self._prepare_seconds = 0.0
         try:
             self._start_workers()
             for conn in self._conns.values():  # e.g. a host key accepted under StrictHostKeyChecking no
                 self.warnings.extend(getattr(conn.transport, "warnings", ()))
             src, dst = self._conns[SOURCE], self._conns[DESTINATION]
-            hellos = {side: self._hello(side) for side in (SOURCE, DESTINATION)}
+            self._hellos = hellos = {side: self._hello(side) for side in (SOURCE, DESTINATION)}
             self._same_host = same_host(
                 hellos[SOURCE], hellos[DESTINATION], src.transport.host_key, dst.transport.host_key
             )
@@ -727,7 +730,17 @@ class SyncEngine:
             scanned_source=p.scanned_source,
             scanned_destination=p.scanned_destination,
             cache=", ".join(self.cache_outcome),
+            started=self._started_at,
+            source_host=self._hellos[SOURCE].host if self._hellos else "",
+            destination_host=self._hellos[DESTINATION].host if self._hellos else "",
+            source_path=self._resolved(SOURCE),
+            destination_path=self._resolved(DESTINATION),
         )
+
+    def _resolved(self, side: str) -> str:
+        """A side's absolute path as its worker resolved it ("" before it opened)."""
+        opened = self._opened.get(side)
+        return (opened.realpath or opened.path) if opened is not None else ""
 
     def close(self) -> None:
         """Stop both workers (the destination finishes and flushes its writes first)."""

@@ -113,7 +113,7 @@ class Files:
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent):
                 raise WorkerError("%s: directory %s does not exist" % (path, parent))
-            return {"exists": False, "path": path}
+            return {"exists": False, "path": path, "realpath": real}
         try:
             info = _check_opened(fd, path, real, write, req.get("expect"))
             if write:
