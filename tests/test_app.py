@@ -412,7 +412,8 @@ async def test_demo_opens_on_a_dry_run_of_generated_images(monkeypatch: pytest.M
         await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
         report = app.screen.report
         assert report.mode == "compare" and report.outcome == "differs" and report.change_runs > 3
-    assert source.read_bytes() != destination.read_bytes(), "the demo's dry run wrote"
+        assert source.read_bytes() != destination.read_bytes(), "the demo's dry run wrote"
+    assert not source.parent.exists(), "the demo left its images behind"
 
 
 async def test_endpoints_on_the_command_line_fill_the_setup() -> None:

@@ -9,6 +9,7 @@ the UI.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -58,7 +59,8 @@ class BlocksyncApp(App[int]):
     ]
 
     def __init__(
-        self, request: RunRequest | None = None, *, autostart: bool = False, list_devices: bool = True
+        self, request: RunRequest | None = None, *, autostart: bool = False, list_devices: bool = True,
+        scratch: Path | None = None,
     ) -> None:
         """Create the app.
 
@@ -66,6 +68,7 @@ class BlocksyncApp(App[int]):
             request: Endpoints and options to fill the setup screen with.
             autostart: Start the dry run at once (used by `--demo`).
             list_devices: List each host's block devices when the setup screen opens.
+            scratch: A directory of the app's own (the demo's images), removed when it quits.
         """
         super().__init__()
         self.request = request or RunRequest("", "")
@@ -75,12 +78,18 @@ class BlocksyncApp(App[int]):
         self.engine: Engine | None = None
         """The engine of the current run, once prepared."""
         self._pending_sync: RunRequest | None = None
+        self.scratch = scratch
+        """The app's own directory (the demo's images), removed when it quits."""
 
     def on_mount(self) -> None:
         self.push_screen(SetupScreen(self.request, list_devices=self.list_devices_on_start))
         if self.autostart and self.request.source and self.request.destination:
             # A guided start is always a dry run: nothing is written without a confirmed sync.
             self.start_run(replace(self.request, options=replace(self.request.options, dry_run=True)))
+
+    def on_unmount(self) -> None:
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)  # gigabytes of demo images
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

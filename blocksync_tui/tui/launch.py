@@ -37,16 +37,21 @@ def make_app(request: RunRequest, demo_size: int | None = None) -> BlocksyncApp:
     from blocksync_tui.demo_layout import stamp_layout
 
     workdir = Path(tempfile.mkdtemp(prefix="blocksync-demo-"))
-    print(f"blocksync-tui: writing two {demo_size >> 20} MiB demo images to {workdir} ...", file=sys.stderr)
+    print(f"blocksync-tui: writing two {demo_size >> 20} MiB demo images to {workdir} "
+          "(removed when the app quits) ...", file=sys.stderr)
     source, destination = make_pair(workdir, size=demo_size)
     stamp_layout(source, destination)  # partitions on the map, a file system at stake
     # Temporary images: no digest cache is kept of them.
     request = replace(request, source=str(source), destination=str(destination),
                       options=SyncOptions(chunk_size=DEMO_CHUNK_SIZE, cache="forget"))
-    return BlocksyncApp(request, autostart=True)
+    return BlocksyncApp(request, autostart=True, scratch=workdir)
 
 
 def launch(app: BlocksyncApp) -> int:
     """Run the app until it quits; returns the exit status."""
-    app.run()
+    try:
+        app.run()
+    finally:
+        if app.scratch is not None:
+            print(f"blocksync-tui: removed the demo images in {app.scratch}", file=sys.stderr)
     return app.return_code or 0
