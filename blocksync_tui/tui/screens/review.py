@@ -113,8 +113,7 @@ class ReviewScreen(Screen[None]):
                 yield Static("", id="run-owners")
                 yield OwnersPanel(id="owners")
         with Horizontal(id="actions"):
-            can_sync = report.mode == "compare" and report.outcome == "differs"
-            yield Button("Sync…", id="sync", variant="error", disabled=not can_sync)
+            yield Button("Sync…", id="sync", variant="error", disabled=not self.can_sync)
             yield Label("Export to", classes="export-label")
             yield Input("blocksync-report", id="export-prefix")
             yield Button("Export JSON, SVG, map", id="export")
@@ -256,9 +255,16 @@ class ReviewScreen(Screen[None]):
 
     # -- actions
 
+    @property
+    def can_sync(self) -> bool:
+        """A dry run found differences, or a sync was cancelled or failed: its note says to
+        run it again, so that is offered here."""
+        r = self.report
+        return (r.mode, r.outcome) in (("compare", "differs"), ("sync", "cancelled"), ("sync", "failed"))
+
     def action_sync(self) -> None:
-        """Sync what the dry run found (the app confirms first)."""
-        if self.report.mode == "compare" and self.report.outcome == "differs":
+        """Sync what the dry run found, or again after a cancel or a failure (the app confirms first)."""
+        if self.can_sync:
             self.post_message(SyncRequested())
 
     def action_back(self) -> None:
