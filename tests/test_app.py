@@ -201,7 +201,14 @@ async def test_cancel_mid_sync_says_what_it_left(tmp_path: Path) -> None:
         report = app.screen.report
         assert report.outcome == "cancelled" and "partly updated" in report.message
         assert 0 < report.chunks["written"] < report.total_chunks
-    run_engine(src, dst, chunk_size=64 << 10)
+        # The note says to run the sync again: the review offers it.
+        await _wait_for(pilot, lambda: bool(app.screen.query("#sync")))
+        assert not app.screen.query_one("#sync").disabled
+        await pilot.press("ctrl+s")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen))
+        await _click(pilot, "#go")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen) and app.screen.report is not report)
+        assert app.screen.report.outcome == "synced"
     assert dst.read_bytes() == src.read_bytes()
 
 
@@ -450,6 +457,10 @@ async def test_quit_during_a_sync_asks_then_cancels(tmp_path: Path) -> None:
         await _click(pilot, "#yes")
         await _wait_for(pilot, lambda: not app.is_running)
         assert engine.cancelled
+    # What the command line says of a cancelled sync, said on the terminal once the app is gone.
+    assert app.farewell.startswith("blocksync-tui: sync cancelled after writing ")
+    assert "partly updated" in app.farewell and "run the sync again" in app.farewell
+    assert engine.report().outcome == "cancelled"  # it waited for the engine's end
     run_engine(src, dst, chunk_size=64 << 10)
     assert dst.read_bytes() == src.read_bytes()
 

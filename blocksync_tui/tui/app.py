@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
+from rich.text import Text
 from textual import on, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
@@ -79,6 +80,9 @@ class BlocksyncApp(App[int]):
         """The engine of the current run, once prepared."""
         self._pending_sync: RunRequest | None = None
         self.scratch = scratch
+        self._quit_after_run = False
+        self.farewell = ""
+        """The line printed on the terminal after quitting mid-run: what the quit left behind."""
         """The app's own directory (the demo's images), removed when it quits."""
 
     def on_mount(self) -> None:
@@ -106,18 +110,34 @@ class BlocksyncApp(App[int]):
             self.push_screen(HelpScreen())
 
     async def action_quit(self) -> None:
-        """Quit; during a sync, ask first and say what quitting leaves behind."""
+        """Quit; during a sync, ask first and say what quitting leaves behind.
+
+        What a quit interrupted is said on the terminal once the app is gone, in the line the
+        command line prints: a cancelled sync waits for the writes in flight to be flushed.
+        """
         run = next((s for s in self.screen_stack if isinstance(s, RunScreen)), None)
-        if run is None or run.finished or run.engine.options.dry_run:
-            if run is not None:
-                run.engine.cancel()  # a dry run writes nothing: stop it without asking
+        if run is None or run.finished:
             self.exit()
+            return
+        if run.engine.options.dry_run:
+            run.engine.cancel()  # a dry run writes nothing: stop it without asking
+            self._leave("dry run stopped before its end: nothing was written")
+            return
+        if self._quit_after_run:  # asked twice: go now, the engine's process finishes alone
+            self._leave("quit while cancelling: the writes in flight are completed and flushed; "
+                        "the destination is partly updated; run the sync again to finish it")
             return
 
         def answer(yes: bool | None) -> None:
-            if yes:
-                run.engine.cancel()  # the engine completes and flushes what is in flight
+            if not yes:
+                return
+            if run.finished:
                 self.exit()
+                return
+            run.engine.cancel()  # the engine completes and flushes what is in flight
+            self._quit_after_run = True
+            self.notify("Cancelling: the app quits once the writes in flight are flushed "
+                        "(Ctrl+Q again quits at once).", timeout=30)
 
         await self.push_screen(
             YesNoScreen(
@@ -130,6 +150,11 @@ class BlocksyncApp(App[int]):
             ),
             answer,
         )
+
+    def _leave(self, outcome: str) -> None:
+        """Quit, and say `outcome` on the terminal once the app is gone."""
+        self.farewell = f"blocksync-tui: {outcome}"
+        self.exit(message=Text(self.farewell))
 
     def action_toggle_theme(self) -> None:
         """Switch between the light and the dark theme."""
@@ -270,6 +295,10 @@ class BlocksyncApp(App[int]):
 
     @on(RunFinished)
     def _run_finished(self, message: RunFinished) -> None:
+        if self._quit_after_run:
+            report = message.report
+            self._leave(message.error or f"the sync ended ({report.outcome}) before the cancel")
+            return
         run = next((s for s in self.screen_stack if isinstance(s, RunScreen)), None)
         if run is not None:
             run.finish(message.report)
