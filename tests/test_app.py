@@ -566,3 +566,37 @@ async def test_at_80x24_everything_is_reachable(tmp_path: Path) -> None:
             return runs.region.intersection(review.query_one("#review-side").content_region).height
 
         await _wait_for(pilot, lambda: rows_shown() >= 6, timeout=20)
+
+
+async def test_connecting_shows_at_once_and_can_be_given_up(tmp_path: Path) -> None:
+    """A host that accepts the connection and then says nothing: the dialog says what is going
+    on from the first moment; Escape gives up, and the late failure opens no dialog."""
+    import socket
+
+    from blocksync_tui.engine.options import SshOptions
+    from blocksync_tui.tui.screens.dialogs import BusyScreen
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    port = silent.getsockname()[1]
+    src, _ = _pair(tmp_path)
+    ssh = SshOptions(connect_timeout=2, config_file=str(tmp_path / "no-config"),
+                     known_hosts=str(tmp_path / "known_hosts"))
+    request = RunRequest(str(src), f"nobody@127.0.0.1:{port}:/x.img", ssh=ssh)
+    app = BlocksyncApp(request, list_devices=False)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("ctrl+s")
+            assert isinstance(app.screen, BusyScreen)  # pushed with the request, not after it
+            assert "Connecting, opening both ends" in str(app.screen.query_one(".dialog-title").render())
+            await pilot.press("escape")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "SetupScreen"
+            # The connection times out later: that answer is no longer awaited.
+            assert [w.name for w in app.workers] == ["prepare_engine"]
+            await _wait_for(pilot, lambda: not any(w.is_running for w in app.workers))
+            await pilot.pause(0.2)
+            assert type(app.screen).__name__ == "SetupScreen" and app.engine is None
+    finally:
+        silent.close()

@@ -40,7 +40,7 @@ from blocksync_tui.tui.messages import (
 )
 from blocksync_tui.tui.request import RunRequest
 from blocksync_tui.tui.screens.confirm import ConfirmSyncScreen
-from blocksync_tui.tui.screens.dialogs import ErrorScreen, YesNoScreen
+from blocksync_tui.tui.screens.dialogs import BusyScreen, ErrorScreen, YesNoScreen
 from blocksync_tui.tui.screens.help import HelpScreen
 from blocksync_tui.tui.screens.hostkey import HostKeyScreen, HostKeyUnknown, can_ask, trust
 from blocksync_tui.tui.screens.review import ReviewScreen
@@ -81,6 +81,7 @@ class BlocksyncApp(App[int]):
         self._pending_sync: RunRequest | None = None
         self.scratch = scratch
         self._quit_after_run = False
+        self._ticket = 0
         self.farewell = ""
         """The line printed on the terminal after quitting mid-run: what the quit left behind."""
         """The app's own directory (the demo's images), removed when it quits."""
@@ -163,12 +164,36 @@ class BlocksyncApp(App[int]):
     # -- starting runs
 
     def start_run(self, request: RunRequest) -> None:
-        """Prepare a dry run or a sync in a thread; a sync is confirmed before anything is written."""
-        self.request = request
-        self.prepare_engine(request)
+        """Prepare a dry run or a sync in a thread; a sync is confirmed before anything is written.
 
-    @work(thread=True, exclusive=True, group="engine", exit_on_error=False, description="Preparing")
-    def prepare_engine(self, request: RunRequest) -> None:
+        Reaching both ends takes seconds over SSH: a dialog says so at once. Each preparation
+        has a ticket; an answer whose ticket is not the one awaited (the user gave up on it,
+        by Escape on that dialog) is dropped, and what it opened is closed.
+        """
+        self.request = request
+        self._ticket += 1
+        ticket = self._ticket
+
+        def gave_up(_: None) -> None:
+            if self._ticket == ticket:
+                self._ticket += 1
+                self.notify("Not started: nothing was written.")
+
+        read_only = " read-only" if request.options.dry_run else ""
+        self.push_screen(BusyScreen(f"Connecting, opening both ends{read_only}…"), gave_up)
+        self.prepare_engine(request, ticket)
+
+    def _awaited(self, ticket: int) -> bool:
+        """Whether a preparation's answer is the one awaited; if so, its dialog goes."""
+        if ticket != self._ticket:
+            return False
+        if isinstance(self.screen, BusyScreen):
+            self.screen.dismiss(None)
+        self._ticket += 1  # answered: a later Escape on nothing gives up nothing
+        return True
+
+    @work(thread=True, group="engine", exit_on_error=False, description="Preparing")
+    def prepare_engine(self, request: RunRequest, ticket: int = 0) -> None:
         """Connect both workers and open both ends read-only (blocking: in a thread)."""
         try:
             engine = engine_for(
@@ -181,17 +206,17 @@ class BlocksyncApp(App[int]):
             engine.prepare()
         except UnknownHostKey as exc:  # the app's "ask": a dialog offers to trust the key
             if can_ask(exc):
-                self.post_message(HostKeyUnknown(exc, request))
+                self.post_message(HostKeyUnknown(exc, request, ticket))
             else:
-                self.post_message(RunFailed(str(exc), exc.side))
+                self.post_message(RunFailed(str(exc), exc.side, ticket))
             return
         except BlocksyncError as exc:
-            self.post_message(RunFailed(str(exc), exc.side))
+            self.post_message(RunFailed(str(exc), exc.side, ticket))
             return
         except Exception as exc:  # a dialog, never a worker that dies unseen
-            self.post_message(RunFailed(f"unexpected error: {type(exc).__name__}: {exc}"))
+            self.post_message(RunFailed(f"unexpected error: {type(exc).__name__}: {exc}", None, ticket))
             return
-        self.post_message(RunPrepared(engine))
+        self.post_message(RunPrepared(engine, ticket))
 
     @work(thread=True, exclusive=True, group="engine", exit_on_error=False, description="Running")
     def run_engine(self, engine: Engine) -> None:
@@ -240,6 +265,8 @@ class BlocksyncApp(App[int]):
 
     @on(RunFailed)
     def _run_failed(self, message: RunFailed) -> None:
+        if not self._awaited(message.ticket):
+            return
         screen = self._setup_screen()
         if screen is not None:
             screen.show_error(message.error, message.side)
@@ -248,6 +275,8 @@ class BlocksyncApp(App[int]):
     @on(HostKeyUnknown)
     def _host_key_unknown(self, message: HostKeyUnknown) -> None:
         """Show the fingerprint; trusted, the key is saved and the same run starts again."""
+        if not self._awaited(message.ticket):
+            return
         error = message.error
 
         def answer(trusted: bool | None) -> None:
@@ -270,6 +299,9 @@ class BlocksyncApp(App[int]):
     @on(RunPrepared)
     def _run_prepared(self, message: RunPrepared) -> None:
         engine = message.engine
+        if not self._awaited(message.ticket):
+            engine.close()  # given up on: nothing was written, nothing stays open
+            return
         self.engine = engine
         for note in engine.notes:  # "resuming at 40%", what a list of changes settles
             self.notify(note, title="Known before the run", timeout=10, markup=False)

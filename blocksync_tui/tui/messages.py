@@ -19,6 +19,8 @@ class RunPrepared(Message):
     """Both workers are up and both ends opened read-only; nothing written yet."""
 
     engine: Engine
+    ticket: int = 0
+    """Which preparation this answers (see `BlocksyncApp.start_run`)."""
 
 
 @dataclass
@@ -38,6 +40,8 @@ class RunFailed(Message):
     error: str
     side: str | None = None
     """The endpoint the error belongs to, to show it beside that panel's fields."""
+    ticket: int = 0
+    """Which preparation this answers (see `BlocksyncApp.start_run`)."""
 
 
 @dataclass

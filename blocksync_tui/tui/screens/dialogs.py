@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Label, Static
+from textual.widgets import Button, Label, LoadingIndicator, Static
 
 
 class ErrorScreen(ModalScreen[None]):
@@ -64,3 +64,29 @@ class YesNoScreen(ModalScreen[bool]):
     @on(Button.Pressed)
     def _answer(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id == "yes")
+
+
+class BusyScreen(ModalScreen[None]):
+    """Shown at once while both ends are reached and opened (seconds over SSH); Escape gives up."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "give_up", "Cancel", id="give-up")]
+    DEFAULT_CSS = """
+    BusyScreen LoadingIndicator {
+        height: 1;
+        margin-bottom: 1;
+    }
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(classes="dialog-screen")
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.text, classes="dialog-title")
+            yield LoadingIndicator()
+            yield Static("Nothing is written before you confirm. Esc gives up.", classes="dialog-body")
+
+    def action_give_up(self) -> None:
+        """Stop waiting (the app closes what the preparation opens, when it is done)."""
+        self.dismiss(None)

@@ -32,6 +32,8 @@ class HostKeyUnknown(Message):
     error: UnknownHostKey
     request: RunRequest
     """The request to start again once the key is trusted."""
+    ticket: int = 0
+    """Which preparation this answers (see `BlocksyncApp.start_run`)."""
 
 
 def can_ask(error: UnknownHostKey) -> bool:
