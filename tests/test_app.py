@@ -600,3 +600,68 @@ async def test_connecting_shows_at_once_and_can_be_given_up(tmp_path: Path) -> N
             assert type(app.screen).__name__ == "SetupScreen" and app.engine is None
     finally:
         silent.close()
+
+
+def _footer_keys(screen) -> dict[str, str]:
+    """What the footer offers: key -> description (enabled or dimmed)."""
+    return {key: active.binding.description for key, active in screen.active_bindings.items()}
+
+
+async def test_pause_shows_in_the_title_and_the_footer(tmp_path: Path) -> None:
+    """Space pauses: the title says PAUSED, the footer offers Resume, the progress line says so."""
+    app, src, dst = _big_sync_app(tmp_path, seed=5)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+s")
+        await _click(pilot, "#go")
+        await _wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+        run_screen = app.screen
+        engine = run_screen.engine
+        await _wait_for(pilot, lambda: engine.chunk_map.count(State.WRITTEN) > 0)
+        await pilot.press("space")
+        assert engine.progress().paused
+        assert "PAUSED" in str(run_screen.query_one("#run-title").render())
+        assert _footer_keys(run_screen)["space"] == "Resume"
+        await pilot.pause(0.3)
+        line = run_screen.query_one("#run-progress").text
+        assert "of 256.0 MiB compared" in line and line.endswith("paused")
+        await pilot.press("space")
+        await _wait_for(pilot, lambda: not engine.progress().paused)
+        assert "PAUSED" not in str(run_screen.query_one("#run-title").render())
+        assert _footer_keys(run_screen)["space"] == "Pause"
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+    assert dst.read_bytes() == src.read_bytes()
+
+
+async def test_cancelling_and_the_eta_at_80x24(tmp_path: Path) -> None:
+    """On 80x24 the progress line with its ETA is in view; a cancel under way reads CANCELLING
+    in the title, and the footer's Esc says "Cancelling…" instead of offering a second cancel."""
+    from dataclasses import replace
+
+    from blocksync_tui.engine.endpoint import Endpoint
+    from blocksync_tui.engine.sync import SyncEngine, SyncOptions
+
+    src, dst = _pair(tmp_path)
+    app = BlocksyncApp(list_devices=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        engine = SyncEngine(Endpoint(str(src)), Endpoint(str(dst)), SyncOptions())
+        engine.prepare()
+        try:
+            screen = RunScreen(engine, poll=False)
+            await app.push_screen(screen)
+            await pilot.pause()
+            progress = replace(engine.progress(), phase="scanning", elapsed=2.0,
+                               scanned_source=1 << 20, scanned_destination=1 << 20)
+            screen.show_progress(progress)
+            await pilot.pause()
+            bar = screen.query_one("#run-progress")
+            assert bar.region.bottom <= 24 and bar.region.width == 80
+            line = bar.text
+            assert "1.0 MiB of 3.0 MiB compared  33%  ETA 0:04" in line
+            assert _footer_keys(screen)["escape"] == "Cancel"
+            engine.cancel()  # not running: the flag alone, as while the writes in flight finish
+            screen.show_progress(progress)
+            assert "CANCELLING" in str(screen.query_one("#run-title").render())
+            assert _footer_keys(screen)["escape"] == "Cancelling…"
+            assert not screen.active_bindings["escape"].enabled
+        finally:
+            engine.close()

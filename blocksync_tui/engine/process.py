@@ -521,7 +521,8 @@ class EngineProcess:
                             self.size, self.options.chunk_size, self.chunk_map.total, 0, 0, 0, 0, 0,
                             counts, self._paused)
         p = self._progress
-        return Progress(**{**p.__dict__, "paused": self._paused or p.paused})
+        # Ours, not the snapshot's: it may predate the last pause or resume we sent.
+        return Progress(**{**p.__dict__, "paused": self._paused})
 
     @property
     def last_report(self) -> Report | None:

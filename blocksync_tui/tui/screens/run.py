@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -18,7 +19,7 @@ from blocksync_tui.engine.report import Progress, Report
 from blocksync_tui.tui.screens.dialogs import YesNoScreen
 from blocksync_tui.tui.widgets.block_map import BlockMap
 from blocksync_tui.tui.widgets.block_map_legend import BlockMapLegend
-from blocksync_tui.tui.widgets.stats import StatsPanel
+from blocksync_tui.tui.widgets.stats import RunProgress, StatsPanel
 
 MAP_HZ = 10
 """How often the map looks for changed chunks and repaints the lines that hold them."""
@@ -35,9 +36,14 @@ class RunScreen(Screen[None]):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("space", "toggle_pause", "Pause/resume", id="pause",
+        # One key, one entry in the footer, which names what it does now (see check_action).
+        Binding("space", "pause", "Pause", id="pause",
                 tooltip="Stop asking for new work; what is in flight completes"),
-        Binding("escape,ctrl+c", "cancel", "Cancel", id="cancel", tooltip="Stop the run"),
+        Binding("space", "resume", "Resume", id="resume", tooltip="Go on from where it paused"),
+        Binding("escape,ctrl+c", "cancel", "Cancel", id="cancel", key_display="esc",
+                tooltip="Stop the run"),
+        Binding("escape", "cancelling", "Cancelling…", id="cancelling", key_display="esc",
+                tooltip="The writes in flight are completed and flushed; then the review shows"),
     ]
 
     def __init__(self, engine: Engine, poll: bool = True, on_ready: Callable[[], object] | None = None) -> None:
@@ -55,6 +61,8 @@ class RunScreen(Screen[None]):
         self.poll = poll
         """Poll the engine on a timer (off only to show a fixed snapshot)."""
         self.finished = False
+        self.state = ""
+        """"PAUSED" or "CANCELLING" while the run is so, else "": shown in the title and footer."""
         self.after_dialogs: Callable[[], object] | None = None
         """What to do once this screen is on top again (the app sets it when the run ends
         while a dialog is open over it)."""
@@ -62,7 +70,8 @@ class RunScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         engine = self.engine
         verb = "Dry run" if engine.options.dry_run else "Sync"
-        yield Static(f"{verb}: {engine.source}  →  {engine.destination}", id="run-title", markup=False)
+        yield Static(self._title(), id="run-title")
+        yield RunProgress(id="run-progress")
         with Horizontal(id="run-body"):
             with Vertical(id="map-column"):
                 yield BlockMap(engine.chunk_map, engine.options.chunk_size, engine.size,
@@ -91,10 +100,44 @@ class RunScreen(Screen[None]):
     def show_progress(self, progress: Progress) -> None:
         """Show one snapshot (also used by tests with a fixed snapshot)."""
         self.query_one(StatsPanel).show(progress)
+        cancelling = self.engine.cancelled and not self.finished
+        self.query_one(RunProgress).show(progress, cancelling)
+        self._set_state("CANCELLING" if cancelling else "PAUSED" if progress.paused else "")
 
     def finish(self, report: Report) -> None:
         """The run is over: stop offering pause and cancel."""
         self.finished = True
+        self._set_state("")
+
+    def _title(self) -> Text:
+        engine = self.engine
+        verb = "Dry run" if engine.options.dry_run else "Sync"
+        # As text: paths are the user's, never markup.
+        title = Text(f"{verb}: {engine.source}  →  {engine.destination}")
+        if self.state:
+            title.append("  ")
+            title.append(f" {self.state} ", style="bold reverse")
+        return title
+
+    def _set_state(self, state: str) -> None:
+        """Show a new state in the title and the footer's keys."""
+        if state != self.state:
+            self.state = state
+            self.query_one("#run-title", Static).update(self._title())
+            self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Offer pause or resume, cancel or (dimmed) "Cancelling…", as the run stands."""
+        over = self.finished or self.engine.cancelled
+        if action == "pause":
+            return not over and self.state != "PAUSED"
+        if action == "resume":
+            return not over and self.state == "PAUSED"
+        if action == "cancel":
+            return not over
+        if action == "cancelling":
+            return None if self.state == "CANCELLING" else False
+        return True
 
     def on_screen_resume(self) -> None:
         """Back on top: if the run ended meanwhile, move on now."""
@@ -106,14 +149,18 @@ class RunScreen(Screen[None]):
     def _cell(self, message: BlockMap.CellHighlighted) -> None:
         self.query_one("#cell-info", Static).update(message.description)
 
-    def action_toggle_pause(self) -> None:
-        """Pause or resume the engine."""
-        if self.engine.progress().paused:
-            self.engine.resume()
-            self.notify("Resumed")
-        else:
-            self.engine.pause()
-            self.notify("Paused: work in flight completes, nothing new starts.")
+    def action_pause(self) -> None:
+        """Pause the engine: what is in flight completes, nothing new starts."""
+        self.engine.pause()
+        self.show_progress(self.engine.progress())
+
+    def action_resume(self) -> None:
+        """Resume the engine."""
+        self.engine.resume()
+        self.show_progress(self.engine.progress())
+
+    def action_cancelling(self) -> None:
+        """Nothing: the cancel is under way (the footer says so)."""
 
     def action_cancel(self) -> None:
         """Ask, then cancel: say what a cancel leaves behind."""
@@ -131,5 +178,6 @@ class RunScreen(Screen[None]):
         def answer(yes: bool | None) -> None:
             if yes and not self.finished:
                 self.engine.cancel()
+                self.show_progress(self.engine.progress())
 
         self.app.push_screen(YesNoScreen("Cancel?", question, yes="Cancel the run", no="Keep going"), answer)

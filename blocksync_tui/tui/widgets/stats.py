@@ -1,9 +1,11 @@
-"""Provides StatsPanel: the numbers beside the block map (bytes, throughput, elapsed, ETA)."""
+"""Provides StatsPanel, the numbers beside the block map (bytes, throughput, elapsed), and
+RunProgress, the line above it: a bar, the bytes compared of the total, the ETA."""
 
 from __future__ import annotations
 
 from collections import deque
 
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -57,9 +59,7 @@ class StatsPanel(Vertical):
             ("Mode", ("dry run (writes nothing)" if p.dry_run else "sync")
              + (", bytes compared on one host" if p.method == "direct" else "")
              + (", the destination's digests from its cache" if p.method == "cache" else "")),
-            ("Phase", Text(p.phase + ("  [paused]" if p.paused else ""))),
-            ("Source", self.source),
-            ("Destination", self.destination),
+            ("Phase", p.phase + (", paused" if p.paused else "")),
             ("Size", f"{human_bytes(p.size)} in {p.total_chunks:,} chunks of {human_bytes(p.chunk_size)}"),
             ("Scanned src", f"{human_bytes(p.scanned_source)}  {100 * _frac(p.scanned_source, p.size):.0f}%"),
             ("Scanned dst", f"{human_bytes(p.scanned_destination)}  {100 * _frac(p.scanned_destination, p.size):.0f}%"),
@@ -76,7 +76,8 @@ class StatsPanel(Vertical):
             ("On the wire", human_bytes(p.wire_bytes)),
             ("Throughput", f"{human_rate(self.rates[-1])} now, {human_rate(p.rate)} average"),
             ("Elapsed", format_duration(p.elapsed)),
-            ("ETA", format_duration(p.eta)),
+            ("Source", self.source),  # last: the title names both ends too
+            ("Destination", self.destination),
         ]
         if counts[State.ERROR]:
             rows.append(("Errors", Text(f"{counts[State.ERROR]:,} chunks", style="red")))
@@ -87,3 +88,34 @@ class StatsPanel(Vertical):
 
 def _frac(part: int, whole: int) -> float:
     return 1.0 if whole == 0 else min(1.0, part / whole)
+
+
+class RunProgress(Static):
+    """One line: a bar, the bytes compared of the total and the ETA, always in view."""
+
+    DEFAULT_CSS = """
+    RunProgress {
+        height: 1;
+        padding: 0 1;
+    }
+    """
+
+    def show(self, p: Progress, cancelling: bool = False) -> None:
+        """Show one snapshot (`cancelling` once a cancel was asked for)."""
+        if cancelling:
+            eta = "cancelling"
+        elif p.paused:
+            eta = "paused"
+        elif p.phase in ("connecting", "scanning"):
+            eta = f"ETA {format_duration(p.eta)}"
+        else:
+            eta = p.phase  # flushing, verifying, done...
+        text = Text(f" {human_bytes(p.scanned)} of {human_bytes(p.size)} compared"
+                    f"  {100 * p.fraction:.0f}%  {eta}", no_wrap=True, overflow="ellipsis")
+        line = Table.grid(expand=True)
+        line.add_column(ratio=1, min_width=10)
+        line.add_column(no_wrap=True)
+        line.add_row(ProgressBar(total=max(1, p.size), completed=min(p.scanned, p.size)), text)
+        self.text = text.plain.strip()
+        """The words beside the bar, as shown last."""
+        self.update(line)
