@@ -180,18 +180,22 @@ def _big_sync_app(tmp_path: Path, seed: int) -> tuple[BlocksyncApp, Path, Path]:
     return BlocksyncApp(request, list_devices=False), src, dst
 
 
+async def _syncing(pilot) -> RunScreen:
+    """Start the app's sync, confirm it, and wait until it has written something."""
+    app = pilot.app
+    await pilot.press("ctrl+s")
+    await _click(pilot, "#go")
+    await _wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+    run_screen = app.screen
+    await _wait_for(pilot, lambda: run_screen.engine.chunk_map.count(State.WRITTEN) > 0)
+    return run_screen
+
+
 async def test_cancel_mid_sync_says_what_it_left(tmp_path: Path) -> None:
     app, src, dst = _big_sync_app(tmp_path, seed=2)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("ctrl+s")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen))
-        await _click(pilot, "#go")
-        await _wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
-        run_screen = app.screen
-        assert isinstance(run_screen, RunScreen)
+        run_screen = await _syncing(pilot)
         engine = run_screen.engine
-        # Let it write something, then hold it so that the cancel lands mid-sync.
-        await _wait_for(pilot, lambda: engine.chunk_map.count(State.WRITTEN) > 0)
         engine.pause()
         await pilot.press("escape")
         await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
@@ -441,11 +445,7 @@ async def test_endpoints_on_the_command_line_fill_the_setup() -> None:
 async def test_quit_during_a_sync_asks_then_cancels(tmp_path: Path) -> None:
     app, src, dst = _big_sync_app(tmp_path, seed=3)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("ctrl+s")
-        await _click(pilot, "#go")
-        await _wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
-        engine = app.screen.engine
-        await _wait_for(pilot, lambda: engine.chunk_map.count(State.WRITTEN) > 0)
+        engine = (await _syncing(pilot)).engine
         engine.pause()
         await pilot.press("ctrl+q")
         await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
@@ -498,12 +498,8 @@ async def test_a_dialog_open_when_the_run_ends_stays_until_answered(tmp_path: Pa
     answers it (keep going) instead of landing on the review that follows."""
     app, src, dst = _big_sync_app(tmp_path, seed=4)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("ctrl+s")
-        await _click(pilot, "#go")
-        await _wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
-        run_screen = app.screen
+        run_screen = await _syncing(pilot)
         engine = run_screen.engine
-        await _wait_for(pilot, lambda: engine.chunk_map.count(State.WRITTEN) > 0)
         engine.pause()
         await pilot.press("escape")
         await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
@@ -611,12 +607,8 @@ async def test_pause_shows_in_the_title_and_the_footer(tmp_path: Path) -> None:
     """Space pauses: the title says PAUSED, the footer offers Resume, the progress line says so."""
     app, src, dst = _big_sync_app(tmp_path, seed=5)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("ctrl+s")
-        await _click(pilot, "#go")
-        await _wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
-        run_screen = app.screen
+        run_screen = await _syncing(pilot)
         engine = run_screen.engine
-        await _wait_for(pilot, lambda: engine.chunk_map.count(State.WRITTEN) > 0)
         await pilot.press("space")
         assert engine.progress().paused
         assert "PAUSED" in str(run_screen.query_one("#run-title").render())
