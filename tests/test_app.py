@@ -657,3 +657,21 @@ async def test_cancelling_and_the_eta_at_80x24(tmp_path: Path) -> None:
             assert not screen.active_bindings["escape"].enabled
         finally:
             engine.close()
+
+
+async def test_the_figures_and_the_legend_show_the_same_counts(tmp_path: Path) -> None:
+    """Sampled all through a sync: the chunks the figures say were written are the legend's
+    count, never a poll behind it."""
+    from blocksync_tui.tui.widgets.block_map_legend import BlockMapLegend
+
+    app, src, dst = _big_sync_app(tmp_path, seed=6)
+    async with app.run_test(size=SIZE) as pilot:
+        run_screen = await _syncing(pilot)
+        stats, legend = run_screen.query_one("#stats"), run_screen.query_one(BlockMapLegend)
+        samples = 0
+        while not run_screen.finished:
+            assert stats.progress.counts == legend.counts
+            samples += 1
+            await pilot.pause(0.03)
+        assert samples > 3
+    assert dst.read_bytes() == src.read_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import ClassVar
 
 from rich.text import Text
@@ -77,7 +78,7 @@ class RunScreen(Screen[None]):
                 yield BlockMap(engine.chunk_map, engine.options.chunk_size, engine.size,
                                poll_interval=1 / MAP_HZ, id="block-map",
                                disk_layout=report_layout(engine.destination_layout, engine.source_layout))
-                yield BlockMapLegend("#block-map")
+                yield BlockMapLegend("#block-map", follow=False)  # in step with the figures
                 yield Static("Move the cursor or the mouse over the map to see what a cell holds.",
                              id="cell-info")
             yield StatsPanel(str(engine.source), str(engine.destination), id="stats")
@@ -98,7 +99,14 @@ class RunScreen(Screen[None]):
         self.show_progress(self.engine.progress())
 
     def show_progress(self, progress: Progress) -> None:
-        """Show one snapshot (also used by tests with a fixed snapshot)."""
+        """Show one snapshot (also used by tests with a fixed snapshot).
+
+        The chunk counts are read from the shared map now, for the figures and the legend at
+        once: the snapshot's own may be a poll older, and the two would disagree.
+        """
+        counts = self.engine.chunk_map.counts()
+        progress = replace(progress, counts=counts)
+        self.query_one(BlockMapLegend).update_counts(counts)
         self.query_one(StatsPanel).show(progress)
         cancelling = self.engine.cancelled and not self.finished
         self.query_one(RunProgress).show(progress, cancelling)

@@ -42,6 +42,7 @@ class BlockMapLegend(Widget):
         self,
         block_map: BlockMap | str,
         *,
+        follow: bool = True,
         name: str | None = None,
         id: str | None = None,
         classes: str | None = None,
@@ -50,12 +51,15 @@ class BlockMapLegend(Widget):
 
         Args:
             block_map: The map (or a selector for it, resolved on mount in this screen).
+            follow: Take the map's counts after each of its polls; False leaves it to the
+                owner (`update_counts`), to show them in step with other figures.
             name: The name of the widget.
             id: The ID of the widget in the DOM.
             classes: The CSS classes of the widget.
         """
         super().__init__(name=name, id=id, classes=classes)
         self._map_or_selector = block_map
+        self._follow = follow
         self._block_map: BlockMap | None = block_map if isinstance(block_map, BlockMap) else None
         self.counts: dict[State, int] = {}
         """The counts shown."""
@@ -74,7 +78,8 @@ class BlockMapLegend(Widget):
         chunk_map = self._block_map.chunk_map
         if chunk_map is not None:
             self.counts = chunk_map.counts()
-        self._block_map.counts_changed.subscribe(self, self.update_counts)
+        if self._follow:
+            self._block_map.counts_changed.subscribe(self, self.update_counts)
 
     def update_counts(self, counts: dict[State, int]) -> None:
         """Show new counts (the map's `counts_changed` callback).

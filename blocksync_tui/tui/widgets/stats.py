@@ -47,6 +47,8 @@ class StatsPanel(Vertical):
                 self.query_one(Sparkline).data = list(self.rates)
         else:
             self._last = (progress.elapsed, progress.scanned)
+        self.progress = progress
+        """The snapshot shown."""
         self.query_one("#stats-table", Static).update(self.table(progress))
 
     def table(self, p: Progress) -> Table:
