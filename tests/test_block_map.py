@@ -846,3 +846,21 @@ async def test_legend_never_splits_a_name_from_its_count(width: int) -> None:
         assert items == [f"██ {name} {legend.counts.get(state, 0):,}"
                          for state, name in ((s, STATE_NAMES[s]) for s in LEGEND_ORDER)], lines
         assert all(len(line) <= legend.content_size.width for line in lines)
+
+
+async def test_the_border_says_the_zoom_and_the_range_shown() -> None:
+    app = MapApp(ChunkMap(4096), poll_interval=None, chunk_size=1 << 20)
+    async with app.run_test(size=(40, 12)) as pilot:
+        block_map = app.query_one(BlockMap)
+        await pilot.pause()
+        per_cell = block_map.cell_layout.per_cell
+        assert block_map.border_subtitle == f"whole device, {per_cell}.0 MiB a cell"
+        block_map.zoom_to(1024, 16)
+        await pilot.pause()
+        layout = block_map.cell_layout
+        assert layout.first <= 1024 and layout.last < 4096
+        shown = format_range(layout.first << 20, layout.last << 20)
+        assert block_map.border_subtitle == (
+            f"zoom ×{round(4096 / (layout.last - layout.first))}: {shown} of 4.0 GiB, 1 chunk a cell")
+        await pilot.press("0")
+        assert block_map.border_subtitle.startswith("whole device")

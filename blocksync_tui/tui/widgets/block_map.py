@@ -24,6 +24,8 @@ from blocksync_tui.tui.widgets.block_cells import (
     LinePainter,
     cell_scale,
     describe_range,
+    format_range,
+    format_size,
 )
 from blocksync_tui.tui.widgets.block_marks import DIM, mark_cells, paint_marked
 
@@ -322,6 +324,24 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         self._stamp += 1
         self._line_stamps = [self._stamp] * len(self._line_stamps)
         self.refresh()
+    def describe_window(self) -> str:
+        """The zoom and the range shown: `whole device, 64.0 KiB a cell` or
+        `zoom ×8: 16.0 MiB – 24.0 MiB of 64.0 MiB, 1 chunk a cell` (for the map's border)."""
+        layout, chunk_map = self._layout, self._chunk_map
+        if chunk_map is None or not layout.used:
+            return ""
+        if layout.cells_per_chunk > 1:
+            grain = f"1 chunk in {layout.cells_per_chunk} cells"
+        elif layout.per_cell == 1:
+            grain = "1 chunk a cell"
+        else:
+            grain = f"{format_size(layout.per_cell * self.chunk_size)} a cell"
+        span = layout.last - layout.first
+        if span >= chunk_map.total:
+            return f"whole device, {grain}"
+        start, end = layout.first * self.chunk_size, min(layout.last * self.chunk_size, self.device_bytes)
+        return (f"zoom ×{round(chunk_map.total / span):,}: {format_range(start, end)} "
+                f"of {format_size(self.device_bytes)}, {grain}")
 
     def state_color(self, state: int) -> Color:
         """The colour of a cell in `state` (from the component classes), e.g. for a legend."""
@@ -552,6 +572,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
             self._cursor = layout.first
         elif layout.used and self._cursor >= layout.last:
             self._cursor = layout.chunks(layout.used - 1)[0]
+        self.border_subtitle = self.describe_window()
         self._stamp += 1
         self._line_stamps = [self._stamp] * size.height
         self._strip_cache.clear()  # every old key is stale now; free the memory
