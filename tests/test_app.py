@@ -675,3 +675,34 @@ async def test_the_figures_and_the_legend_show_the_same_counts(tmp_path: Path) -
             await pilot.pause(0.03)
         assert samples > 3
     assert dst.read_bytes() == src.read_bytes()
+
+
+async def test_the_command_palette_holds_the_screens_actions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl+P lists what the screen's keys do (dry run, sync, theme... then on the review
+    export and zoom); picking "Dry run" runs one, picking "Export" exports."""
+    from textual.command import CommandPalette
+
+    from blocksync_tui.tui.commands import ActionsProvider
+
+    monkeypatch.chdir(tmp_path)
+    src, dst = _pair(tmp_path)
+    app = BlocksyncApp(RunRequest(str(src), str(dst)), list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        names = [name for name, _, _ in ActionsProvider(app.screen)._commands()]
+        assert {"Dry run", "Sync", "Help", "Light/dark"} <= set(names)
+        await pilot.press("ctrl+p")
+        await _wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
+        await pilot.press(*"dry run")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        review = app.screen
+        names = [name for name, _, _ in ActionsProvider(review)._commands()]
+        assert {"Export", "Sync…", "Zoom", "Zoom out", "Whole device", "Back"} <= set(names)
+        await pilot.press("ctrl+p")
+        await _wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
+        await pilot.press(*"export")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await _wait_for(pilot, lambda: (tmp_path / "blocksync-report.json").exists())

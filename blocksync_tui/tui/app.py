@@ -10,16 +10,14 @@ the UI.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
 from rich.text import Text
 from textual import on, work
-from textual.app import App, SystemCommand
+from textual.app import App
 from textual.binding import Binding, BindingType
-from textual.screen import Screen
 
 from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.endpoint import Endpoint
@@ -29,6 +27,7 @@ from blocksync_tui.engine.options import SshOptions
 from blocksync_tui.engine.parallel import engine_for
 from blocksync_tui.engine.prior import Prior
 from blocksync_tui.engine.transports import transport_factory
+from blocksync_tui.tui.commands import ActionsProvider
 from blocksync_tui.tui.messages import (
     DevicesListed,
     DevicesRequested,
@@ -52,10 +51,11 @@ class BlocksyncApp(App[int]):
     """Pick a source and a destination, dry-run, review, confirm, sync."""
 
     TITLE = "blocksync-tui"
+    COMMANDS = App.COMMANDS | {ActionsProvider}
     CSS_PATH = Path(__file__).with_name("app.tcss")
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("f1", "help", "Help", id="help", tooltip="Keys and what the colours mean"),
-        Binding("ctrl+t", "toggle_theme", "Theme", id="toggle-theme", tooltip="Light or dark"),
+        Binding("ctrl+t", "toggle_theme", "Light/dark", id="toggle-theme", tooltip="Switch between the light and the dark theme"),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
     ]
 
@@ -95,13 +95,6 @@ class BlocksyncApp(App[int]):
     def on_unmount(self) -> None:
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)  # gigabytes of demo images
-
-    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
-        yield SystemCommand("Help", "Keys, states and how a sync works", self.action_help)
-        yield SystemCommand(
-            "Toggle light/dark theme", "Switch the colour theme", self.action_toggle_theme
-        )
 
     # -- actions
 
