@@ -677,11 +677,27 @@ async def test_the_figures_and_the_legend_show_the_same_counts(tmp_path: Path) -
     assert dst.read_bytes() == src.read_bytes()
 
 
+async def _pick_from_palette(pilot, name: str) -> None:
+    """Open the command palette, type `name`, and run the entry once the palette lists it first."""
+    from textual.command import CommandList, CommandPalette
+
+    app = pilot.app
+    await pilot.press("ctrl+p")
+    await _wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
+    await pilot.press(*name.lower())
+
+    def listed_first() -> bool:
+        options = app.screen.query(CommandList)
+        return bool(options) and options.first().option_count > 0 and (
+            str(options.first().get_option_at_index(0).prompt).startswith(name))
+
+    await _wait_for(pilot, listed_first, timeout=20)
+    await pilot.press("enter")
+
+
 async def test_the_command_palette_holds_the_screens_actions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl+P lists what the screen's keys do (dry run, sync, theme... then on the review
     export and zoom); picking "Dry run" runs one, picking "Export" exports."""
-    from textual.command import CommandPalette
-
     from blocksync_tui.tui.commands import ActionsProvider
 
     monkeypatch.chdir(tmp_path)
@@ -691,18 +707,10 @@ async def test_the_command_palette_holds_the_screens_actions(tmp_path: Path, mon
         await pilot.pause()
         names = [name for name, _, _ in ActionsProvider(app.screen)._commands()]
         assert {"Dry run", "Sync", "Help", "Light/dark"} <= set(names)
-        await pilot.press("ctrl+p")
-        await _wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
-        await pilot.press(*"dry run")
-        await pilot.pause(0.5)
-        await pilot.press("enter")
+        await _pick_from_palette(pilot, "Dry run")
         await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
         review = app.screen
         names = [name for name, _, _ in ActionsProvider(review)._commands()]
         assert {"Export", "Sync…", "Zoom", "Zoom out", "Whole device", "Back"} <= set(names)
-        await pilot.press("ctrl+p")
-        await _wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
-        await pilot.press(*"export")
-        await pilot.pause(0.5)
-        await pilot.press("enter")
+        await _pick_from_palette(pilot, "Export")
         await _wait_for(pilot, lambda: (tmp_path / "blocksync-report.json").exists())
