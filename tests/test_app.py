@@ -714,3 +714,22 @@ async def test_the_command_palette_holds_the_screens_actions(tmp_path: Path, mon
         assert {"Export", "Sync…", "Zoom", "Zoom out", "Whole device", "Back"} <= set(names)
         await _pick_from_palette(pilot, "Export")
         await _wait_for(pilot, lambda: (tmp_path / "blocksync-report.json").exists())
+
+
+def test_device_models_name_the_maker_not_a_bus_id() -> None:
+    """What the device table shows as a model: never a bare PCI vendor id like 0x1af4."""
+    import os
+    import re
+
+    from blocksync_tui.engine.endpoint import Endpoint
+    from blocksync_tui.engine.inventory import list_devices
+
+    devices = [d for d in list_devices(Endpoint("/")) if not d.path.startswith("/dev/loop")]
+    if not devices:
+        pytest.skip("this machine lists no block devices")
+    for device in devices:
+        assert not re.search(r"(^| )0x[0-9a-f]+( |$)", device.model), device
+        assert not device.model.startswith("ATA "), device
+        name = device.path.removeprefix("/dev/")
+        if os.path.realpath(f"/sys/block/{name}/device/driver").endswith("/virtio_blk"):
+            assert device.model == "virtio disk"

@@ -33,6 +33,22 @@ MAX_STACK = 4096
 bound costs nothing."""
 
 
+def device_model(base: str) -> str:
+    """What a person calls the device under /sys/block/NAME: its maker and model, as lsblk.
+
+    A virtio or PCI disk's "vendor" is a PCI id (0x1af4) and ATA's is the bus: no maker's
+    name. With no model either, the driver says what it is ("virtio disk").
+    """
+    vendor, model = read_text(base + "/device/vendor"), read_text(base + "/device/model")
+    if vendor.startswith("0x") or vendor == "ATA":
+        vendor = ""
+    text = " ".join(x for x in (vendor, model) if x)
+    if not text and os.path.islink(base + "/device/driver"):
+        driver = os.path.basename(os.readlink(base + "/device/driver"))  # virtio_blk, xen-blkfront
+        text = driver.split("_")[0].split("-")[0] + " disk"
+    return text
+
+
 def read_text(path: str, default: str = "") -> str:
     """The stripped content of a small text file (a sysfs attribute), or `default`."""
     try:
@@ -274,9 +290,7 @@ def list_devices() -> "list[dict]":
                     }
                 )
         num = read_text(base + "/dev")
-        model = " ".join(
-            x for x in (read_text(base + "/device/vendor"), read_text(base + "/device/model")) if x
-        )
+        model = device_model(base)
         if name.startswith("loop"):
             model = "loop: " + read_text(base + "/loop/backing_file")
         devices.append(
