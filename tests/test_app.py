@@ -733,3 +733,45 @@ def test_device_models_name_the_maker_not_a_bus_id() -> None:
         name = device.path.removeprefix("/dev/")
         if os.path.realpath(f"/sys/block/{name}/device/driver").endswith("/virtio_blk"):
             assert device.model == "virtio disk"
+
+
+async def test_setup_errors_go_once_the_field_changes_and_a_new_host_lists_its_own(tmp_path: Path) -> None:
+    """An error beside a panel goes once its fields change; a host typed in replaces the
+    device list (never this machine's devices under another host's name); a mounted disk
+    picked as the destination is flagged at once."""
+    from blocksync_tui.engine.inventory import Device
+
+    app = BlocksyncApp(RunRequest(str(tmp_path / "missing.img"), str(tmp_path / "d.img")), list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+d")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        await pilot.press("enter")
+        source = app.screen.query_one("#source", EndpointPanel)
+        await _wait_for(pilot, lambda: source.has_class("-invalid"))
+        (tmp_path / "found.img").write_bytes(b"x" * 4096)
+        await _type(pilot, "#source-path", str(tmp_path / "found.img"))
+        await pilot.pause()
+        assert not source.has_class("-invalid")
+        assert not source.query_one("#source-error").has_class("-visible")
+
+        destination = app.screen.query_one("#destination", EndpointPanel)
+        disk = Device("/dev/sdz", 1 << 30, "Disk", mounted=("/srv",))
+        destination.show_devices([Device("/dev/sdy", 1 << 30, "Spare"), disk])
+        table = destination.query_one("#destination-devices")
+        table.focus()
+        table.move_cursor(row=1)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert destination.path == "/dev/sdz" and destination.has_class("-invalid")
+        assert "/dev/sdz is in use (/srv)" in str(destination.query_one("#destination-error").render())
+        table.move_cursor(row=0)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert destination.path == "/dev/sdy" and not destination.has_class("-invalid")
+
+        await _type(pilot, "#destination-host", "nobody@127.0.0.1:1")  # nothing listens on port 1
+        assert destination.devices == [] and table.row_count == 0
+        await _click(pilot, "#destination-path")  # leaving the host field lists its devices
+        await _wait_for(pilot, lambda: destination.has_class("-invalid"))
+        assert "Block devices of nobody@127.0.0.1:1" in str(destination.query_one(".devices-title").render())
+        assert table.row_count == 0

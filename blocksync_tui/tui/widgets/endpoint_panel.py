@@ -62,6 +62,9 @@ class EndpointPanel(Vertical):
         self._initial_key = key
         self.devices: list[Device] = []
         """The devices listed for the current host."""
+        self._listed_host = self._initial_host
+        """The host whose devices the table shows (or is to show)."""
+        self._error_for: tuple[str, str, str] | None = None
 
     def compose(self) -> ComposeResult:
         fields = [
@@ -124,17 +127,25 @@ class EndpointPanel(Vertical):
         return str(endpoint)
 
     def show_error(self, text: str) -> None:
-        """Show a validation error beside the fields (empty text clears it)."""
+        """Show a validation error beside the fields (empty text clears it); it stays until a
+        field is changed."""
         error = self.query_one(f"#{self.side}-error", Static)
         error.update(text)
         error.set_class(bool(text), "-visible")
         self.set_class(bool(text), "-invalid")
+        self._error_for = self._fields() if text else None
+
+    def _fields(self) -> tuple[str, str, str]:
+        return self.host, self.key, self.path
 
     # -- devices
 
     def action_refresh_devices(self) -> None:
         """Ask for this host's devices (the app lists them in a thread)."""
         self.query_one(f"#{self.side}-devices", DataTable).loading = True
+        self._listed_host = self.host
+        self.query_one(".devices-title", Label).update(
+            f"Block devices of {self.host}" if self.host else "Block devices")
         self.post_message(self.DevicesWanted(self, self.host))
 
     def show_devices(self, devices: list[Device], error: str = "") -> None:
@@ -167,11 +178,33 @@ class EndpointPanel(Vertical):
             event.stop()
             self.action_refresh_devices()
 
+    @on(Input.Changed)
+    def _field_changed(self, event: Input.Changed) -> None:
+        if self._error_for is not None and self._fields() != self._error_for:
+            self.show_error("")  # it was about what the field said before
+        if event.input.id == f"{self.side}-host" and self.host != self._listed_host:
+            # Another host's devices are not this one's: never show them under its name.
+            self.query_one(f"#{self.side}-devices", DataTable).clear()
+            self.devices = []
+
+    @on(Input.Blurred)
+    def _host_left(self, event: Input.Blurred) -> None:
+        if event.input.id == f"{self.side}-host" and self.host != self._listed_host:
+            self.action_refresh_devices()
+
     @on(DataTable.RowSelected)
     def _device_picked(self, event: DataTable.RowSelected) -> None:
         event.stop()
-        if event.row_key.value:
-            self.query_one(f"#{self.side}-path", Input).value = event.row_key.value
+        if not event.row_key.value:
+            return
+        self.query_one(f"#{self.side}-path", Input).value = event.row_key.value
+        entries = [entry for d in self.devices for entry in (d, *d.partitions)]
+        picked = next((e for e in entries if e.path == event.row_key.value), None)
+        if self.side == "destination" and picked is not None and picked.in_use:
+            use = ", ".join(picked.mounted or picked.holders) or "its partitions"
+            self.show_error(f"⚠ {picked.path} is in use ({use}): a sync to it is refused "
+                            "while it is; pick another device or unmount it first")
+        else:
             self.show_error("")
 
 
