@@ -775,3 +775,22 @@ async def test_setup_errors_go_once_the_field_changes_and_a_new_host_lists_its_o
         await _wait_for(pilot, lambda: destination.has_class("-invalid"))
         assert "Block devices of nobody@127.0.0.1:1" in str(destination.query_one(".devices-title").render())
         assert table.row_count == 0
+
+
+async def test_local_paths_complete_as_they_are_typed(tmp_path: Path) -> None:
+    """Typing the start of a local path suggests the rest; → takes it. A remote host gets none."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "disk-a.img").write_bytes(b"")
+    app = BlocksyncApp(list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await _type(pilot, "#source-path", str(tmp_path / "im"))
+        field = app.screen.query_one("#source-path")
+        await _wait_for(pilot, lambda: field._suggestion == str(tmp_path / "images") + "/", timeout=20)
+        await pilot.press("right", *"d")
+        await _wait_for(pilot, lambda: field._suggestion == str(tmp_path / "images" / "disk-a.img"), timeout=20)
+        await pilot.press("right")
+        assert field.value == str(tmp_path / "images" / "disk-a.img")
+        await _type(pilot, "#source-host", "nobody@127.0.0.1:1")
+        await _type(pilot, "#source-path", str(tmp_path / "im"))
+        await pilot.pause(0.3)
+        assert not field._suggestion

@@ -16,6 +16,7 @@ from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import UsageError
 from blocksync_tui.engine.inventory import Device
 from blocksync_tui.engine.units import human_bytes
+from blocksync_tui.tui.widgets.path_suggester import LocalPathSuggester
 
 
 class EndpointPanel(Vertical):
@@ -75,7 +76,9 @@ class EndpointPanel(Vertical):
         for label, name, value, placeholder in fields:
             with Horizontal(classes="field"):
                 yield Label(label, classes="field-label")
-                yield Input(value, placeholder=placeholder, id=f"{self.side}-{name}")
+                # Paths on this machine complete as they are typed (→ or End takes it).
+                suggester = LocalPathSuggester(lambda: not self.host) if name in ("path", "key") else None
+                yield Input(value, placeholder=placeholder, id=f"{self.side}-{name}", suggester=suggester)
         yield Static("", id=f"{self.side}-error", classes="field-error", markup=False)
         with Horizontal(classes="devices-bar"):
             yield Label("Block devices", classes="devices-title")
