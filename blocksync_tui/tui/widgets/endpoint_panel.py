@@ -77,7 +77,7 @@ class EndpointPanel(Vertical):
             with Horizontal(classes="field"):
                 yield Label(label, classes="field-label")
                 # Paths on this machine complete as they are typed (→ or End takes it).
-                suggester = LocalPathSuggester(lambda: not self.host) if name in ("path", "key") else None
+                suggester = LocalPathSuggester(self._is_local) if name in ("path", "key") else None
                 yield Input(value, placeholder=placeholder, id=f"{self.side}-{name}", suggester=suggester)
         yield Static("", id=f"{self.side}-error", classes="field-error", markup=False)
         with Horizontal(classes="devices-bar"):
@@ -137,6 +137,11 @@ class EndpointPanel(Vertical):
         error.set_class(bool(text), "-visible")
         self.set_class(bool(text), "-invalid")
         self._error_for = self._fields() if text else None
+
+    def _is_local(self) -> bool:
+        """No host named (asked by the path suggester, maybe before the host field exists)."""
+        hosts = self.query(f"#{self.side}-host").results(Input)
+        return not any(field.value.strip() for field in hosts)
 
     def _fields(self) -> tuple[str, str, str]:
         return self.host, self.key, self.path
