@@ -616,6 +616,8 @@ async def test_pause_shows_in_the_title_and_the_footer(tmp_path: Path) -> None:
         await pilot.pause(0.3)
         line = run_screen.query_one("#run-progress").text
         assert "of 256.0 MiB compared" in line and line.endswith("paused")
+        progress = engine.progress()  # the map marks where the scan is
+        assert run_screen.query_one("#block-map").position == progress.scanned // progress.chunk_size
         await pilot.press("space")
         await _wait_for(pilot, lambda: not engine.progress().paused)
         assert "PAUSED" not in str(run_screen.query_one("#run-title").render())
@@ -794,3 +796,19 @@ async def test_local_paths_complete_as_they_are_typed(tmp_path: Path) -> None:
         await _type(pilot, "#source-path", str(tmp_path / "im"))
         await pilot.pause(0.3)
         assert not field._suggestion
+
+
+async def test_the_selected_run_is_lit_on_the_map(tmp_path: Path) -> None:
+    src, dst = _pair(tmp_path, size=8 << 20)
+    request = RunRequest(str(src), str(dst), SyncOptions(chunk_size=64 << 10))
+    app = BlocksyncApp(request, autostart=True, list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        review = app.screen
+        runs, block_map = review.query_one("#runs"), review.query_one("#block-map")
+        first, second = review.report.largest_runs[:2]
+        # The whole run in the spotlight (the rest of the map dimmed), not just its first cell.
+        await _wait_for(pilot, lambda: block_map.spotlight == ((first["first_chunk"], first["chunks"]),))
+        runs.focus()
+        await pilot.press("down")
+        await _wait_for(pilot, lambda: block_map.spotlight == ((second["first_chunk"], second["chunks"]),))

@@ -864,3 +864,24 @@ async def test_the_border_says_the_zoom_and_the_range_shown() -> None:
             f"zoom ×{round(4096 / (layout.last - layout.first))}: {shown} of 4.0 GiB, 1 chunk a cell")
         await pilot.press("0")
         assert block_map.border_subtitle.startswith("whole device")
+
+
+async def test_the_scan_position_is_marked_and_follows() -> None:
+    app = MapApp(ChunkMap(10_000), poll_interval=None)
+    async with app.run_test(size=(40, 12)) as pilot:
+        block_map = app.query_one(BlockMap)
+        await pilot.pause()
+
+        def lines_with_mark() -> list[int]:
+            return [y for y in range(block_map.size.height) if "▶" in block_map.render_line(y).text]
+
+        assert lines_with_mark() == []
+        layout = block_map.cell_layout
+        block_map.set_position(0)
+        assert lines_with_mark() == [0]
+        far = layout.chunks(2 * layout.width * 3)[0]  # the first cell of line 3
+        block_map.set_position(far)
+        assert lines_with_mark() == [3] and block_map.render_line(3).text.startswith("▶")
+        block_map.set_position(None)
+        assert lines_with_mark() == []
+

@@ -182,7 +182,9 @@ class ReviewScreen(Screen[None]):
             return
         first = int(event.row_key.value)
         run = next(r for r in self.report.largest_runs if r["first_chunk"] == first)
-        self.query_one(BlockMap).zoom_to(first, run["chunks"])
+        block_map = self.query_one(BlockMap)
+        block_map.zoom_to(first, run["chunks"])
+        block_map.set_spotlight(((first, run["chunks"]),))  # the whole run, not its first cell
         self._selected_run = (first, run["chunks"])
         self._name_run_owners()
 

@@ -108,6 +108,8 @@ class RunScreen(Screen[None]):
         progress = replace(progress, counts=counts)
         self.query_one(BlockMapLegend).update_counts(counts)
         self.query_one(StatsPanel).show(progress)
+        scanning = progress.phase == "scanning" and progress.scanned < progress.size
+        self.query_one(BlockMap).set_position(progress.scanned // progress.chunk_size if scanning else None)
         cancelling = self.engine.cancelled and not self.finished
         self.query_one(RunProgress).show(progress, cancelling)
         self._set_state("CANCELLING" if cancelling else "PAUSED" if progress.paused else "")
@@ -115,6 +117,7 @@ class RunScreen(Screen[None]):
     def finish(self, report: Report) -> None:
         """The run is over: stop offering pause and cancel."""
         self.finished = True
+        self.query_one(BlockMap).set_position(None)
         self._set_state("")
 
     def _title(self) -> Text:

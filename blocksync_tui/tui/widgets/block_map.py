@@ -29,12 +29,14 @@ from blocksync_tui.tui.widgets.block_cells import (
 )
 from blocksync_tui.tui.widgets.block_marks import DIM, mark_cells, paint_marked
 
-StripKey = tuple[int, int, int, int, int, int, int, int]
+StripKey = tuple[int, int, int, int, int, int, int, int, int]
 """(line, line stamp, width, first chunk, last chunk, chunks per cell, cells per chunk, cursor
-position in line)."""
+position in line, position marker in line)."""
 
 _CURSOR_BLEND = 0.7
 """How far the cursor cell moves from its state colour towards the cursor colour."""
+POSITION_MARK = "▶"
+"""Drawn on the cell where the scan is: how far it has come."""
 
 _MOVES = (("left", -1, 0, "cell"), ("right", 1, 0, "cell"), ("up", 0, -1, "cell row"),
           ("down", 0, 1, "cell row"))  # fmt: skip
@@ -170,6 +172,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         self.disk_layout = disk_layout
         """The partitions marked on the map and named by the cursor's description."""
         self._marks: dict[int, str] = {}
+        self._position: int | None = None
         """The character drawn on the cell where each partition shown begins, by cell."""
         self.counts_changed: Signal[dict[State, int]] = Signal(self, "counts-changed")
         """Published with `ChunkView.counts()` by each poll that saw a change (the legend's feed)."""
@@ -343,6 +346,35 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         return (f"zoom ×{round(chunk_map.total / span):,}: {format_range(start, end)} "
                 f"of {format_size(self.device_bytes)}, {grain}")
 
+    def set_position(self, chunk: int | None) -> None:
+        """Mark the chunk the scan has come to (None: no mark), repainting the lines involved."""
+        if chunk == self._position:
+            return
+        lines = {self._line_of(c) for c in (self._position, chunk)}
+        self._position = chunk
+        for line in lines - {None}:
+            self.refresh_lines(line)
+
+    @property
+    def position(self) -> int | None:
+        """The chunk marked as where the scan is, if any."""
+        return self._position
+
+    def _line_of(self, chunk: int | None) -> int | None:
+        """The terminal line showing `chunk`, if it is in the window."""
+        layout = self._layout
+        if chunk is None or not layout.used or not layout.first <= chunk < layout.last:
+            return None
+        return layout.cell_of(chunk) // (2 * layout.width)
+
+    def _in_line(self, chunk: int | None, first_cell: int) -> int:
+        """Where `chunk` is in the line starting at `first_cell` (-1: not in it)."""
+        layout = self._layout
+        if chunk is None or not layout.used or not layout.first <= chunk < layout.last:
+            return -1
+        at = layout.cell_of(chunk) - first_cell
+        return at if 0 <= at < 2 * layout.width else -1
+
     def state_color(self, state: int) -> Color:
         """The colour of a cell in `state` (from the component classes), e.g. for a legend."""
         return self._state_colors()[state]
@@ -492,12 +524,16 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         cursor = self.cursor_cell - 2 * line * layout.width if layout.used else -1
         if not 0 <= cursor < 2 * layout.width:
             cursor = -1
+        first = 2 * line * layout.width
+        position = self._in_line(self._position, first)
         key = (line, self._line_stamps[line], layout.width, layout.first, layout.last,
-               layout.per_cell, layout.cells_per_chunk, cursor)  # fmt: skip
+               layout.per_cell, layout.cells_per_chunk, cursor, position)  # fmt: skip
         strip = self._strip_cache.get(key)
         if strip is None:
-            first = 2 * line * layout.width  # marks only change with a rebuild, which restamps
+            # Partition marks only change with a rebuild, which restamps.
             marks = {c - first: m for c, m in self._marks.items() if first <= c < first + 2 * layout.width}
+            if position >= 0:
+                marks[position] = POSITION_MARK
             strip = Strip(self._paint(layout, line, cursor, marks), layout.width)
             self._strip_cache.set(key, strip)
         return strip
