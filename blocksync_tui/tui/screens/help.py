@@ -27,7 +27,9 @@ hosts) by rewriting only the chunks that differ.
 
 ## The block map
 
-Each cell stands for one or more chunks; a cell shows its most significant state.
+Each cell stands for one or more chunks. A cell of several states is shaded by their
+share: its most significant one (error, updated, differs...) tints the colour of the most
+common other one, a little for a few chunks, mostly for most, never not at all.
 
 | colour | state |
 | --- | --- |

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from mmap import mmap
 from typing import NamedTuple
 
-from rich.color import Color
+from rich.color import Color, blend_rgb
 from rich.segment import Segment
 from rich.style import Style
 
@@ -140,7 +140,52 @@ def cell_state(data: bytes | bytearray) -> int:
     return EMPTY
 
 
-def _cell_states_or(data: bytes, per_cell: int, count: int) -> bytearray:
+SHARE_TINT = (0.0, 0.45, 0.7, 0.88)
+"""How far a mixed cell's colour goes from its base state's towards its significant state's,
+by share level (1: under a third of its chunks, 2: under two thirds, 3: more). Even one
+differing chunk among a thousand tints its cell by 45%: it stays visible, but 10% differing
+no longer looks like all of it."""
+
+
+def cell_value(data: bytes | bytearray) -> int:
+    """What a cell shows, shaded by share (as ddrescueview does).
+
+    A cell whose chunks are all in one state shows that `State` (a value below 8). A mixed
+    cell is `level << 6 | base << 3 | significant`: its most significant state (see
+    `PRIORITY`), the most common of its other states, and the significant state's share level
+    (see `SHARE_TINT`); `value & 7` is always the significant state.
+
+    Args:
+        data: The state bytes of the chunks the cell covers.
+
+    Returns:
+        The value, or `EMPTY` for no chunks.
+    """
+    significant = cell_state(data)
+    if significant == EMPTY:
+        return EMPTY
+    total, count = len(data), data.count(significant)
+    if count == total:
+        return significant
+    base, most = significant, 0
+    for value in _PRIORITY_INTS:
+        if value != significant and (n := data.count(value)) > most:
+            base, most = value, n
+    return (1 + 3 * count // total) << 6 | base << 3 | significant
+
+
+_MIXED_MASK = bytes(1 if bin(mask).count("1") > 1 else 0 for mask in range(256))
+_NONZERO = re.compile(rb"[^\x00]")
+
+
+def _shade(data: bytes, per_cell: int, states: bytearray, cells: Iterable[int]) -> bytearray:
+    """Replace the states of the mixed `cells` by their shaded values (see `cell_value`)."""
+    for cell in cells:
+        states[cell] = cell_value(data[cell * per_cell : (cell + 1) * per_cell])
+    return states
+
+
+def _cell_states_or(data: bytes, per_cell: int, count: int, shaded: bool = False) -> bytearray:
     """Aggregate small cells: OR the one-hot flags of the k-th chunk of every cell at once.
 
     `flags[k::per_cell]` picks the k-th chunk of every cell; OR-ing those strips as big
@@ -150,10 +195,15 @@ def _cell_states_or(data: bytes, per_cell: int, count: int) -> bytearray:
     merged = 0
     for k in range(per_cell):
         merged |= int.from_bytes(flags[k::per_cell], "little")
-    return bytearray(merged.to_bytes(count, "little").translate(_MASK_TO_STATE))
+    masks = merged.to_bytes(count, "little")
+    states = bytearray(masks.translate(_MASK_TO_STATE))
+    if not shaded:
+        return states
+    mixed = (match.start() for match in _NONZERO.finditer(masks.translate(_MIXED_MASK)))
+    return _shade(data, per_cell, states, mixed)
 
 
-def _cell_states_scan(data: bytes, per_cell: int, count: int) -> bytearray:
+def _cell_states_scan(data: bytes, per_cell: int, count: int, shaded: bool = False) -> bytearray:
     """Aggregate large cells: per cell, `in` tests in priority order (each a C memchr)."""
     # States absent from the whole range need no per-cell test; and once the others are ruled
     # out, a cell must hold the least significant state that is present.
@@ -170,26 +220,30 @@ def _cell_states_scan(data: bytes, per_cell: int, count: int) -> bytearray:
                 break
         else:
             out[cell] = fallback
+        if shaded and chunk_states.count(out[cell]) != len(chunk_states):
+            out[cell] = cell_value(chunk_states)
     return out
 
 
-def cell_states(data: bytes | bytearray, per_cell: int) -> bytearray:
+def cell_states(data: bytes | bytearray, per_cell: int, shaded: bool = False) -> bytearray:
     """The state of every cell over consecutive chunk states, `per_cell` chunks each.
 
     Args:
         data: State bytes of the shown range of chunks.
         per_cell: Chunks per cell (the last cell may be partial).
+        shaded: Give mixed cells their shaded value (see `cell_value`), not just their most
+            significant state.
 
     Returns:
-        One state byte per cell: `ceil(len(data) / per_cell)` bytes.
+        One byte per cell: `ceil(len(data) / per_cell)` bytes.
     """
     data = bytes(data)
     count = -(-len(data) // per_cell)
     if per_cell == 1:
         return bytearray(data)
     if per_cell <= _OR_MAX_PER_CELL:
-        return _cell_states_or(data, per_cell, count)
-    return _cell_states_scan(data, per_cell, count)
+        return _cell_states_or(data, per_cell, count, shaded)
+    return _cell_states_scan(data, per_cell, count, shaded)
 
 
 def _stretch(states: bytearray, times: int) -> bytearray:
@@ -263,7 +317,7 @@ class CellLayout:
         scale = cell_scale(total, width * rows, zoom)
         first = min(max(0, first), total - scale.span)
         cells = bytearray([EMPTY]) * (width * rows)
-        shown = cell_states(states[first : first + scale.span], scale.per_cell)
+        shown = cell_states(states[first : first + scale.span], scale.per_cell, shaded=True)
         shown = _stretch(shown, scale.cells_per_chunk)
         cells[: len(shown)] = shown
         last, per_cell, cells_per_chunk = first + scale.span, scale.per_cell, scale.cells_per_chunk
@@ -330,7 +384,7 @@ class CellLayout:
         cells, line_cells, lines = self.cells, 2 * self.width, set()
         for cell in touched:  # `chunks(cell)` and `group(cell)`, inlined: this loop is hot
             start = first + cell // size * per_cell
-            value = cell_state(states[start : min(start + per_cell, last)])
+            value = cell_value(states[start : min(start + per_cell, last)])
             if value == cells[cell]:
                 continue
             if size == 1:
@@ -345,10 +399,18 @@ class CellLayout:
 UPPER_HALF = "▀"
 """The glyph of a terminal cell showing two map cells: foreground on top, background below."""
 
-_RUNS = re.compile(rb"(.)\1*", re.DOTALL)
-_CODE_SHIFT = 4
-"""A line code is `top << 4 | bottom`: one byte holds two of the nine cell values (0..EMPTY)."""
-_TOP_TO_CODE = bytes((value << _CODE_SHIFT) & 0xFF for value in range(256))
+_RUNS = re.compile(rb"(..)\1*", re.DOTALL)
+"""Runs of equal two-byte column codes (top cell, bottom cell), matched from an even offset."""
+
+
+def shade_palette(colors: Sequence[Color]) -> list[Color]:
+    """The colour of every cell value (see `cell_value`) from the colour of each state."""
+    palette = [colors[value] if value < len(colors) else colors[value & 7] for value in range(256)]
+    for value in range(64, 256):  # mixed cells (EMPTY, 8, is never part of one)
+        base, top = colors[value >> 3 & 7].triplet, colors[value & 7].triplet
+        if base is not None and top is not None:
+            palette[value] = Color.from_triplet(blend_rgb(base, top, SHARE_TINT[value >> 6]))
+    return palette
 
 
 class LinePainter:
@@ -364,20 +426,12 @@ class LinePainter:
             cursor_colors: The same colours as tinted for the cursor cell.
             mark_color: The colour of a mark's character (a partition's number).
         """
-        self._colors = colors
-        self._cursor_colors = cursor_colors
+        self._colors = colors = shade_palette(colors)
+        self._cursor_colors = shade_palette(cursor_colors)
         self._mark_color = mark_color
         self._segments: dict[int, Segment] = {}
-        # Indexed by the line code `top << 4 | bottom`. Equal halves are a space: some
-        # terminals leave a seam between stacked half blocks of one colour.
-        self._styles: list[tuple[str, Style]] = [(" ", Style())] * 256
-        for top in range(EMPTY + 1):
-            for bottom in range(EMPTY + 1):
-                self._styles[top << _CODE_SHIFT | bottom] = (
-                    (" ", Style(bgcolor=colors[top]))
-                    if top == bottom
-                    else (UPPER_HALF, Style(color=colors[top], bgcolor=colors[bottom]))
-                )
+        self._styles: dict[int, tuple[str, Style]] = {}
+        """By column code `top << 8 | bottom`, made when first needed."""
 
     def paint(
         self, layout: CellLayout, line: int, cursor: int = -1, marks: dict[int, str] | None = None
@@ -398,10 +452,9 @@ class LinePainter:
         width, cells = layout.width, layout.cells
         top = cells[2 * line * width : (2 * line + 1) * width]
         bottom = cells[(2 * line + 1) * width : (2 * line + 2) * width]
-        # code = top << 4 | bottom for every column at once: a big-int OR runs in C.
-        codes = (
-            int.from_bytes(top.translate(_TOP_TO_CODE), "little") | int.from_bytes(bottom, "little")
-        ).to_bytes(width, "little")
+        # Two bytes per column, top then bottom: interleaved by slice assignment, in C.
+        codes = bytearray(2 * width)
+        codes[0::2], codes[1::2] = top, bottom
         special: dict[int, Segment] = {}
         for at, char in (marks or {}).items():
             column, row = at % width, top if at < width else bottom
@@ -424,19 +477,32 @@ class LinePainter:
             start = column + 1
         return segments + self._runs(codes, start, width)
 
-    def _runs(self, codes: bytes, start: int, end: int) -> list[Segment]:
-        """One segment per run of equal codes in `codes[start:end]`."""
+    def _style(self, code: int) -> tuple[str, Style]:
+        """The text and style of a column code. Equal halves are a space: some terminals
+        leave a seam between stacked half blocks of one colour."""
+        style = self._styles.get(code)
+        if style is None:
+            top, bottom = self._colors[code >> 8], self._colors[code & 0xFF]
+            style = self._styles[code] = (
+                (" ", Style(bgcolor=top)) if top == bottom
+                else (UPPER_HALF, Style(color=top, bgcolor=bottom))
+            )
+        return style
+
+    def _runs(self, codes: bytes | bytearray, start: int, end: int) -> list[Segment]:
+        """One segment per run of equal codes in columns `start` to `end`."""
         # Segments are immutable and repeat a lot (same colour, same length): reusing them
         # spares the allocations that otherwise trigger the garbage collector mid-frame.
         cache = self._segments
         if len(cache) > 16384:
             cache.clear()
         segments = []
-        for match in _RUNS.finditer(codes, start, end):
-            key = codes[match.start()] << 16 | (match.end() - match.start())
+        for match in _RUNS.finditer(codes, 2 * start, 2 * end):
+            at = match.start()
+            key = (codes[at] << 8 | codes[at + 1]) << 16 | (match.end() - at) >> 1
             segment = cache.get(key)
             if segment is None:
-                text, style = self._styles[key >> 16]
+                text, style = self._style(key >> 16)
                 segment = cache[key] = Segment(text * (key & 0xFFFF), style)
             segments.append(segment)
         return segments

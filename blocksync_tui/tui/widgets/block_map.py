@@ -26,6 +26,7 @@ from blocksync_tui.tui.widgets.block_cells import (
     describe_range,
     format_range,
     format_size,
+    shade_palette,
 )
 from blocksync_tui.tui.widgets.block_marks import DIM, mark_cells, paint_marked
 
@@ -48,8 +49,11 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
 
     Each terminal character shows two cells ("▀": foreground = top cell, background = bottom
     cell). With a disk layout, the cell where a partition begins shows its number, and the
-    cursor's description starts with the partition it is in. Each cell covers `layout.per_cell` consecutive chunks and shows the most significant
-    state among them (see `PRIORITY`), so one differing chunk among thousands still shows. With
+    cursor's description starts with the partition it is in. Each cell covers
+    `layout.per_cell` consecutive chunks and is shaded by the share of their states: the most
+    significant (see `PRIORITY`) tints the most common other one (`block_cells.cell_value`),
+    so one differing chunk among thousands still shows, and 10% differing does not look like
+    all of it. With
     fewer chunks than cells (a small device, or zoomed in far), each chunk spans
     `layout.cells_per_chunk` consecutive cells instead, so the device always fills the map; the
     cursor is then on the chunk's first cell and moves chunk by chunk. Terminals report the mouse
@@ -576,7 +580,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
             rich = [[color.rich_color for color in palette] for palette in (colors, cursor_colors, dim, dim_cursor)]
             self._painter = LinePainter(rich[0], rich[1], mark)
             self._dim_painter = LinePainter(rich[2], rich[3], mark)
-            self._palettes = tuple(rich)
+            self._palettes = tuple(shade_palette(palette) for palette in rich)  # by cell value
         return self._painter
 
     # -- internals -------------------------------------------------------------------------
