@@ -161,17 +161,20 @@ def cell_value(data: bytes | bytearray) -> int:
     Returns:
         The value, or `EMPTY` for no chunks.
     """
-    significant = cell_state(data)
-    if significant == EMPTY:
+    return _value_of(data, _PRIORITY_INTS)
+
+
+def _value_of(data: bytes | bytearray, present: Sequence[int]) -> int:
+    """`cell_value` of `data`, whose states are all among `present` (in priority order):
+    one C count per state that may be there."""
+    counts = [(value, n) for value in present if (n := data.count(value))]
+    if not counts:
         return EMPTY
-    total, count = len(data), data.count(significant)
-    if count == total:
+    significant, count = counts[0]
+    if len(counts) == 1:
         return significant
-    base, most = significant, 0
-    for value in _PRIORITY_INTS:
-        if value != significant and (n := data.count(value)) > most:
-            base, most = value, n
-    return (1 + 3 * count // total) << 6 | base << 3 | significant
+    base = max(counts[1:], key=lambda pair: pair[1])[0]
+    return (1 + 3 * count // len(data)) << 6 | base << 3 | significant
 
 
 _MIXED_MASK = bytes(1 if bin(mask).count("1") > 1 else 0 for mask in range(256))
@@ -210,8 +213,17 @@ def _cell_states_scan(data: bytes, per_cell: int, count: int, shaded: bool = Fal
     present = [value for value in _PRIORITY_INTS if value in data]
     if not present:
         return bytearray([EMPTY]) * count
-    tested, fallback = present[:-1], present[-1]
     out = bytearray(count)
+    if shaded:  # a cell of one state costs one count; a mixed one, one per state present
+        for cell, start in enumerate(range(0, len(data), per_cell)):
+            chunk_states = data[start : start + per_cell]
+            first = chunk_states[0]
+            if chunk_states.count(first) == len(chunk_states):
+                out[cell] = first
+            else:
+                out[cell] = _value_of(chunk_states, present)
+        return out
+    tested, fallback = present[:-1], present[-1]
     for cell, start in enumerate(range(0, len(data), per_cell)):
         chunk_states = data[start : start + per_cell]
         for value in tested:
@@ -220,8 +232,6 @@ def _cell_states_scan(data: bytes, per_cell: int, count: int, shaded: bool = Fal
                 break
         else:
             out[cell] = fallback
-        if shaded and chunk_states.count(out[cell]) != len(chunk_states):
-            out[cell] = cell_value(chunk_states)
     return out
 
 
