@@ -39,7 +39,7 @@ DEVICES = [
     Device("/dev/nvme0n1", 1_000_204_886_016, "Samsung SSD 980 PRO 1TB",
            partitions=(Device("/dev/nvme0n1p1", 536_870_912, mounted=("/boot/efi",)),
                        Device("/dev/nvme0n1p2", 999_666_221_056, mounted=("/",)))),
-    Device("/dev/sda", 4_000_787_030_016, "ATA WDC WD40EFRX-68N"),
+    Device("/dev/sda", 4_000_787_030_016, "WDC WD40EFRX-68N"),
     Device("/dev/loop0", 268_435_456, "loop: /srv/images/vm-web01.img"),
 ]
 """A plausible host, so that the setup picture is the same on every machine."""
