@@ -10,7 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.dom import DOMNode
+
+from blocksync_tui.tui.widgets.block_map import BlockMap
 
 _LEFT_OUT = {"quit", "command_palette", "move_cursor"}
 """Actions the palette offers already (Textual's own entries) or that make no sense from it
@@ -22,14 +26,23 @@ class ActionsProvider(Provider):
 
     def _commands(self) -> list[tuple[str, str, Callable[[], object]]]:
         found: dict[str, tuple[str, str, Callable[[], object]]] = {}
-        for key, active in self.screen.active_bindings.items():
-            binding = active.binding
-            if not active.enabled or not binding.id or binding.action.split("(")[0] in _LEFT_OUT:
-                continue
+
+        def add(binding: Binding, node: DOMNode) -> None:
+            if not binding.id or binding.action.split("(")[0] in _LEFT_OUT:
+                return
             keys = binding.key_display or self.app.get_key_display(binding)
-            help_text = f"{binding.tooltip or binding.description} ({keys})"
-            run = partial(self.app.run_action, binding.action, active.node)
-            found.setdefault(binding.description, (binding.description, help_text, run))
+            run = partial(self.app.run_action, binding.action, node)
+            found.setdefault(binding.description, (
+                binding.description, f"{binding.tooltip or binding.description} ({keys})", run))
+
+        for active in self.screen.active_bindings.values():
+            if active.enabled:
+                add(active.binding, active.node)
+        # The map's keys (zoom) are offered while another widget has the focus too.
+        for block_map in self.screen.query(BlockMap):
+            for binding in block_map.BINDINGS:
+                if isinstance(binding, Binding):
+                    add(binding, block_map)
         return sorted(found.values())
 
     async def discover(self) -> Hits:

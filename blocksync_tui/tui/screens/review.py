@@ -62,7 +62,7 @@ class ReviewScreen(Screen[None]):
         Binding("ctrl+s", "sync", "Sync…", id="review-sync", tooltip="Write what differs (asks first)"),
         Binding("ctrl+e", "export", "Export", id="export", tooltip="Save the report (JSON), the map (SVG) and a ddrescue mapfile"),
         Binding("escape", "back", "Back", id="back", tooltip="Back to the setup screen"),
-        Binding("o", "owners_side", "Owners: other side", id="owners-side",
+        Binding("o", "owners_side", "Other side", id="owners-side",
                 tooltip="List the owners of the differing bytes on the other side"),
     ]
 
