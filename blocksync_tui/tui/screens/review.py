@@ -170,7 +170,10 @@ class ReviewScreen(Screen[None]):
         return table
 
     def on_mount(self) -> None:
-        panel = self.query_one(OwnersPanel)
+        panels = self.query(OwnersPanel)
+        if not panels:
+            return  # the app quit as the review was being mounted: its widgets are gone
+        panel = panels.first()
         if self.report.chunks_differing:  # once the panel's own widgets are there
             self.call_after_refresh(self._look_up, self.owners_side)
         else:
