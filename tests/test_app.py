@@ -191,14 +191,20 @@ async def _syncing(pilot) -> RunScreen:
     return run_screen
 
 
+async def _asked_to_cancel(pilot):
+    """A sync under way, paused so that it cannot end first, with Esc's cancel question open."""
+    run_screen = await _syncing(pilot)
+    engine = run_screen.engine
+    engine.pause()
+    await pilot.press("escape")
+    await _wait_for(pilot, lambda: isinstance(pilot.app.screen, YesNoScreen))
+    return run_screen, engine
+
+
 async def test_cancel_mid_sync_says_what_it_left(tmp_path: Path) -> None:
     app, src, dst = _big_sync_app(tmp_path, seed=2)
     async with app.run_test(size=SIZE) as pilot:
-        run_screen = await _syncing(pilot)
-        engine = run_screen.engine
-        engine.pause()
-        await pilot.press("escape")
-        await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
+        run_screen, engine = await _asked_to_cancel(pilot)
         assert "partly updated" in str(app.screen.question)
         await _click(pilot, "#yes")
         await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
@@ -498,11 +504,7 @@ async def test_a_dialog_open_when_the_run_ends_stays_until_answered(tmp_path: Pa
     answers it (keep going) instead of landing on the review that follows."""
     app, src, dst = _big_sync_app(tmp_path, seed=4)
     async with app.run_test(size=SIZE) as pilot:
-        run_screen = await _syncing(pilot)
-        engine = run_screen.engine
-        engine.pause()
-        await pilot.press("escape")
-        await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
+        run_screen, engine = await _asked_to_cancel(pilot)
         dialog = app.screen
         engine.resume()
         await _wait_for(pilot, lambda: run_screen.finished)
