@@ -501,7 +501,7 @@ class SshTransport(Transport):
     def send(self, data: bytes | memoryview) -> None:
         assert self._channel is not None
         try:
-            self._channel.sendall(data)
+            self._channel.sendall(memoryview(data))
         except (OSError, EOFError, paramiko.SSHException) as exc:
             # paramiko says EOFError or "Socket is closed"; the transport's own error says why.
             if self._channel.eof_received:
