@@ -6,7 +6,7 @@ ConnectTimeout, ProxyJump, ProxyCommand) the way OpenSSH would. Host keys are ch
 StrictHostKeyChecking, HostKeyAlias, HashKnownHosts. Only keys authenticate (ssh-agent and key
 files): there is never a password prompt. Tuning follows the measurements in
 PARAMIKO-FACTS.md: AES-GCM first, TCP_NODELAY, no SSH compression, Channel.recv for bulk data,
-and no client-initiated re-key (paramiko#822).
+no client-initiated re-key (paramiko#822), and outgoing data in batches of packets (ssh_send.py).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import ConnectError, UnknownHostKey
 from blocksync_tui.engine.known_hosts import Status, Verdict
 from blocksync_tui.engine.options import SshOptions
+from blocksync_tui.engine.ssh_send import GcmSender
 from blocksync_tui.engine.transport import Transport
 
 SSH_PORT = 22
@@ -282,6 +283,8 @@ class SshTransport(Transport):
         self._clients: list[paramiko.SSHClient] = []
         self._agent: paramiko.Agent | None = None
         self._channel: paramiko.Channel | None = None
+        self._sender: GcmSender | None = None
+        """Sends the channel's data in batches of GCM packets; None: paramiko's own sendall."""
         self._ssh: paramiko.Transport | None = None
         self._strategy: _KeysOnly | None = None
         self._stderr_done = threading.Event()
@@ -386,6 +389,7 @@ class SshTransport(Transport):
                 raise
             raise ConnectError(self._explain(exc, hop)) from None
         self._channel = channel
+        self._sender = GcmSender.attach(channel)
         self._drain_stderr(self._read_stderr)
 
     def remote_command(self) -> str:
@@ -501,7 +505,10 @@ class SshTransport(Transport):
     def send(self, data: bytes | memoryview) -> None:
         assert self._channel is not None
         try:
-            self._channel.sendall(memoryview(data))
+            if self._sender is not None:
+                self._sender.sendall(data)
+            else:
+                self._channel.sendall(memoryview(data))  # a view: sendall's slicing copies no rest
         except (OSError, EOFError, paramiko.SSHException) as exc:
             # paramiko says EOFError or "Socket is closed"; the transport's own error says why.
             if self._channel.eof_received:
