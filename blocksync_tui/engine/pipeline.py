@@ -66,10 +66,10 @@ MAX_JOBS = 1024
 CANCEL_TIMEOUT = 30.0
 """After a cancel, the writes in flight get this long to be acknowledged."""
 POLL_SECONDS = 0.2
+"""How often a wait for frames wakes to check for silence, a pause or a cancel."""
 CHECKPOINT_SECONDS = 5.0
 """How often a sync asks the destination to flush, so that what it settled so far can be
 recorded as done (engine.resume): only chunks on disk may be called done."""
-"""How often a wait for frames wakes to check for silence, a pause or a cancel."""
 MAX_DIGEST_SIZE = 64
 ZEROS = (wire.FLAG_ZERO, wire.FLAG_HOLE)
 """The flags of a chunk of zeros: read as zeros, or not read at all (a hole)."""
