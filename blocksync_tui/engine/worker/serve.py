@@ -9,7 +9,7 @@ import queue
 import sys
 import threading
 
-from . import devices, e2fs, probe, protocol
+from . import devices, e2fs, listing, probe, protocol
 from .opening import Files
 from .output import Output, WorkerError, exception_text
 from .scan import Scanner, SubDigestCache
@@ -87,6 +87,8 @@ class Worker:
             self.out.reply(rid, probe.layout(t.fd, t.size, devices.sector_size(t.fd) if t.is_block else 512))
         elif op == protocol.OP_DEVICES:
             self.out.reply(rid, {"devices": devices.list_devices()})
+        elif op == protocol.OP_LIST:
+            self.out.reply(rid, listing.listing(protocol.decode_json(payload)))
         elif op == protocol.OP_HASH:
             self.scan_queue.put((self.scanner.hash_chunks, rid, protocol.decode_json(payload)))
         elif op == protocol.OP_PAIR:
