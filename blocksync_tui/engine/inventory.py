@@ -41,6 +41,11 @@ def _device(entry: dict) -> Device:
     )
 
 
+def parse_devices(entries: list[dict]) -> list[Device]:
+    """The devices of a DEVICES answer."""
+    return [_device(entry) for entry in entries]
+
+
 def list_devices(host: Endpoint, factory: TransportFactory = local_only) -> list[Device]:
     """Start a worker on `host` (only its host part matters) and ask it for its block devices.
 
@@ -53,4 +58,4 @@ def list_devices(host: Endpoint, factory: TransportFactory = local_only) -> list
         reply = conn.call_json(wire.OP_DEVICES, {})
     finally:
         conn.close()
-    return [_device(entry) for entry in reply["devices"]]
+    return parse_devices(reply["devices"])
