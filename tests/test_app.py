@@ -782,7 +782,9 @@ async def test_setup_errors_go_once_the_field_changes_and_a_new_host_lists_its_o
 
 
 async def test_local_paths_complete_as_they_are_typed(tmp_path: Path) -> None:
-    """Typing the start of a local path suggests the rest; → takes it. A remote host gets none."""
+    """Typing the start of a local path suggests the rest; → takes it. A host that cannot be
+    reached gets none (tests/test_app_completion.py has a remote one's); the key field completes
+    this machine's files whatever the host."""
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "disk-a.img").write_bytes(b"")
     app = BlocksyncApp(list_devices=False)
@@ -798,6 +800,11 @@ async def test_local_paths_complete_as_they_are_typed(tmp_path: Path) -> None:
         await _type(pilot, "#source-path", str(tmp_path / "im"))
         await pilot.pause(0.3)
         assert not field._suggestion
+        # A key file is read on this machine, whatever the host.
+        (tmp_path / "id_backup").write_bytes(b"")
+        await _type(pilot, "#source-key", str(tmp_path / "id_"))
+        key = app.screen.query_one("#source-key")
+        await _wait_for(pilot, lambda: key._suggestion == str(tmp_path / "id_backup"), timeout=20)
 
 
 async def test_the_selected_run_is_lit_on_the_map(tmp_path: Path) -> None:

@@ -65,13 +65,14 @@ class HostSession:
                 (RemoteError), or the answer is malformed (ProtocolError).
         """
         request = {"path": folder, "prefix": prefix, "max": LIST_LIMIT}
-        with self._lock:
-            self.listings += 1
         answer = self._call(wire.OP_LIST, request, retry=False, timeout=LIST_TIMEOUT)
         return Listing.parse(answer, prefix, LIST_LIMIT)
 
     def _call(self, op: int, request: dict, retry: bool, timeout: float) -> dict:
         connection = self._started(retry)
+        if op == wire.OP_LIST:
+            with self._lock:
+                self.listings += 1
         try:
             return connection.call_json(op, request, timeout)
         except ConnectionLost:

@@ -22,11 +22,9 @@ from textual.binding import Binding, BindingType
 from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, UnknownHostKey
-from blocksync_tui.engine.inventory import list_devices
-from blocksync_tui.engine.options import SshOptions
+from blocksync_tui.engine.host_session import HostSession
 from blocksync_tui.engine.parallel import engine_for
 from blocksync_tui.engine.prior import Prior
-from blocksync_tui.engine.transports import transport_factory
 from blocksync_tui.tui.commands import ActionsProvider
 from blocksync_tui.tui.messages import (
     DevicesListed,
@@ -232,11 +230,10 @@ class BlocksyncApp(App[int]):
         self.post_message(RunFinished(engine, report, error, cancelled))
 
     @work(thread=True, group="devices", exit_on_error=False, description="Listing devices")
-    def list_devices(self, side: str, host: str, ssh: SshOptions) -> None:
-        """Read the block devices of a host (this one when `host` is empty)."""
-        endpoint = Endpoint.parse(f"{host}:/" if host else "/")
+    def list_devices(self, side: str, session: HostSession) -> None:
+        """Read the block devices of a host, through its setup session's worker."""
         try:
-            devices = list_devices(endpoint, transport_factory(ssh))
+            devices = session.devices()
         except BlocksyncError as exc:
             self.post_message(DevicesListed(side, [], str(exc)))
             return
@@ -254,7 +251,7 @@ class BlocksyncApp(App[int]):
 
     @on(DevicesRequested)
     def _devices_requested(self, message: DevicesRequested) -> None:
-        self.list_devices(message.side, message.host, message.ssh)
+        self.list_devices(message.side, message.session)
 
     # -- engine events
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from blocksync_tui.engine.api import Engine
+from blocksync_tui.engine.host_session import HostSession
 from blocksync_tui.engine.inventory import Device
-from blocksync_tui.engine.options import SshOptions
 from blocksync_tui.engine.report import Report
 from blocksync_tui.tui.request import RunRequest
 
@@ -73,6 +73,5 @@ class DevicesRequested(Message):
     """A panel of the setup screen wants its host's block devices listed."""
 
     side: str
-    host: str
-    """The host, "" for this machine."""
-    ssh: SshOptions
+    session: HostSession
+    """The panel's host's session, which lists them."""

@@ -47,9 +47,9 @@ class SetupScreen(Screen[None]):
         yield Header()
         with Horizontal(id="panels"):
             yield EndpointPanel("source", "Source (read only)", self.request.source, key,
-                                list_devices=self.list_devices)
+                                list_devices=self.list_devices, ssh=self.request.ssh)
             yield EndpointPanel("destination", "Destination", self.request.destination, key,
-                                list_devices=self.list_devices)
+                                list_devices=self.list_devices, ssh=self.request.ssh)
         opts = self.request.options
         with Horizontal(id="options"):
             yield Label("Chunk")
@@ -123,10 +123,7 @@ class SetupScreen(Screen[None]):
 
     @on(EndpointPanel.DevicesWanted)
     def _devices_wanted(self, event: EndpointPanel.DevicesWanted) -> None:
-        ssh = self.request.ssh
-        if event.panel.key:
-            ssh = replace(ssh, identity_files=[event.panel.key, *ssh.identity_files])
-        self.post_message(DevicesRequested(event.panel.side, event.host, ssh))
+        self.post_message(DevicesRequested(event.panel.side, event.session))
 
     def show_devices(self, message: DevicesListed) -> None:
         """Fill a panel's device table with what its host's worker listed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar
 
 from rich.text import Text
@@ -14,9 +15,12 @@ from textual.widgets import Button, DataTable, Input, Label, Static
 
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import UsageError
+from blocksync_tui.engine.host_session import HostSession
 from blocksync_tui.engine.inventory import Device
+from blocksync_tui.engine.options import SshOptions
+from blocksync_tui.engine.transports import transport_factory
 from blocksync_tui.engine.units import human_bytes
-from blocksync_tui.tui.widgets.path_suggester import LocalPathSuggester
+from blocksync_tui.tui.widgets.path_suggester import PathSuggester
 
 
 class EndpointPanel(Vertical):
@@ -33,15 +37,16 @@ class EndpointPanel(Vertical):
     ]
 
     class DevicesWanted(Message):
-        """The panel wants its host's devices listed."""
+        """The panel wants its host's devices listed, by its host's session."""
 
-        def __init__(self, panel: EndpointPanel, host: str) -> None:
+        def __init__(self, panel: EndpointPanel, session: HostSession) -> None:
             super().__init__()
             self.panel = panel
-            self.host = host
+            self.session = session
 
     def __init__(
-        self, side: str, title: str, endpoint: str = "", key: str = "", *, list_devices: bool = True
+        self, side: str, title: str, endpoint: str = "", key: str = "", *, list_devices: bool = True,
+        ssh: SshOptions | None = None,
     ) -> None:
         """Create a panel.
 
@@ -51,6 +56,7 @@ class EndpointPanel(Vertical):
             endpoint: An initial endpoint ("/path" or "user@host:/path").
             key: An initial private key file.
             list_devices: List the host's devices as soon as the panel is mounted.
+            ssh: How to reach a remote host (the key field's file is offered first).
         """
         super().__init__(id=side, classes="endpoint-panel")
         self.list_on_mount = list_devices
@@ -66,6 +72,10 @@ class EndpointPanel(Vertical):
         self._listed_host = self._initial_host
         """The host whose devices the table shows (or is to show)."""
         self._error_for: tuple[str, str, str] | None = None
+        self._ssh = ssh or SshOptions()
+        self._session: HostSession | None = None
+        self._session_for: tuple[str, str] = ("", "")
+        """The host and key fields `_session` was made for."""
 
     def compose(self) -> ComposeResult:
         fields = [
@@ -76,8 +86,11 @@ class EndpointPanel(Vertical):
         for label, name, value, placeholder in fields:
             with Horizontal(classes="field"):
                 yield Label(label, classes="field-label")
-                # Paths on this machine complete as they are typed (→ or End takes it).
-                suggester = LocalPathSuggester(self._is_local) if name in ("path", "key") else None
+                # Paths complete as they are typed (→ takes it): the key file's on this
+                # machine, the path's on the panel's host.
+                suggester = None
+                if name in ("path", "key"):
+                    suggester = PathSuggester(self.remote_session if name == "path" else lambda: None)
                 yield Input(value, placeholder=placeholder, id=f"{self.side}-{name}", suggester=suggester)
         yield Static("", id=f"{self.side}-error", classes="field-error", markup=False)
         with Horizontal(classes="devices-bar"):
@@ -92,6 +105,9 @@ class EndpointPanel(Vertical):
     def on_mount(self) -> None:
         if self.list_on_mount:
             self.action_refresh_devices()
+
+    def on_unmount(self) -> None:
+        self._drop_session()
 
     # -- values
 
@@ -138,13 +154,44 @@ class EndpointPanel(Vertical):
         self.set_class(bool(text), "-invalid")
         self._error_for = self._fields() if text else None
 
-    def _is_local(self) -> bool:
-        """No host named (asked by the path suggester, maybe before the host field exists)."""
-        hosts = self.query(f"#{self.side}-host").results(Input)
-        return not any(field.value.strip() for field in hosts)
-
     def _fields(self) -> tuple[str, str, str]:
         return self.host, self.key, self.path
+
+    # -- the host's session
+
+    def session(self) -> HostSession:
+        """The worker session of the host and key the fields name: made when first asked
+        for, kept until either field changes (its worker starts with its first request).
+
+        Raises:
+            UsageError: the host field is not a host.
+        """
+        wanted = (self.host, self.key)
+        if self._session is None or self._session_for != wanted:
+            self._drop_session()
+            host, key = wanted
+            endpoint = Endpoint.parse(f"{host}:/" if host else "/")
+            if host and not endpoint.is_remote:
+                raise UsageError(f"{host!r} is not a host (user@host or user@host:port)")
+            ssh = replace(self._ssh, identity_files=[key, *self._ssh.identity_files]) if key else self._ssh
+            self._session, self._session_for = HostSession(endpoint, transport_factory(ssh)), wanted
+        return self._session
+
+    def remote_session(self) -> HostSession | None:
+        """The session of a remote host the fields name, for path completion; None for this
+        machine or a host field that is not a host (asked maybe before the fields exist)."""
+        hosts = self.query(f"#{self.side}-host").results(Input)
+        if not any(field.value.strip() for field in hosts):
+            return None
+        try:
+            return self.session()
+        except UsageError:
+            return None
+
+    def _drop_session(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     # -- devices
 
@@ -154,7 +201,12 @@ class EndpointPanel(Vertical):
         self._listed_host = self.host
         self.query_one(".devices-title", Label).update(
             f"Block devices of {self.host}" if self.host else "Block devices")
-        self.post_message(self.DevicesWanted(self, self.host))
+        try:
+            session = self.session()
+        except UsageError as exc:
+            self.show_devices([], str(exc))
+            return
+        self.post_message(self.DevicesWanted(self, session))
 
     def show_devices(self, devices: list[Device], error: str = "") -> None:
         """Fill the device table."""
@@ -194,6 +246,8 @@ class EndpointPanel(Vertical):
             # Another host's devices are not this one's: never show them under its name.
             self.query_one(f"#{self.side}-devices", DataTable).clear()
             self.devices = []
+        if self._session is not None and self._session_for != (self.host, self.key):
+            self._drop_session()  # and with it what its host's directories held
 
     @on(Input.Blurred)
     def _host_left(self, event: Input.Blurred) -> None:
