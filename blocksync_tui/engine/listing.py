@@ -3,16 +3,16 @@ completion it offers."""
 
 from __future__ import annotations
 
-import unicodedata
+import re
 from dataclasses import dataclass
 
 from blocksync_tui.engine.errors import ProtocolError
 
 NAME_MAX = 255
 """The longest file name Linux allows, in bytes."""
-UNSHOWN = ("Cc", "Cs")
-"""Unicode categories of names never suggested: control characters (a terminal would act on
-them) and lone surrogates (bytes that are not UTF-8: shown, they would not be the name)."""
+UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""What a name never suggested holds: a control character (Unicode's Cc: a terminal would act
+on it) or a lone surrogate (Cs: a byte that is not UTF-8; shown, it would not be the name)."""
 
 
 def hides(prefix: str, name: str) -> bool:
@@ -50,7 +50,7 @@ class Listing:
                 if (name in ("", ".", "..") or "/" in name or "\0" in name or not name.startswith(prefix)
                         or hides(prefix, name) or len(name.encode("utf-8", "surrogatepass")) > NAME_MAX):
                     raise ValueError(f"name {name[:40]!r}")
-                if all(unicodedata.category(c) not in UNSHOWN for c in name):
+                if not UNSHOWN.search(name):
                     kept.append((name, is_dir))
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"a malformed LIST answer ({exc})") from None
