@@ -130,5 +130,6 @@ def test_bootstrap_payload_is_the_loader_then_the_compressed_modules() -> None:
     # loader (5 KB, sent uncompressed so that a bad bundle is refused by it in one line);
     # 27.3 KB with the first copy's stream module; 29.0 KB before the partition-table and
     # file-system probe (LAYOUT), which brought it to 32.0 KB; 35.2 KB with the digest cache's
-    # identities and the ext2/3/4 owners request (E2FS): a tenth of a packet window per start.
+    # identities and the ext2/3/4 owners request (E2FS): a tenth of a packet window per start;
+    # 35.9 KB with the directory listing for remote path completion (LIST).
     assert len(payload) < 36_000, "the worker travels on every start: keep it small"
