@@ -5,6 +5,7 @@ nothing, a missing directory suggests nothing and says nothing."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -119,12 +120,24 @@ async def test_another_host_drops_what_the_last_one_listed(tmp_path: Path, sshd)
         now = _suggester(field).directories
         assert now is not first and now.session is panel.session() and now.cached(str(images), "d") is None
 
-        # Asked for the first host, answered after the host changed: nothing is suggested.
+        # Answered by the first host, but only once the field names another: nothing shown.
         host.value = f"{sshd.user}@{sshd.host}:{sshd.port}"
         await pilot.pause()
+        session, answered, release = panel.session(), threading.Event(), threading.Event()
+        listing = session.listing
+
+        def held(folder: str, prefix: str):
+            found = listing(folder, prefix)
+            answered.set()
+            release.wait(10)
+            return found
+
+        session.listing = held  # type: ignore[method-assign]
         asked = asyncio.ensure_future(_suggester(field).get_suggestion(f"{images}/no"))
-        await pilot.pause(DEBOUNCE / 3)
+        await _wait_for(pilot, answered.is_set, timeout=20)
         host.value = "nobody@127.0.0.1:1"
+        await pilot.pause()
+        release.set()
         assert await asked is None
 
 
