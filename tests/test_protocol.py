@@ -16,7 +16,7 @@ def test_opcodes_are_frozen() -> None:
     assert {name: value for value, name in wire.OP_NAMES.items()} == {
         "HELLO": 1, "OPEN": 2, "HASH": 3, "SUBHASH": 4, "DELTA": 5, "WRITE": 6, "ZERO": 7,
         "FLUSH": 8, "DEVICES": 9, "EXIT": 10, "PAIR": 11, "STREAM": 12, "LAYOUT": 13, "E2FS": 14,
-        "LIST": 16,
+        "LIST": 15,
         "REPLY": 64, "DIGESTS": 65, "SUBDIGESTS": 66, "DATA": 67, "WRITTEN": 68, "ERROR": 69,
         "DONE": 70, "PAIRED": 71, "RUNS": 72,
     }
