@@ -1,12 +1,7 @@
-"""Provides the loader that the bootstrap stub runs first: it reads the worker's modules from
-stdin, installs them as the package `blocksync_worker`, and starts the request loop.
+"""Provides the loader the bootstrap stub execs (LOADER: its own bytes), shipped uncompressed.
 
-It runs as a script, not as a module of the package: the stub execs it with LOADER (its own
-bytes) in its globals. Anything wrong with what arrived ends the process with one line on
-stderr and EXIT_BAD_PAYLOAD, before a byte of stdout is written.
-
-What it reads after itself: "<length>\n", then that many bytes of zlib-compressed bundle, where
-the bundle is, for each module, "<name> <length>\n" and that many bytes of its source.
+It reads "<length>\n" and a zlib bundle of "<name> <length>\n<source>" modules, installs them as
+the package `blocksync_worker` and serves; anything wrong: one line, EXIT_BAD_PAYLOAD.
 """
 
 from __future__ import annotations
@@ -22,11 +17,7 @@ EXIT_BAD_PAYLOAD = 95
 
 
 def parse_bundle(bundle: bytes) -> "dict[str, bytes]":
-    """The modules of a bundle, by name.
-
-    Raises:
-        ValueError: the bundle is not a well-formed list of modules.
-    """
+    """The modules of a bundle, by name; ValueError if it is malformed."""
     sources = {}
     pos = 0
     while pos < len(bundle):
@@ -47,12 +38,7 @@ def parse_bundle(bundle: bytes) -> "dict[str, bytes]":
 
 
 def read_payload(stream, loader: bytes) -> "tuple[dict[str, bytes], str]":
-    """Read the bundle that follows the loader; return its modules and the sha256 of the whole
-    payload as it was sent (the loader's length line, the loader, the bundle's line, the bundle).
-
-    Raises:
-        ValueError: a short read, a bad length line, or a bundle that does not decompress.
-    """
+    """The bundle's modules and the sha256 of the whole payload as sent; ValueError if short or bad."""
     line = stream.readline()
     length = int(line)
     packed = stream.read(length)
@@ -67,9 +53,8 @@ def read_payload(stream, loader: bytes) -> "tuple[dict[str, bytes], str]":
 
 
 class BundleFinder:
-    """A meta-path finder and loader of the modules of one package, from their sources in
-    memory; each is compiled under its own file name, so tracebacks name it (and show its lines:
-    linecache asks get_source)."""
+    """Finds and loads one package's modules from memory, each under its own file name (tracebacks
+    show their lines through get_source)."""
 
     def __init__(self, package: str, sources: "dict[str, bytes]") -> None:
         self.package = package
@@ -88,7 +73,6 @@ class BundleFinder:
         return "%s/%s.py" % (self.package, self._module_name(fullname))
 
     def find_spec(self, fullname: str, path=None, target=None):
-        """A spec for the package and its modules; None for any other name."""
         name = self._module_name(fullname)
         if name is None:
             return None
@@ -97,23 +81,19 @@ class BundleFinder:
         )
 
     def create_module(self, spec) -> None:
-        """The default module object."""
         return None
 
     def exec_module(self, module) -> None:
-        """Run a module's source in it."""
         fullname = module.__name__
         module.__file__ = self.filename(fullname)
         code = compile(self.sources[self._module_name(fullname)], module.__file__, "exec")
         exec(code, module.__dict__)
 
     def get_source(self, fullname: str) -> str:
-        """The source of a module, for tracebacks."""
         return self.sources[self._module_name(fullname)].decode()
 
 
 def main(loader: bytes) -> None:
-    """Install the package from stdin and serve; one line and EXIT_BAD_PAYLOAD if it is bad."""
     try:
         sources, digest = read_payload(sys.stdin.buffer, loader)
         sys.meta_path.insert(0, BundleFinder(PACKAGE, sources))

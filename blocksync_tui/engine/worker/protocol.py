@@ -48,6 +48,7 @@ OP_STREAM = 12
 OP_LAYOUT = 13
 OP_E2FS = 14  # dumpe2fs, debugfs icheck/ncheck (worker/e2fs.py)
 OP_LIST = 15  # a directory's entries, for path completion (worker/listing.py)
+OP_FSMAP = 16  # FS_IOC_GETFSMAP on a mounted file system (worker/fsmap.py)
 # Replies (worker -> controller).
 OP_REPLY = 64
 OP_DIGESTS = 65

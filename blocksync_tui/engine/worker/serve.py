@@ -9,7 +9,7 @@ import queue
 import sys
 import threading
 
-from . import devices, e2fs, listing, probe, protocol
+from . import devices, e2fs, fsmap, listing, probe, protocol
 from .opening import Files
 from .output import Output, WorkerError, exception_text
 from .scan import Scanner, SubDigestCache
@@ -93,8 +93,9 @@ class Worker:
             self.scan_queue.put((self.scanner.hash_chunks, rid, protocol.decode_json(payload)))
         elif op == protocol.OP_PAIR:
             self.scan_queue.put((self.scanner.pair, rid, protocol.decode_json(payload)))
-        elif op == protocol.OP_E2FS:
-            self.scan_queue.put((self._e2fs, rid, protocol.decode_json(payload)))
+        elif op in (protocol.OP_E2FS, protocol.OP_FSMAP):
+            run = e2fs.run if op == protocol.OP_E2FS else fsmap.run
+            self.scan_queue.put((lambda rid, req: self.out.reply(rid, run(req)), rid, protocol.decode_json(payload)))
         elif op == protocol.OP_STREAM:
             self.scan_queue.put((self.streamer.stream, rid, protocol.decode_json(payload)))
         elif op in (protocol.OP_SUBHASH, protocol.OP_DELTA):
@@ -104,9 +105,6 @@ class Worker:
             self.writer.queue.put((op, rid, payload))
         else:
             raise WorkerError("unknown request %d" % op)
-
-    def _e2fs(self, rid: int, req: dict) -> None:
-        self.out.reply(rid, e2fs.run(req))
 
     def _drain(self, q: "queue.Queue") -> None:
         while True:
