@@ -1,6 +1,7 @@
 """Provides Differences: where inside each differing chunk the bytes differ, as a run finds out
 (at sub-block granularity, 4 KiB), kept within a bound; and `differing_ranges`, the byte ranges
-of a device that differ, which the owners of the differences are looked up from.
+of a device that differ, which the owners of the differences are looked up from, and
+`split_by`, which cuts them by who owns what.
 
 Recording costs the run nothing it does not already know: the sub-digests of a dry run, the
 pieces a sync sends, the runs a direct compare reports. Past the bound, a differing chunk is
@@ -10,7 +11,7 @@ known only whole: the ranges then say so, and owners of such a chunk are its who
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from blocksync_tui.engine.chunkmap import ChunkView
 
@@ -97,3 +98,32 @@ def differing_ranges(
             if len(ranges) > MAX_RANGES:
                 return [(s, e - s) for s, e in ranges[:MAX_RANGES]], whole, True
     return [(s, e - s) for s, e in ranges], whole, False
+
+
+def split_by(pieces: list[tuple[int, int]], extents: Sequence[tuple[int, int, object]]):
+    """Split sorted, disjoint byte pieces (start, end) by sorted, disjoint labelled extents
+    (start, end, label): yields (start, end, label) for the parts inside one, (start, end,
+    None) for the others."""
+    k = 0
+    for start, end in pieces:
+        pos = start
+        while k < len(extents) and extents[k][1] <= pos:
+            k += 1
+        j = k
+        while pos < end:
+            if j < len(extents) and extents[j][0] < end:
+                lo, hi, label = extents[j]
+                if lo > pos:
+                    yield pos, lo, None
+                    pos = lo
+                cut = min(hi, end)
+                if cut > pos:
+                    yield pos, cut, label
+                    pos = cut
+                if hi <= end:
+                    j += 1
+                else:
+                    break
+            else:
+                yield pos, end, None
+                pos = end

@@ -4,7 +4,9 @@ After a compare (never during one: it runs beside or after the run, on a worker 
 the worker on one side's host runs e2fsprogs read-only on each ext2/3/4 file system region
 of that side: dumpe2fs names the structures (superblocks, group descriptors, bitmaps, inode
 tables) and the free blocks, debugfs icheck finds the inode of every other differing block,
-and ncheck the inode's paths. What none of them claims is unattributed, and says so.
+and ncheck the inode's paths. What none of them claims is unattributed, and says so. A region
+that is mounted (ext4, xfs) is asked of its kernel first (kernel_owners.py), and e2fsprogs
+reads only what the kernel leaves.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from blocksync_tui.engine import kernel_owners
 from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.connection import Connection, Frame
-from blocksync_tui.engine.differences import differing_ranges
+from blocksync_tui.engine.differences import differing_ranges, split_by
 from blocksync_tui.engine.e2fs_text import FsLayout, parse_dumpe2fs, parse_icheck, parse_ncheck
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError
@@ -39,6 +42,9 @@ MAX_BLOCKS = 65536
 """Blocks looked up with icheck at most (its cost grows with the blocks asked times the
 blocks in use); the rest stay unattributed, and a note says so."""
 DEFAULT_TIMEOUT = 60.0
+KERNEL_SHARE = 0.5
+"""Of the time left, what a mounted region's kernel answer may take: the rest is for e2fsprogs
+to name what the kernel leaves."""
 
 
 @dataclass(frozen=True)
@@ -178,34 +184,6 @@ def _clip(ranges: Iterable[tuple[int, int]], start: int, end: int) -> list[tuple
     return out
 
 
-def _sweep(pieces: list[tuple[int, int]], extents: Sequence[tuple[int, int, object]]):
-    """Split sorted byte pieces by sorted, non-overlapping labelled extents (start, end,
-    label): yields (start, end, label) for the parts inside one, (start, end, None) otherwise."""
-    k = 0
-    for start, end in pieces:
-        pos = start
-        while k < len(extents) and extents[k][1] <= pos:
-            k += 1
-        j = k
-        while pos < end:
-            if j < len(extents) and extents[j][0] < end:
-                lo, hi, label = extents[j]
-                if lo > pos:
-                    yield pos, lo, None
-                    pos = lo
-                cut = min(hi, end)
-                if cut > pos:
-                    yield pos, cut, label
-                    pos = cut
-                if hi <= end:
-                    j += 1
-                else:
-                    break
-            else:
-                yield pos, end, None
-                pos = end
-
-
 class _Lookup:
     """One side's worker, asked about one region after another, within one deadline."""
 
@@ -230,7 +208,55 @@ class _Lookup:
 def _attribute_region(
     lookup: _Lookup, region: FsRegion, pieces: list[tuple[int, int]], tally: _Tally, notes: list[str]
 ) -> None:
-    """Attribute the differing byte pieces inside one region to its owners."""
+    """Attribute the differing byte pieces inside one region to its owners: by its kernel if it
+    is mounted, then by e2fsprogs what the kernel left (all of it if it is not mounted)."""
+    seconds = (lookup.deadline - time.monotonic()) * KERNEL_SHARE
+    answer = None
+    if seconds > 0:
+        try:
+            answer = kernel_owners.ask(lookup.conn, lookup.path, region.offset, region.length, pieces, seconds)
+        except kernel_owners.Refused as exc:
+            if region.fstype == "xfs":
+                raise Unavailable(str(exc)) from None
+            notes.append(f"{exc}: read with e2fsprogs instead")
+    if answer is None:
+        if region.fstype == "xfs":
+            raise Unavailable("xfs, not mounted: only the kernel of a mount names its owners")
+        _attribute_with_e2fs(lookup, region, pieces, tally, notes)
+        return
+    notes += kernel_owners.notes_of(answer, region.name)
+    named, left = kernel_owners.classify(answer, pieces, region.offset)
+    for start, end, label in named:
+        tally.add(_kernel_key(label, answer, region.name), start, end)
+    if not left:
+        return
+    try:
+        if region.fstype == "xfs":
+            raise Unavailable("in use, its owner unknown to the kernel")
+        _attribute_with_e2fs(lookup, region, left, tally, notes)
+    except Unavailable as exc:
+        notes.append(f"{sum(e - s for s, e in left):,} bytes left unattributed: {exc}")
+        for start, end in left:
+            tally.add((UNATTRIBUTED,), start, end)
+
+
+def _kernel_key(label: tuple, answer: kernel_owners.Answer, prefix: str) -> tuple:
+    """The tally key of what the kernel says owns a part: an inode (a path the walk found, or
+    none), a structure, free space."""
+    if label[0] == "free":
+        return (FREE, "free space", 0, prefix)
+    if label[0] == "structure":
+        return (STRUCTURE, label[1], 0, prefix)
+    inode, paths = label[1], answer.names.get(label[1])
+    if paths:
+        return (FILE, paths[0], inode, prefix, tuple(paths) if len(paths) > 1 else ())
+    return (INODE, f"inode {inode} (no path found under {answer.mount})", inode, prefix)
+
+
+def _attribute_with_e2fs(
+    lookup: _Lookup, region: FsRegion, pieces: list[tuple[int, int]], tally: _Tally, notes: list[str]
+) -> None:
+    """Attribute the differing byte pieces inside one region with dumpe2fs and debugfs."""
     answer = lookup.ask("layout", region.offset)
     layout = parse_dumpe2fs(str(answer.get("output", "")), bool(answer.get("truncated")))
     if layout is None:
@@ -249,7 +275,7 @@ def _attribute_region(
               for first, count in layout.free]
     known.sort(key=lambda k: k[0])
     rest: list[tuple[int, int]] = []
-    for start, end, label in _sweep(pieces, _disjoint(known)):
+    for start, end, label in split_by(pieces, _disjoint(known)):
         if label is None:
             rest.append((start, end))
         else:
@@ -371,7 +397,7 @@ def find_owners(
         return Owners(side, bytes_total=total, seconds=time.monotonic() - started, unavailable=reason,
                       notes=tuple(notes_out), regions=tuple(regions))
     notes_out += [f"not looked at: {reason}" for reason in reasons]
-    for start, end, label in _sweep([(o, o + n) for o, n in ranges], [(s, e, True) for s, e in covered]):
+    for start, end, label in split_by([(o, o + n) for o, n in ranges], [(s, e, True) for s, e in covered]):
         if label is None:
             tally.add((UNATTRIBUTED,), start, end)
     owners = [_owner(key, tally) for key in tally.bytes]
@@ -409,24 +435,25 @@ def owners_after(
         # `destination_layout`); until then the whole device is taken for one file system.
         regions = regions_of(getattr(engine, f"{side}_layout", None), engine.size)
     if not regions:
-        return Owners(side, bytes_total=sum(n for _, n in ranges), unavailable="no ext2/3/4 file system in its partitions")
+        return Owners(side, bytes_total=sum(n for _, n in ranges), unavailable="no ext2/3/4 or xfs file system in its partitions")
     return find_owners(endpoint, ranges, chunk_size, regions, side, factory, timeout, notes)
 
 
-EXT_TYPES = ("ext2", "ext3", "ext4")
+FS_TYPES = ("ext2", "ext3", "ext4", "xfs")
+"""The file systems looked at: e2fsprogs reads ext2/3/4, the kernel of a mount ext4 and xfs."""
 
 
 def regions_of(layout: object | None, size: int) -> list[FsRegion]:
-    """The ext2/3/4 file systems a side's layout shows (its partitions, by start, length,
+    """The ext2/3/4 and xfs file systems a side's layout shows (its partitions, by start, length,
     file-system type and label "p2"; or one on the whole device); without a layout, the whole
     device, for e2fsprogs to tell."""
     if layout is None:
         return [FsRegion(0, size)]
     partitions = getattr(layout, "partitions", ())
     found = [FsRegion(p.start, p.length, p.fs.type, p.label) for p in partitions
-             if p.fs is not None and p.fs.type in EXT_TYPES]
+             if p.fs is not None and p.fs.type in FS_TYPES]
     whole = getattr(layout, "fs", None)
-    if not found and whole is not None and whole.type in EXT_TYPES:
+    if not found and whole is not None and whole.type in FS_TYPES:
         found = [FsRegion(0, size, whole.type)]
     if not found and not partitions and whole is None:
         found = [FsRegion(0, size)]  # nothing recognised: let e2fsprogs say
