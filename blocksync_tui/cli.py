@@ -129,9 +129,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     cache.add_argument("--forget", dest="cache", action="store_const", const="forget",
                        help="remove the destination's digest cache, and keep none after this run")
     parser.add_argument("--owners", nargs="?", const="source", choices=["source", "destination", "both"],
-                        help="after the run, name the files and ext2/3/4 structures that own the "
-                        "differing bytes, on the source (default), the destination or both, with "
-                        "e2fsprogs on that side's host; listed after the summary and in --json")
+                        help="after the run, name the files and ext2/3/4 or xfs structures that own "
+                        "the differing bytes, on the source (default), the destination or both, with "
+                        "e2fsprogs on that side's host, or its kernel where the file system is mounted; "
+                        "listed after the summary and in --json")
     parser.add_argument("--fs-offset", action="append", default=[], metavar="OFFSET",
                         help="with --owners: a file system starts at this byte offset (a "
                         "partition; may be repeated); by default the whole device is one")
