@@ -14,10 +14,10 @@ from blocksync_tui.cli import main
 from blocksync_tui.engine import digest_cache
 from blocksync_tui.engine.digest_cache import CacheError, DigestCache, CacheLayout
 from blocksync_tui.engine.endpoint import Endpoint
-from blocksync_tui.engine.errors import Cancelled
+from blocksync_tui.engine.errors import Cancelled, ProtocolError
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions
 from blocksync_tui.engine.worker import protocol as wire
-from helpers import run_engine
+from helpers import run_engine, tampered_engine
 
 KIB = 1 << 10
 CHUNK = 64 * KIB
@@ -87,6 +87,47 @@ def test_a_repeat_sync_reads_only_the_source(tmp_path: Path, direct: bool) -> No
     assert dst.read_bytes() == src.read_bytes()
     third = run_engine(src, dst, chunk_size=CHUNK, direct=direct, dry_run=True)
     assert (third.method, third.outcome, third.cache) == ("cache", "identical", "used")
+
+
+def _twice(op: int, rid: int, payload: bytes):
+    return [(op, rid, payload)] * (2 if op == wire.OP_DIGESTS else 1)
+
+
+def _held_back(op: int, rid: int, payload: bytes):
+    return [] if op == wire.OP_DIGESTS else [(op, rid, payload)]
+
+
+def _other_chunk(op: int, rid: int, payload: bytes):
+    if op != wire.OP_DIGESTS:
+        return [(op, rid, payload)]
+    first, count, size = wire.DIGESTS_HEAD.unpack_from(payload)
+    return [(op, rid, wire.DIGESTS_HEAD.pack(first + 1, count, size) + payload[wire.DIGESTS_HEAD.size :])]
+
+
+def _short_digests(op: int, rid: int, payload: bytes):
+    return [(op, rid, payload[:-1] if op == wire.OP_DIGESTS else payload)]
+
+
+@pytest.mark.parametrize("tamper, refusal", [
+    (_twice, "not sampled or twice"),
+    (_held_back, "an incomplete sample"),
+    (_other_chunk, "not sampled or twice"),
+    (_short_digests, "a sample batch of the wrong length"),
+], ids=["twice", "held-back", "another-chunk", "short"])
+def test_a_destination_that_answers_the_sample_falsely_is_a_protocol_error(tmp_path: Path, tamper, refusal: str) -> None:
+    """Against a cache, the destination's only reads are the sample: each sampled chunk
+    answered once, with digests of the negotiated size, or the run ends in one line and
+    nothing is written."""
+    src, dst = _pair(tmp_path, chunks=256)
+    run_engine(src, dst, chunk_size=CHUNK, direct=False)
+    src.write_bytes(_pages_changed(src.read_bytes(), 7, 40))
+    before = dst.read_bytes()
+    engine = tampered_engine(src, dst, "destination", tamper, chunk_size=CHUNK, direct=False)
+    engine.prepare()
+    with pytest.raises(ProtocolError, match=refusal) as caught:
+        engine.run()
+    assert "\n" not in str(caught.value) and "destination" in str(caught.value)
+    assert dst.read_bytes() == before
 
 
 @pytest.mark.parametrize("direct", [False, True])

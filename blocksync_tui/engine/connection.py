@@ -313,3 +313,25 @@ class Connection:
 
 EOF_OP = _EOF
 """The op of the Frame put on the queue when a worker's stream ends."""
+
+
+def where(conn: Connection, message: str) -> str:
+    """A message prefixed with the host it came from (unless it is local or already says so)."""
+    label = conn.transport.label
+    return message if label == "local" or message.startswith(label) else f"{label}: {message}"
+
+
+def end_if_silent(conn: Connection, limit: float) -> None:
+    """Give up on a worker that has said nothing for `limit` seconds, in one line."""
+    if time.monotonic() - conn.last_heard > limit:
+        reason = where(conn, f"the {conn.side} stopped answering ({limit:.0f} s without a reply)")
+        conn.abandon(reason)
+        raise ConnectionLost(reason).on(conn.side)
+
+
+def protocol_error(conn: Connection, frame: Frame, what: str) -> ProtocolError:
+    """The one-line error for a frame that does not fit what was asked."""
+    name = wire.OP_NAMES.get(frame.op, str(frame.op))
+    return ProtocolError(
+        where(conn, f"the {frame.side}'s worker sent {what}: {name} for request {frame.rid}")
+    ).on(frame.side)

@@ -10,7 +10,6 @@ does not fit ends the run as a protocol error, never a guess.
 
 from __future__ import annotations
 
-import bisect
 import queue
 import struct
 import threading
@@ -20,16 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from blocksync_tui.engine.worker import protocol as wire
+from blocksync_tui.engine.cache_sample import ZEROS, CacheSample
 from blocksync_tui.engine.chunkmap import ChunkMap, State
 from blocksync_tui.engine.differences import Differences
-from blocksync_tui.engine.connection import EOF_OP, Connection, Frame
-from blocksync_tui.engine import digest_cache
+from blocksync_tui.engine.connection import EOF_OP, Connection, Frame, end_if_silent, protocol_error, where
 from blocksync_tui.engine.digest_cache import DigestCache, Record
 from blocksync_tui.engine.errors import BlocksyncError, ConnectionLost, EndpointError, ProtocolError, RemoteError
 from blocksync_tui.engine.options import SyncOptions
 from blocksync_tui.engine.preflight import DESTINATION, SOURCE, Negotiated
 from blocksync_tui.engine.prior import Prior, Scope
 from blocksync_tui.engine.regions import DiffTally
+from blocksync_tui.engine.windows import Geometry, Side, Window
+
 
 HASH_WINDOW_BYTES = 32 << 20
 """Chunks are requested for hashing in windows of this size..."""
@@ -71,42 +72,11 @@ CHECKPOINT_SECONDS = 5.0
 """How often a sync asks the destination to flush, so that what it settled so far can be
 recorded as done (engine.resume): only chunks on disk may be called done."""
 MAX_DIGEST_SIZE = 64
-ZEROS = (wire.FLAG_ZERO, wire.FLAG_HOLE)
-"""The flags of a chunk of zeros: read as zeros, or not read at all (a hole)."""
 
 
 def content(flag: int) -> int:
     """A chunk's flag as its bytes go: a hole is zeros."""
     return wire.FLAG_ZERO if flag == wire.FLAG_HOLE else flag
-
-
-def runs_of(indexes: list[int]) -> list[list[int]]:
-    """[first, count] runs of consecutive numbers in a sorted list."""
-    runs: list[list[int]] = []
-    for index in indexes:
-        if runs and runs[-1][0] + runs[-1][1] == index:
-            runs[-1][1] += 1
-        else:
-            runs.append([index, 1])
-    return runs
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How a device of `size` bytes is cut into chunks."""
-
-    size: int
-    chunk_size: int
-
-    @property
-    def total(self) -> int:
-        """The number of chunks: the last one may be short."""
-        return -(-self.size // self.chunk_size)
-
-    def chunk(self, index: int) -> tuple[int, int]:
-        """(offset, length) of a chunk."""
-        offset = index * self.chunk_size
-        return offset, min(self.chunk_size, self.size - offset)
 
 
 class Control:
@@ -134,84 +104,6 @@ class Control:
     @property
     def paused(self) -> bool:
         return not self._resume.is_set()
-
-
-def where(conn: Connection, message: str) -> str:
-    """A message prefixed with the host it came from (unless it is local or already says so)."""
-    label = conn.transport.label
-    return message if label == "local" or message.startswith(label) else f"{label}: {message}"
-
-
-def end_if_silent(conn: Connection, limit: float) -> None:
-    """Give up on a worker that has said nothing for `limit` seconds, in one line."""
-    if time.monotonic() - conn.last_heard > limit:
-        reason = where(conn, f"the {conn.side} stopped answering ({limit:.0f} s without a reply)")
-        conn.abandon(reason)
-        raise ConnectionLost(reason).on(conn.side)
-
-
-def protocol_error(conn: Connection, frame: Frame, what: str) -> ProtocolError:
-    """The one-line error for a frame that does not fit what was asked."""
-    name = wire.OP_NAMES.get(frame.op, str(frame.op))
-    return ProtocolError(
-        where(conn, f"the {frame.side}'s worker sent {what}: {name} for request {frame.rid}")
-    ).on(frame.side)
-
-
-class Window:
-    """One window of chunks asked of a worker: runs (first, count) in device order, and how
-    many of its chunks have been answered. Its entries must come in that order, each batch
-    inside one run: a cursor keeps that check O(1) however many runs a window has."""
-
-    def __init__(self, runs: list[tuple[int, int]]) -> None:
-        self.runs = runs
-        self.total = sum(count for _, count in runs)
-        self.got = 0
-        self._run = 0
-        """The run the next entry belongs to..."""
-        self._into = 0
-        """...and how far into it."""
-        self._starts = [first for first, _ in runs]
-
-    @property
-    def due(self) -> int:
-        """The index of the next chunk to be answered (past the end once all are)."""
-        if self._run >= len(self.runs):
-            first, count = self.runs[-1]
-            return first + count
-        return self.runs[self._run][0] + self._into
-
-    def take(self, first: int, count: int) -> bool:
-        """Accept a batch of `count` entries from chunk `first`, if it is the next one and
-        stays inside its run."""
-        if self._run >= len(self.runs) or first != self.due:
-            return False
-        if self._into + count > self.runs[self._run][1]:
-            return False
-        self._into += count
-        self.got += count
-        if self._into == self.runs[self._run][1]:
-            self._run, self._into = self._run + 1, 0
-        return True
-
-    def ahead(self, index: int) -> bool:
-        """Whether chunk `index` belongs to the window and is not answered yet."""
-        if index < self.due:
-            return False
-        k = bisect.bisect_right(self._starts, index) - 1
-        return k >= 0 and index < self.runs[k][0] + self.runs[k][1]
-
-
-@dataclass
-class Side:
-    """The pipeline's view of one worker: its connection and how far its scan is."""
-
-    conn: Connection
-    next_window: int = 0
-    windows_done: int = 0
-    scanned: int = 0
-    windows: dict[int, Window] = field(default_factory=dict)
-    """The windows in flight, by request id (ids are per connection)."""
 
 
 @dataclass
@@ -283,14 +175,8 @@ class Transfer:
         self.dest_absent = dest_absent
         self.cached = cached if method == "cache" else None
         self.record = record
-        self.sample_wrong: list[int] = []
-        """The sampled chunks the destination no longer holds as its cache says."""
-        self.sample_size = 0
-        self.cache_sampled = False
-        """Whether the sample is in (and `sample_wrong` final)."""
-        self._sample: dict[int, bool] | None = None
-        """While the sample is out: each sampled chunk, and whether its digest came back."""
-        self._sample_rid: int | None = None
+        self._sample: CacheSample | None = None
+        """Against a cache: its chunks that the destination reads again before any is believed."""
         self._held: list[Frame] = []
         """The source's scan frames that arrived during the sample, handled after it."""
         # Which side's frames carry sub-digests for the record: the one that scans what the
@@ -390,8 +276,9 @@ class Transfer:
         (after a cancel: until the writes in flight are acknowledged)."""
         total = self._end - self._first
         control = self.control
-        if self.cached is not None and not self.cache_sampled and self._sample is None:
-            self._start_sample()
+        if self.cached is not None and self._sample is None:
+            self._sample = CacheSample(self.cached, self._first, self._end)
+            self._sample.ask(self.sides[DESTINATION].conn, self.geometry, self.negotiated.algorithm)
         while True:
             if not control.cancelled:
                 self._widen_if_due()
@@ -498,7 +385,7 @@ class Transfer:
         """Whether a side has a request outstanding."""
         if self.control.paused:
             return False  # nothing new was asked, and answers may trickle in slowly
-        if self.sides[name].windows or (name == DESTINATION and self._sample_rid is not None):
+        if self.sides[name].windows or (name == DESTINATION and self._sampling):
             return True
         if any(side == name for side, _ in self._by_request):
             return True
@@ -506,51 +393,40 @@ class Transfer:
 
     # -- the sample of a digest cache
 
-    def _start_sample(self) -> None:
-        assert self.cached is not None
-        indexes = digest_cache.sample(self._first, self._end)
-        self.sample_size = len(indexes)
-        if not indexes:
-            self.cache_sampled = True
-            return
-        self._sample = dict.fromkeys(indexes, False)
-        request = {"ranges": runs_of(indexes), "chunk_size": self.geometry.chunk_size,
-                   "size": self.geometry.size, "algo": self.negotiated.algorithm, "scattered": True}
-        self._sample_rid = self.sides[DESTINATION].conn.post(wire.OP_HASH, request)
+    @property
+    def sample_wrong(self) -> list[int]:
+        """The sampled chunks the destination no longer holds as its cache says."""
+        return self._sample.wrong if self._sample is not None else []
+
+    @property
+    def sample_size(self) -> int:
+        return len(self._sample.indexes) if self._sample is not None else 0
+
+    @property
+    def cache_sampled(self) -> bool:
+        """Whether the sample is in (and `sample_wrong` final)."""
+        return self._sample is not None and self._sample.done
+
+    @property
+    def _sampling(self) -> bool:
+        """Whether the sample is out: no source digest is compared before it is in."""
+        return self._sample is not None and self._sample.out
 
     def _on_sample(self, frame: Frame) -> None:
-        """The destination's digests of the sampled chunks: each asked for, once; then DONE."""
-        assert self.cached is not None and self._sample is not None
-        if frame.op == wire.OP_ERROR:
-            message = where(self.sides[DESTINATION].conn, str(wire.decode_json(frame.payload)["message"]))
-            raise RemoteError(message).on(DESTINATION)
-        if frame.op == wire.OP_DONE:
-            if not all(self._sample.values()):
-                raise self._protocol_error(frame, "an incomplete sample")
-            self._verdict()
-            return
-        if frame.op != wire.OP_DIGESTS:
-            raise self._protocol_error(frame, "an unexpected frame")
-        first, count, dsize = wire.DIGESTS_HEAD.unpack_from(frame.payload)
-        if dsize != self.negotiated.digest_size or len(frame.payload) != wire.DIGESTS_HEAD.size + count * (1 + dsize):
-            raise self._protocol_error(frame, "a sample batch of the wrong length")
-        pos = wire.DIGESTS_HEAD.size
-        for index in range(first, first + count):
-            if self._sample.get(index) is not False:
-                raise self._protocol_error(frame, f"chunk {index}, not sampled or twice")
-            self._sample[index] = True
-            flag, digest = frame.payload[pos], bytes(frame.payload[pos + 1 : pos + 1 + dsize])
-            pos += 1 + dsize
-            now = digest if flag == wire.FLAG_DATA else b"" if flag in ZEROS else None
-            if not self.cached.matches(index, now):
-                self.sample_wrong.append(index)
+        """A frame of the destination's answer to the sample; at its end, the verdict."""
+        assert self._sample is not None
+
+        def read(index: int) -> None:
             self.sides[DESTINATION].scanned += self.geometry.chunk(index)[1]
+
+        self._sample.take(frame, self.sides[DESTINATION].conn, self.negotiated.digest_size,
+                          self._protocol_error, read)
+        if self._sample.done:
+            self._verdict()
 
     def _verdict(self) -> None:
         """The sample is in: go on against the cache, or, if it lied, by the destination's own
         digests from its first chunk on; then the source frames that waited."""
-        self._sample, self._sample_rid = None, None
-        self.cache_sampled = True
         if self.sample_wrong:
             self.cached = None
             self.method = "digests"
@@ -641,7 +517,7 @@ class Transfer:
         side.windows[rid] = Window(runs)
         side.next_window += 1
         behind = min(s.next_window for s in self.sides.values())
-        if self._sample is not None:
+        if self._sampling:
             behind = 0  # a cache that lies sets the destination scanning from the start
         for old in [k for k in self._made if k < behind]:
             del self._made[old]  # every side has asked for it
@@ -653,11 +529,11 @@ class Transfer:
         parse, ends the run as a protocol error: it is never guessed at."""
         if frame.op == EOF_OP:
             raise ConnectionLost(frame.payload.decode()).on(frame.side)
-        if self._sample is not None:  # no source digest is compared before the sample is in
+        if self._sampling:  # no source digest is compared before the sample is in
             if frame.side == SOURCE and frame.op in (wire.OP_DIGESTS, wire.OP_DONE):
                 self._held.append(frame)
                 return
-            if frame.side == DESTINATION and frame.rid == self._sample_rid:
+            if frame.side == DESTINATION and frame.rid == self._sample.rid:  # type: ignore[union-attr]
                 self._guarded(Transfer._on_sample, frame)
                 return
         self._guarded(self._handlers.get(frame.op), frame)

@@ -17,14 +17,14 @@ from pathlib import Path
 from blocksync_tui.engine import changelist, chunkmap, digest_cache, resume
 from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.chunkmap import ChunkMap, State
-from blocksync_tui.engine.connection import Connection, Frame
+from blocksync_tui.engine.connection import Connection, Frame, where
 from blocksync_tui.engine.digest_cache import CacheError, CacheLayout, DigestCache, Record
 from blocksync_tui.engine.differences import Differences
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import BlocksyncError, Cancelled, EndpointError, ProtocolError, RemoteError
 from blocksync_tui.engine.layout import Layout
 from blocksync_tui.engine.options import MAX_CHUNK, MIN_CHUNK, SyncOptions
-from blocksync_tui.engine.pipeline import CHECKPOINT_SECONDS, Control, Geometry, Transfer, where
+from blocksync_tui.engine.pipeline import CHECKPOINT_SECONDS, Control, Transfer
 from blocksync_tui.engine.preflight import (
     DESTINATION,
     SOURCE,
@@ -41,6 +41,7 @@ from blocksync_tui.engine.regions import DiffTally, Region, regions_of, report_l
 from blocksync_tui.engine.report import Progress, Report, outcome_of
 from blocksync_tui.engine.transports import TransportFactory, local_only
 from blocksync_tui.engine.verify import Verified, verify
+from blocksync_tui.engine.windows import Geometry
 
 __all__ = ["MAX_CHUNK", "MIN_CHUNK", "SyncEngine", "SyncOptions"]
 

@@ -14,7 +14,9 @@ from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.connection import EOF_OP
 from blocksync_tui.engine.errors import ConnectionLost, RemoteError
-from blocksync_tui.engine.pipeline import POLL_SECONDS, Transfer, end_if_silent, protocol_error, runs_of, where
+from blocksync_tui.engine.connection import end_if_silent, protocol_error, where
+from blocksync_tui.engine.pipeline import POLL_SECONDS, Transfer
+from blocksync_tui.engine.windows import runs_of
 from blocksync_tui.engine.preflight import DESTINATION, SOURCE
 
 RUNS_PER_REQUEST = 4096
