@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import subprocess
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from blocksync_tui.cli import main
+from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import EndpointError, UsageError
+from blocksync_tui.engine.sync import SyncEngine, SyncOptions
 from helpers import run_engine
 
 pytestmark = pytest.mark.loop
@@ -171,3 +174,30 @@ def test_a_loop_device_and_its_own_backing_file_overlap(tmp_path: Path, loop_dev
     dev = loop_device(image)
     with pytest.raises(UsageError, match="overlap"):
         run_engine(dev, image.with_name("disk.img"), dry_run=True)
+
+
+def test_a_device_written_between_prepare_and_run_is_refused(tmp_path: Path, loop_device) -> None:
+    """The confirm dialog (typing the device's name) is the window: a write to the device
+    there must not be taken for its state at prepare, when its digest cache was found good
+    (the sync then called the device identical to the source while a chunk differed)."""
+    chunk = 64 << 10
+    data = random.Random(30).randbytes(32 * MIB)
+    src = tmp_path / "src.img"
+    src.write_bytes(data)
+    dev = loop_device(_image(tmp_path / "dev.img", 32 * MIB, 31))
+    assert run_engine(src, dev, chunk_size=chunk, direct=False).outcome == "synced"  # keeps a cache
+    engine = SyncEngine(Endpoint.parse(str(src)), Endpoint.parse(dev), SyncOptions(chunk_size=chunk, direct=False))
+    engine.prepare()
+    foreign = b"\xee" * chunk
+    fd = os.open(dev, os.O_WRONLY)
+    try:
+        os.pwrite(fd, foreign, 77 * chunk)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    with pytest.raises(EndpointError, match="changed after it was checked"):
+        engine.run()
+    assert _device_bytes(dev, 32 * MIB)[77 * chunk : 78 * chunk] == foreign  # nothing written
+    report = run_engine(src, dev, chunk_size=chunk, direct=False)  # run again: compared, fixed
+    assert report.outcome == "synced" and report.chunks["written"] == 1
+    assert _device_bytes(dev, 32 * MIB) == data

@@ -88,6 +88,28 @@ def test_a_destination_replaced_between_prepare_and_run_is_refused(tmp_path: Pat
     assert dst.read_bytes() == b"\x07" * (4 * CHUNK)
 
 
+def test_a_destination_written_in_place_between_prepare_and_run_is_refused(tmp_path: Path) -> None:
+    """Its modification time set back, as `touch -r` or an archiver would: the change time still
+    tells. The digest cache was found good at prepare, so a run that went on would have called
+    the rewritten chunk equal to the source's."""
+    data = random.Random(17).randbytes(8 * CHUNK)
+    src = _write(tmp_path / "src", data)
+    dst = _write(tmp_path / "dst", data)
+    assert run_engine(src, dst, chunk_size=CHUNK, direct=False, dry_run=True).cache == "kept"
+    engine = SyncEngine(Endpoint.parse(str(src)), Endpoint.parse(str(dst)), SyncOptions(chunk_size=CHUNK, direct=False))
+    engine.prepare()
+    before = dst.stat()
+    with dst.open("r+b") as f:
+        f.seek(5 * CHUNK)
+        f.write(b"\x07" * CHUNK)
+    os.utime(dst, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(EndpointError, match="changed after it was checked"):
+        engine.run()
+    assert dst.read_bytes()[5 * CHUNK : 6 * CHUNK] == b"\x07" * CHUNK
+    assert run_engine(src, dst, chunk_size=CHUNK, direct=False).chunks["written"] == 1
+    assert dst.read_bytes() == data
+
+
 def test_a_destination_that_became_a_symlink_is_not_followed(tmp_path: Path) -> None:
     src = _write(tmp_path / "src", random.Random(5).randbytes(2 * CHUNK))
     dst = _write(tmp_path / "dst", bytes(2 * CHUNK))

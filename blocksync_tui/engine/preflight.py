@@ -136,9 +136,14 @@ class Opened:
         return wire.usage_text(self.raw)
 
     def expectation(self) -> dict:
-        """What a later open for writing must find again: this very object, unchanged."""
+        """What a later open for writing must find again: this very object, unchanged. Not
+        written to either: a file's change time (which a write moves even when the modification
+        time is set back) and a block device's count of sectors written. What was checked here
+        (a digest cache, above all) holds only if nothing wrote in between: the confirm dialog
+        may stay open for minutes."""
         identity = list(self.identity) if self.identity else None
-        return {"kind": self.kind, "size": self.size, "identity": identity, "mtime_ns": self.mtime_ns}
+        return {"kind": self.kind, "size": self.size, "identity": identity, "mtime_ns": self.mtime_ns,
+                "ctime_ns": self.ctime_ns, "sectors_written": self.sectors_written}
 
 
 DEVICE_ID_KEYS = ("wwid", "serial", "dm_uuid", "by_id", "partuuid", "loop")

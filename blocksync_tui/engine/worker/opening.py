@@ -236,16 +236,20 @@ def _check_opened(fd: int, path: str, real: str, write: bool, expect) -> dict:
     if write and in_use:
         raise WorkerError("%s is in use (%s): refusing to write to it" % (path, protocol.usage_text(info)))
     if expect is not None and not _same_as_expected(info, expect):
-        raise WorkerError("%s changed after it was checked (another file or device, or resized): run again" % path)
+        raise WorkerError("%s changed after it was checked (another file or device, resized, or written to): "
+                          "run again" % path)
     return info
 
 
 def _same_as_expected(info: dict, expect: dict) -> bool:
-    """Whether an open found the object an earlier open saw: the same device (rdev) or file
-    (device and inode), the same size, and for a file the same modification time."""
+    """Whether an open found the object an earlier open saw, unwritten since: the same device
+    (rdev) with the same count of sectors written (where the kernel counts them), or the same
+    file (device and inode) with the same modification and change times; the same size."""
     if info["kind"] != expect.get("kind") or info["size"] != expect.get("size"):
         return False
     mine, theirs = info["identity"], expect.get("identity") or [None, None, None]
     if info["kind"] == "block":
-        return mine[2] == theirs[2]
-    return mine[:2] == theirs[:2] and info["mtime_ns"] == expect.get("mtime_ns")
+        written, was = info["sectors_written"], expect.get("sectors_written", -1)
+        return mine[2] == theirs[2] and (written < 0 or was < 0 or written == was)
+    return (mine[:2] == theirs[:2] and info["mtime_ns"] == expect.get("mtime_ns")
+            and info["ctime_ns"] == expect.get("ctime_ns", info["ctime_ns"]))
