@@ -5,6 +5,8 @@ from __future__ import annotations
 import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blocksync_tui.engine import bootstrap
 from blocksync_tui.engine.worker import protocol as wire
@@ -86,6 +88,55 @@ def test_decompression_is_bounded_by_the_declared_length(codec: str) -> None:
     payload = wire.PIECES_HEAD.pack(0, 1 << 20, 1) + wire.PIECE_HEAD.pack(0, code, 4096, len(bomb)) + bomb
     with pytest.raises(ValueError):
         wire.decode_pieces(payload, 0, 1 << 20)
+
+
+CODECS = [name for name in ("zlib", "zstd", "lz4") if name in wire.compressors()]
+"""Every codec this interpreter has (the test extras install all three)."""
+
+
+def _frame_of_chunk_3(codec: str) -> bytes:
+    """A valid DATA/WRITE payload of chunk 3 (16 KiB): a raw piece, a zero piece and a piece
+    in `codec`."""
+    text = b"compressible text, " * 216  # 4,104 bytes
+    parts = [wire.PIECES_HEAD.pack(3, 16384, 3)]
+    parts += wire.encode_piece(0, bytes(range(256)) * 4, None)
+    parts += wire.encode_piece(4096, bytes(2048), None)
+    parts += wire.encode_piece(8192, text, codec)
+    return b"".join(parts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(codec=st.sampled_from(CODECS), noise=st.binary(max_size=200),
+       mutations=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=6),
+       cut=st.integers(0, 40))
+def test_the_piece_decoder_refuses_or_stays_inside_the_chunk(codec: str, noise: bytes, mutations, cut: int) -> None:
+    """Property: whatever bytes arrive (random, or a valid frame with bytes changed, cut short
+    or extended), decoding either refuses with ValueError, the one error its callers expect,
+    or gives pieces inside the chunk named, in order, each of the length it declares. A
+    ZstdError or zlib.error instead failed no chunk: the run ended blaming the destination."""
+    valid = bytearray(_frame_of_chunk_3(codec))
+    for at, value in mutations:
+        valid[at % len(valid)] = value  # anywhere: heads, lengths, bodies
+    for payload in (noise, bytes(valid[: len(valid) - cut]), bytes(valid) + noise[:cut]):
+        try:
+            pieces = wire.decode_pieces(payload, 3, 16384)
+        except ValueError:
+            continue
+        end = 0
+        for offset, length, data in pieces:
+            assert end <= offset and offset + length <= 16384
+            assert data is None or len(data) == length
+            end = offset + length
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_corrupt_body_is_a_value_error_for_every_codec(codec: str) -> None:
+    payload = bytearray(_frame_of_chunk_3(codec))
+    _offset, code, _raw, start, _end = wire.piece_layout(payload, 3, 16384)[2]
+    assert code not in (wire.CODEC_RAW, wire.CODEC_ZERO)
+    payload[start : start + 8] = b"\xff" * 8  # its frame header (zstd, lz4) or stream header (zlib)
+    with pytest.raises(ValueError, match=f"bad {codec} piece"):
+        wire.decode_pieces(bytes(payload), 3, 16384)
 
 
 def test_chunk_request_round_trip() -> None:

@@ -212,23 +212,27 @@ def test_a_worker_whose_controller_vanished_applies_and_flushes_what_it_got(tmp_
     conn.close()
 
 
+CODECS = [name for name in ("zlib", "zstd", "lz4") if name in wire.compressors()]
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(payload=st.binary(max_size=300), mutations=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=8))
+@given(payload=st.binary(max_size=300), codec=st.sampled_from(CODECS),
+       mutations=st.lists(st.tuples(st.integers(8, 1 << 16), st.integers(0, 255)), max_size=8))
 def test_random_and_mutated_writes_never_kill_the_writer_or_leave_their_chunk(
-    worker, tmp_path_factory, payload: bytes, mutations
+    worker, tmp_path_factory, payload: bytes, codec: str, mutations
 ) -> None:
     """Property: whatever WRITE arrives for chunk 1 (random bytes, or a valid frame with some
-    bytes changed), the worker answers the next FLUSH and chunks 0, 2 and 3 are untouched."""
+    bytes changed, its compressed piece in any codec), the worker answers the next FLUSH and
+    chunks 0, 2 and 3 are untouched."""
     conn, events = worker
     path = tmp_path_factory.mktemp("fuzz") / "dst.img"
     data = bytes(range(256)) * (4 * CHUNK // 256)
     _open_destination(conn, path, data)
     valid = bytearray(wire.PIECES_HEAD.pack(1, CHUNK, 2))
     valid += b"".join(wire.encode_piece(SUB, b"\x55" * SUB, None))
-    valid += b"".join(wire.encode_piece(CHUNK - SUB, b"\x66" * SUB, "zlib"))
-    for at, value in mutations:
-        if 8 <= at < len(valid):  # the chunk index stays the one the controller named
-            valid[at] = value
+    valid += b"".join(wire.encode_piece(CHUNK - SUB, b"\x66" * SUB, codec))
+    for at, value in mutations:  # the chunk index (its first 8 bytes) stays the one named
+        valid[8 + at % (len(valid) - 8)] = value
     for candidate in (payload, bytes(valid)):
         conn.post(wire.OP_WRITE, candidate)
     assert wire.decode_json(conn.call(wire.OP_FLUSH, b"", timeout=10))["flushed"]

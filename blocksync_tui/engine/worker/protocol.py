@@ -328,7 +328,10 @@ _ZSTD_SIZE_UNKNOWN = -1
 
 def _zlib_decompress(body, raw_len: int) -> bytes:
     d = zlib.decompressobj()
-    data = d.decompress(body, raw_len)
+    try:
+        data = d.decompress(body, raw_len)
+    except zlib.error as exc:
+        raise ValueError("bad zlib piece: %s" % exc)
     if d.unconsumed_tail or not d.eof:
         raise ValueError("compressed piece is longer than its declared %d bytes" % raw_len)
     return data
@@ -337,10 +340,10 @@ def _zlib_decompress(body, raw_len: int) -> bytes:
 def _zstd_decompress(body, raw_len: int) -> bytes:
     import zstandard
 
-    declared = zstandard.frame_content_size(body)
-    if declared not in (_ZSTD_SIZE_UNKNOWN, raw_len):
-        raise ValueError("compressed piece declares %d bytes, expected %d" % (declared, raw_len))
-    try:
+    try:  # a frame header that does not parse fails here already
+        declared = zstandard.frame_content_size(body)
+        if declared not in (_ZSTD_SIZE_UNKNOWN, raw_len):
+            raise ValueError("compressed piece declares %d bytes, expected %d" % (declared, raw_len))
         return zstandard.ZstdDecompressor().decompress(body, max_output_size=raw_len)
     except zstandard.ZstdError as exc:
         raise ValueError("bad zstd piece: %s" % exc)
@@ -417,6 +420,18 @@ def piece_layout(payload, index: int, chunk_len: int) -> "list[tuple[int, int, i
     return layout
 
 
+def _decompressor(code: int):
+    """decompress(body, raw_len) of a piece's codec.
+
+    Raises:
+        ValueError: that codec's module is not installed here (it was never negotiated).
+    """
+    try:
+        return _codec_functions(_CODEC_NAMES[code])[2]
+    except ImportError:
+        raise ValueError("a %s piece, and %s is not installed here" % (_CODEC_NAMES[code], _CODEC_NAMES[code]))
+
+
 def decode_pieces(payload, index: int, chunk_len: int) -> "list[tuple[int, int, bytes | None]]":
     """Decode a DATA/WRITE payload of chunk `index` into [(offset, length, bytes)], checked as
     `piece_layout` does; a piece of zeros has bytes None. Decoding is bounded by each piece's
@@ -433,7 +448,7 @@ def decode_pieces(payload, index: int, chunk_len: int) -> "list[tuple[int, int, 
             continue
         body = view[start:end]
         # A raw piece stays a view of the payload: it is written from there, not copied first.
-        data = body if code == CODEC_RAW else _codec_functions(_CODEC_NAMES[code])[2](body, raw_len)
+        data = body if code == CODEC_RAW else _decompressor(code)(body, raw_len)
         if len(data) != raw_len:
             raise ValueError("piece decoded to %d bytes, expected %d" % (len(data), raw_len))
         pieces.append((offset, raw_len, data))
