@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -350,3 +352,28 @@ def test_the_smallest_and_the_largest_chunk_sizes_sync(tmp_path: Path, chunk_siz
     report = run_engine(src, dst, chunk_size=chunk_size, verify=True, direct=False)
     assert report.outcome == "synced" and report.verified
     assert dst.read_bytes() == src.read_bytes()
+
+
+def test_a_created_destination_has_its_name_made_durable(tmp_path: Path) -> None:
+    """`synced` means on disk: for a file the sync created, that is its name too (an fsync of
+    its directory), not only its contents (the fsync of the file). Seen with strace."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    src = _write(tmp_path / "src", random.Random(18).randbytes(2 * CHUNK))
+    dst, log = tmp_path / "new.img", tmp_path / "strace.log"
+    run = subprocess.run(
+        [strace, "-f", "-qq", "-e", "trace=openat,fsync", "-o", str(log),
+         sys.executable, "-m", "blocksync_tui", "sync", str(src), str(dst), "-q", "--chunk-size", "64K"],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120,
+    )
+    if run.returncode and "ptrace" in run.stderr:
+        pytest.skip(f"strace cannot trace here: {run.stderr.strip()}")
+    assert run.returncode == 0, run.stderr
+    calls = [line.split(None, 1) for line in log.read_text().splitlines()]
+    creator = next(pid for pid, call in calls if f'"{dst}"' in call and "O_CREAT|O_EXCL" in call)
+    directory_fds = {call.rsplit("= ", 1)[1] for pid, call in calls
+                     if pid == creator and f'"{tmp_path}"' in call and "O_DIRECTORY" in call}
+    assert directory_fds, "the new file's directory was never opened"
+    assert any(pid == creator and call.startswith("fsync(") and call[6:].split(")")[0] in directory_fds
+               for pid, call in calls), "the new file's directory was never fsynced"

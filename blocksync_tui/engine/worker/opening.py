@@ -170,7 +170,13 @@ def _open_fd(path: str, real: str, write: bool, create: bool, exclusive: bool = 
         if write and create:
             # Absent when it was checked: it must still be absent, or what it holds now was
             # never compared. O_CREAT|O_EXCL makes that atomic.
-            return os.open(real, os.O_RDWR | os.O_CREAT | os.O_EXCL | CLOEXEC | NOFOLLOW, CREATE_MODE)
+            fd = os.open(real, os.O_RDWR | os.O_CREAT | os.O_EXCL | CLOEXEC | NOFOLLOW, CREATE_MODE)
+            try:
+                _sync_directory(os.path.dirname(real))
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
         return os.open(real, flags | os.O_NONBLOCK | CLOEXEC | NOFOLLOW)
     except FileNotFoundError:
         if write:
@@ -186,6 +192,20 @@ def _open_fd(path: str, real: str, write: bool, create: bool, exclusive: bool = 
         if exc.errno == errno.EISDIR:
             raise WorkerError("%s is a directory, not a file or block device" % path)
         raise WorkerError(os_error_text(exc, path))
+
+
+def _sync_directory(path: str) -> None:
+    """fsync a directory, so that a file just created in it is there after a power cut too: the
+    file's own fsync (a flush) makes its contents durable, not its name. A file system that
+    cannot sync a directory (EINVAL) is left as it is."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
 
 
 def _check_opened(fd: int, path: str, real: str, write: bool, expect) -> dict:
