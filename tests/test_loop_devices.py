@@ -201,3 +201,25 @@ def test_a_device_written_between_prepare_and_run_is_refused(tmp_path: Path, loo
     report = run_engine(src, dev, chunk_size=chunk, direct=False)  # run again: compared, fixed
     assert report.outcome == "synced" and report.chunks["written"] == 1
     assert _device_bytes(dev, 32 * MIB) == data
+
+
+def test_a_loop_device_on_another_device_overlaps_it_and_its_image(tmp_path: Path, loop_device) -> None:
+    """`losetup /dev/loopB /dev/loopA`: sysfs shows no holder or slave between them, so only the
+    loop device's own backing device tells that writing one rewrites the other (and the image
+    under both: the source, read as it is overwritten)."""
+    image = _image(tmp_path / "disk.img", 4 * MIB, 23)
+    lower = loop_device(image)
+    upper = loop_device(Path(lower))
+    for src, dst in ((lower, upper), (upper, lower), (str(image), upper)):
+        with pytest.raises(UsageError, match="overlap"):
+            run_engine(src, dst, dry_run=True)
+
+
+def test_two_loop_devices_of_one_image_overlap(tmp_path: Path, loop_device) -> None:
+    image = _image(tmp_path / "disk.img", 4 * MIB, 24)
+    first, second = loop_device(image), loop_device(image)
+    before = image.read_bytes()
+    with pytest.raises(UsageError, match="overlap"):
+        run_engine(first, second)
+    assert image.read_bytes() == before
+

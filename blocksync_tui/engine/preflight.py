@@ -220,10 +220,12 @@ def same_object(a: Opened, b: Opened) -> bool:
 
 def overlap(a: Opened, b: Opened) -> bool:
     """Whether two opened endpoints on one host share storage without being the same object:
-    a partition and its disk, a device-mapper device and what it is built on (each worker
-    lists its device's stack, by "major:minor"), or a loop device and its backing file."""
+    a partition and its disk, a device-mapper device and what it is built on, a loop device
+    and the device it is set up on (each worker lists its device's stack, by "major:minor"),
+    a loop device (or what is built on one) and its backing file, or two loop devices of one
+    file."""
     if a.kind == b.kind == "block":
-        return a.devnum in b.stack or b.devnum in a.stack
+        return a.devnum in b.stack or b.devnum in a.stack or bool(set(a.backing) & set(b.backing))
     if {a.kind, b.kind} == {"file", "block"}:
         file, device = (a, b) if a.kind == "file" else (b, a)
         return bool(file.identity) and file.identity[:2] in device.backing  # type: ignore[index]
@@ -261,7 +263,7 @@ def check_pair(
     if one_host and dst.exists and overlap(src, dst):
         raise UsageError(
             f"{source} and {destination} overlap (one is a partition, holder or "
-            "backing file of the other): refusing"
+            "backing file of the other, or both are backed by one file): refusing"
         )
     warnings: list[str] = []
     if dst.in_use:

@@ -9,6 +9,7 @@ on one another, so that a sync never reads what its own writes change.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 
 MOUNTINFO = "/proc/self/mountinfo"
@@ -215,6 +216,28 @@ def loop_backing_identities(name: str) -> "list[tuple[int, int]]":
     return found
 
 
+def loop_backing_device(name: str) -> int:
+    """The device number of the block device behind loop device `name` (a loop device can be
+    set up on a device as well as on a file), or 0. sysfs shows no holder or slave for it."""
+    backing = read_text("%s/%s/loop/backing_file" % (SYS_BLOCK, name))
+    try:
+        st = os.stat(backing) if backing else None
+    except OSError:
+        return 0
+    return st.st_rdev if st is not None and stat.S_ISBLK(st.st_mode) else 0
+
+
+def stack_backing_identities(rdev: int, stack: "list[str]") -> "list[tuple[int, int]]":
+    """(st_dev, st_ino) of the files behind the loop devices among a device and its stack: the
+    image under /dev/loop0p1 is the one behind /dev/loop0."""
+    found: "list[tuple[int, int]]" = []
+    for number in [devnum(rdev)] + stack:
+        name = os.path.basename(os.path.realpath("/sys/dev/block/" + number))
+        if name.startswith("loop") and os.path.exists("%s/%s/loop" % (SYS_BLOCK, name)):
+            found.extend(x for x in loop_backing_identities(name) if x not in found)
+    return found
+
+
 def loop_devices_backed_by(st: os.stat_result) -> "list[str]":
     """Loop devices whose backing file is the file `st` describes, by device and inode: a hard
     link or another path to the same image is caught too (writing under a loop device corrupts
@@ -245,6 +268,10 @@ def device_stack(rdev: int) -> "list[str]":
         out = [os.path.realpath(os.path.join(d, "slaves", e)) for e in _listdir(os.path.join(d, "slaves"))]
         if os.path.exists(os.path.join(d, "partition")):
             out.append(os.path.dirname(d))
+        if os.path.exists(os.path.join(d, "loop")):  # a loop device set up on a device
+            backing = loop_backing_device(os.path.basename(d))
+            if backing:
+                out.append(os.path.realpath(sys_block_dir(backing)))
         return out
 
     def above(d: str) -> "list[str]":

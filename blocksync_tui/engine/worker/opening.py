@@ -248,8 +248,7 @@ def _check_opened(fd: int, path: str, real: str, write: bool, expect) -> dict:
         info["stack"] = devices.device_stack(st.st_rdev)
         name = devices.kernel_name(st.st_rdev)
         info["ids"] = devices.stable_ids(st.st_rdev, name)
-        if name.startswith("loop"):
-            info["backing"] = [list(x) for x in devices.loop_backing_identities(name)]
+        info["backing"] = [list(x) for x in devices.stack_backing_identities(st.st_rdev, info["stack"])]
     else:
         info["holders"] = devices.loop_devices_backed_by(st)
     in_use = info["mounted"] or info["holders"] or info["swap"]
