@@ -90,6 +90,8 @@ class ProgressDisplay:
             + f", {human_bytes(report.wire_bytes)} on the wire; "
             f"{human_bytes(report.size)} in {report.seconds:.2f} s ({speed})"
         )
+        if report.size_difference:
+            text += "; " + length_text(report)
         if "used" in report.cache:
             text += (f"; the destination's digest cache stood in for reading it "
                      f"({human_bytes(report.scanned_destination)} of it read)")
@@ -99,6 +101,14 @@ class ProgressDisplay:
         if report.verified is not None:
             text += "; verified" if report.verified else "; VERIFY FAILED"
         return text
+
+
+def length_text(report: Report) -> str:
+    """What a length difference between two files is, or became: a difference in itself."""
+    amount = human_bytes(abs(report.size_difference))
+    if report.mode == "compare" or report.outcome in ("failed", "cancelled"):
+        return f"the destination is {amount} {'longer' if report.size_difference > 0 else 'shorter'}"
+    return f"the destination was {'truncated' if report.size_difference > 0 else 'grown'} by {amount}"
 
 
 OWNERS_SHOWN = 20

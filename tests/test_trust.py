@@ -57,6 +57,25 @@ def test_a_length_difference_is_a_difference(tmp_path: Path, make_destination, c
     assert run_engine(src, dst, chunk_size=CHUNK, dry_run=True).outcome == "identical"
 
 
+def test_the_summary_line_says_a_length_difference(tmp_path: Path, capsys) -> None:
+    """"differs: 0 of 3 chunks differ" alone said nothing of why; nor may a compare's warning
+    say the destination will be truncated."""
+    data = random.Random(19).randbytes(3 * CHUNK)
+    src = _write(tmp_path / "src", data)
+    dst = _write(tmp_path / "dst", data + bytes(4096))
+    assert main(["compare", str(src), str(dst), "-q", "--chunk-size", "64K"]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("differs: 0 of 3 chunks differ") and "; the destination is 4.0 KiB longer" in out
+    assert "a sync would truncate it to 196608" in err and "will be" not in err
+    assert main(["sync", str(src), str(dst), "-q", "--chunk-size", "64K"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("synced:") and "; the destination was truncated by 4.0 KiB" in out
+    assert "it will be truncated to 196608" in err
+    dst.write_bytes(data[:-4096])
+    assert main(["compare", str(src), str(dst), "-q", "--chunk-size", "64K"]) == 1
+    assert "; the destination is 4.0 KiB shorter" in capsys.readouterr().out
+
+
 def test_an_empty_source_and_a_non_empty_destination_differ(tmp_path: Path) -> None:
     src = _write(tmp_path / "src", b"")
     dst = _write(tmp_path / "dst", b"not empty")

@@ -290,8 +290,9 @@ def check_pair(
             raise EndpointError(f"{destination} is a read-only device").on(DESTINATION)
         return PairCheck(warnings, dest_absent=False)
     if dst.size != src.size:
-        verb = "grown" if dst.size < src.size else "truncated"
-        warnings.append(f"{destination} is {dst.size} bytes; it will be {verb} to {src.size}")
+        verb = "grow" if dst.size < src.size else "truncate"
+        will = f"a sync would {verb} it" if dry_run else f"it will be {verb}d"
+        warnings.append(f"{destination} is {dst.size} bytes; {will} to {src.size}")
     return PairCheck(warnings, dest_absent=False, size_difference=dst.size - src.size)
 
 
