@@ -111,6 +111,20 @@ async def test_a_length_difference_shows_on_the_review(tmp_path: Path) -> None:
         assert not review.query_one("#sync").disabled
 
 
+@pytest.mark.parametrize("chunk_size", [4 << 10, 64 << 20], ids=["4K", "64M"])
+async def test_every_chunk_size_of_the_command_line_can_be_picked(tmp_path: Path, chunk_size: int) -> None:
+    """4 KiB to 64 MiB, as --chunk-size: the setup offered 64 KiB to 16 MiB only."""
+    from textual.widgets import Select
+
+    src, dst = _pair(tmp_path, size=(1 << 20) + 4096)
+    app = BlocksyncApp(RunRequest(str(src), str(dst)), list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        app.screen.query_one("#chunk-size", Select).value = chunk_size  # refused if not offered
+        await pilot.press("ctrl+d")
+        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        assert app.screen.report.chunk_size == chunk_size and app.screen.report.outcome == "differs"
+
+
 async def test_paths_with_brackets_are_shown_as_they_are(tmp_path: Path) -> None:
     """User strings are never Rich markup: "[v1]" stays in the title, the review and the dialog."""
     src, dst = _pair(tmp_path)

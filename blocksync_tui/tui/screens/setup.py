@@ -13,13 +13,15 @@ from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Header, Label, Select
 
 from blocksync_tui.engine.errors import UsageError
-from blocksync_tui.engine.options import SyncOptions
+from blocksync_tui.engine.options import MAX_CHUNK, MIN_CHUNK, SyncOptions
 from blocksync_tui.tui.messages import DevicesListed, DevicesRequested, RunRequested
 from blocksync_tui.tui.request import RunRequest
 from blocksync_tui.tui.widgets.endpoint_panel import EndpointPanel
 
 CHUNK_SIZES = [(f"{size >> 10} KiB" if size < 1 << 20 else f"{size >> 20} MiB", size)
-               for size in (64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)]
+               for size in (1 << n for n in range(MIN_CHUNK.bit_length() - 1, MAX_CHUNK.bit_length()))]
+"""Every chunk size the engine takes, as the command line's --chunk-size: 64 MiB chunks keep the
+state of a 16 TiB device at 256 Ki chunks."""
 HASHES = [("automatic", ""), ("xxh128", "xxh128"), ("sha256", "sha256"), ("sha1", "sha1"),
           ("blake2b", "blake2b"), ("md5", "md5")]
 COMPRESSION = [("automatic", "auto"), ("none", "none"), ("zlib", "zlib"), ("lz4", "lz4"), ("zstd", "zstd")]
