@@ -184,5 +184,6 @@ def test_bootstrap_payload_is_the_loader_then_the_compressed_modules() -> None:
     # identities and the ext2/3/4 owners request (E2FS): a tenth of a packet window per start;
     # 35.9 KB with the directory listing for remote path completion (LIST); 37.7 KB with the
     # kernel's owners of a mounted file system (FSMAP: +2.8 KB for GETFSMAP, FIEMAP and the
-    # walk, less 1.0 KB of the loader's docstrings, which travel uncompressed).
-    assert len(payload) < 38_000, "the worker travels on every start: keep it small"
+    # walk, less 1.0 KB of the loader's docstrings, which travel uncompressed); 38.2 KB with
+    # #9's audit (a new file's directory fsynced, loop stacks, writes since prepare refused).
+    assert len(payload) < 38_500, "the worker travels on every start: keep it small"

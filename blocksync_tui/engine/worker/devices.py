@@ -217,8 +217,7 @@ def loop_backing_identities(name: str) -> "list[tuple[int, int]]":
 
 
 def loop_backing_device(name: str) -> int:
-    """The device number of the block device behind loop device `name` (a loop device can be
-    set up on a device as well as on a file), or 0. sysfs shows no holder or slave for it."""
+    """The block device behind loop device `name`, or 0 (sysfs shows no slave for it)."""
     backing = read_text("%s/%s/loop/backing_file" % (SYS_BLOCK, name))
     try:
         st = os.stat(backing) if backing else None
@@ -228,8 +227,7 @@ def loop_backing_device(name: str) -> int:
 
 
 def stack_backing_identities(rdev: int, stack: "list[str]") -> "list[tuple[int, int]]":
-    """(st_dev, st_ino) of the files behind the loop devices among a device and its stack: the
-    image under /dev/loop0p1 is the one behind /dev/loop0."""
+    """(st_dev, st_ino) of the files behind the loop devices among a device and its stack."""
     found: "list[tuple[int, int]]" = []
     for number in [devnum(rdev)] + stack:
         name = os.path.basename(os.path.realpath("/sys/dev/block/" + number))
@@ -268,7 +266,7 @@ def device_stack(rdev: int) -> "list[str]":
         out = [os.path.realpath(os.path.join(d, "slaves", e)) for e in _listdir(os.path.join(d, "slaves"))]
         if os.path.exists(os.path.join(d, "partition")):
             out.append(os.path.dirname(d))
-        if os.path.exists(os.path.join(d, "loop")):  # a loop device set up on a device
+        if os.path.exists(os.path.join(d, "loop")):
             backing = loop_backing_device(os.path.basename(d))
             if backing:
                 out.append(os.path.realpath(sys_block_dir(backing)))

@@ -195,9 +195,7 @@ def _open_fd(path: str, real: str, write: bool, create: bool, exclusive: bool = 
 
 
 def _sync_directory(path: str) -> None:
-    """fsync a directory, so that a file just created in it is there after a power cut too: the
-    file's own fsync (a flush) makes its contents durable, not its name. A file system that
-    cannot sync a directory (EINVAL) is left as it is."""
+    """fsync a directory: a new file's name survives a power cut too (a flush syncs its data)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | CLOEXEC)
     try:
         os.fsync(fd)
@@ -261,9 +259,8 @@ def _check_opened(fd: int, path: str, real: str, write: bool, expect) -> dict:
 
 
 def _same_as_expected(info: dict, expect: dict) -> bool:
-    """Whether an open found the object an earlier open saw, unwritten since: the same device
-    (rdev) with the same count of sectors written (where the kernel counts them), or the same
-    file (device and inode) with the same modification and change times; the same size."""
+    """Whether an open found the object an earlier open saw, unwritten since: the same size, and
+    the same device (rdev) and sectors written, or file (device, inode), mtime and ctime."""
     if info["kind"] != expect.get("kind") or info["size"] != expect.get("size"):
         return False
     mine, theirs = info["identity"], expect.get("identity") or [None, None, None]

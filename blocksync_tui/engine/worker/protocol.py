@@ -340,7 +340,7 @@ def _zlib_decompress(body, raw_len: int) -> bytes:
 def _zstd_decompress(body, raw_len: int) -> bytes:
     import zstandard
 
-    try:  # a frame header that does not parse fails here already
+    try:
         declared = zstandard.frame_content_size(body)
         if declared not in (_ZSTD_SIZE_UNKNOWN, raw_len):
             raise ValueError("compressed piece declares %d bytes, expected %d" % (declared, raw_len))
@@ -421,15 +421,11 @@ def piece_layout(payload, index: int, chunk_len: int) -> "list[tuple[int, int, i
 
 
 def _decompressor(code: int):
-    """decompress(body, raw_len) of a piece's codec.
-
-    Raises:
-        ValueError: that codec's module is not installed here (it was never negotiated).
-    """
+    """decompress(body, raw_len) of a codec; ValueError if it is not installed here."""
     try:
         return _codec_functions(_CODEC_NAMES[code])[2]
     except ImportError:
-        raise ValueError("a %s piece, and %s is not installed here" % (_CODEC_NAMES[code], _CODEC_NAMES[code]))
+        raise ValueError("%s is not installed here" % _CODEC_NAMES[code])
 
 
 def decode_pieces(payload, index: int, chunk_len: int) -> "list[tuple[int, int, bytes | None]]":
