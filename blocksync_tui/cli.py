@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn
 from blocksync_tui import __version__
 from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.endpoint import Endpoint
-from blocksync_tui.engine.errors import BlocksyncError, Cancelled, UsageError
+from blocksync_tui.engine.errors import BlocksyncError, Cancelled, DestinationAppeared, UsageError
 from blocksync_tui.engine.options import MAX_CHUNK, MIN_CHUNK, SshOptions, SyncOptions
 from blocksync_tui.engine.report import Report
 from blocksync_tui.engine.parallel import engine_for
@@ -438,23 +438,17 @@ def run_headless(args: argparse.Namespace, signals: _Signals | None = None) -> i
         state_file=getattr(args, "state", None),
         cache=args.cache,
     )
-    engine = engine_for(Endpoint.parse(args.source), Endpoint.parse(args.destination), options,
-                        _ssh_options(args))
-    engine.prepare()
-    for warning in engine.warnings:
-        _say(f"blocksync-tui: warning: {warning}")
-    for note in engine.notes:
-        _say(f"blocksync-tui: {note}")
+    engine = _prepared(args, options)
     told = set(engine.warnings)
-    dest_info = engine.destination_info
-    if not dry_run and dest_info.get("kind") == "block" and not args.yes:
-        if not _confirm_device(str(engine.destination), dest_info):
-            engine.close()
-            raise UsageError(f"not writing to block device {engine.destination} without --yes")
-
     display = ProgressDisplay(enabled=not args.quiet and sys.stderr.isatty())
     signals.running(dry_run)
     outcome = _run(engine, display, signals)
+    if isinstance(outcome, DestinationAppeared) and not engine.cancelled:
+        # Absent when it was checked, there now: it is compared like any destination.
+        _say(f"blocksync-tui: {outcome}; checking it again")
+        engine = _prepared(args, options)
+        told |= set(engine.warnings)
+        outcome = _run(engine, display, signals)
     owners = _owners(engine, args, signals) if args.owners and not isinstance(outcome, BaseException) else []
     signals.quiet()
     report = engine.report()
@@ -489,6 +483,24 @@ def run_headless(args: argparse.Namespace, signals: _Signals | None = None) -> i
     if report.errors:
         return EXIT_ERROR
     return EXIT_DIFFERS if dry_run and report.outcome == "differs" else EXIT_OK
+
+
+def _prepared(args: argparse.Namespace, options: SyncOptions) -> Engine:
+    """The run's engine, prepared (its warnings and notes said) and, for a block device
+    destination, confirmed."""
+    engine = engine_for(Endpoint.parse(args.source), Endpoint.parse(args.destination), options,
+                        _ssh_options(args))
+    engine.prepare()
+    for warning in engine.warnings:
+        _say(f"blocksync-tui: warning: {warning}")
+    for note in engine.notes:
+        _say(f"blocksync-tui: {note}")
+    dest_info = engine.destination_info
+    if not options.dry_run and dest_info.get("kind") == "block" and not args.yes:
+        if not _confirm_device(str(engine.destination), dest_info):
+            engine.close()
+            raise UsageError(f"not writing to block device {engine.destination} without --yes")
+    return engine
 
 
 def _forget(destinations: list[str]) -> int:

@@ -17,7 +17,7 @@ import pytest
 from blocksync_tui.cli import main
 from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.endpoint import Endpoint
-from blocksync_tui.engine.errors import ConnectionLost, EndpointError, ProtocolError
+from blocksync_tui.engine.errors import ConnectionLost, DestinationAppeared, EndpointError, ProtocolError
 from blocksync_tui.engine.pipeline import Transfer
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions
 from helpers import run_engine, tampered_engine
@@ -92,9 +92,33 @@ def test_a_destination_created_between_prepare_and_run_is_not_assumed_zero(tmp_p
     engine.prepare()
     other = random.Random(3).randbytes(4 * CHUNK)
     dst.write_bytes(other)
-    with pytest.raises(EndpointError, match="appeared after it was checked"):
+    with pytest.raises(DestinationAppeared, match="appeared after it was checked: nothing was written"):
         engine.run()
     assert dst.read_bytes() == other
+
+
+def test_the_cli_checks_a_destination_that_appeared_again_then_syncs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A nightly `sync` whose new destination appears between the check and the write
+    prepares again, once: what appeared is compared, then made the source's."""
+    src = _write(tmp_path / "src", random.Random(2).randbytes(4 * CHUNK))
+    dst = tmp_path / "dst"
+    prepare = SyncEngine.prepare
+    prepared = []
+
+    def appearing(engine: SyncEngine) -> None:
+        prepare(engine)
+        prepared.append(engine._dest_absent)
+        if len(prepared) == 1:
+            dst.write_bytes(random.Random(3).randbytes(4 * CHUNK))
+
+    monkeypatch.setattr(SyncEngine, "prepare", appearing)
+    assert main(["sync", str(src), str(dst), "--chunk-size", "64K", "--streams", "1"]) == 0
+    assert prepared == [True, False]  # the second time, it was there to compare
+    assert dst.read_bytes() == src.read_bytes()
+    err = capsys.readouterr().err
+    assert f"{dst} appeared after it was checked: nothing was written; checking it again" in err
 
 
 def test_a_destination_replaced_between_prepare_and_run_is_refused(tmp_path: Path) -> None:

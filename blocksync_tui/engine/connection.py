@@ -245,7 +245,11 @@ class Connection:
             if waiter.op == _EOF:
                 raise ConnectionLost(self._lost or f"{self.transport.label}: connection lost")
             if waiter.op == wire.OP_ERROR:
-                raise RemoteError(wire.decode_json(waiter.payload)["message"])
+                error = wire.decode_json(waiter.payload)
+                failure = RemoteError(error["message"])
+                code = error.get("errno")
+                failure.errno = code if isinstance(code, int) else 0
+                raise failure
             return waiter.payload
 
         return wait

@@ -23,6 +23,11 @@ class EndpointError(BlocksyncError):
     """A path cannot be used: missing, not permitted, mounted, too small."""
 
 
+class DestinationAppeared(EndpointError):
+    """The destination was absent when it was checked and exists now: what it holds was never
+    compared, so nothing was written, and the run may be prepared again."""
+
+
 class ConnectError(BlocksyncError):
     """A worker could not be started or reached (SSH, no Python, refused key)."""
 
@@ -64,6 +69,9 @@ class ConnectionLost(BlocksyncError):
 
 class RemoteError(BlocksyncError):
     """The worker reported an error while doing I/O (errno text included)."""
+
+    errno: int = 0
+    """The errno the worker gave, where the engine acts on it (EEXIST)."""
 
 
 class Cancelled(BlocksyncError):

@@ -7,6 +7,7 @@ scan, compare and write of every chunk), `verify` (reading written chunks back),
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import threading
@@ -21,7 +22,9 @@ from blocksync_tui.engine.connection import Connection, Frame, where
 from blocksync_tui.engine.digest_cache import CacheError, CacheLayout, DigestCache, Record
 from blocksync_tui.engine.differences import Differences
 from blocksync_tui.engine.endpoint import Endpoint
-from blocksync_tui.engine.errors import BlocksyncError, Cancelled, EndpointError, ProtocolError, RemoteError
+from blocksync_tui.engine.errors import (
+    BlocksyncError, Cancelled, DestinationAppeared, EndpointError, ProtocolError, RemoteError,
+)
 from blocksync_tui.engine.layout import Layout
 from blocksync_tui.engine.options import MAX_CHUNK, MIN_CHUNK, SyncOptions
 from blocksync_tui.engine.pipeline import CHECKPOINT_SECONDS, Control, Transfer
@@ -392,6 +395,8 @@ class SyncEngine:
         try:
             answer = wire.decode_json(opening(self.options.peer_timeout))
         except RemoteError as exc:
+            if request.get("create") and exc.errno == errno.EEXIST:
+                raise DestinationAppeared(where(conn, f"{exc}: nothing was written")).on(side) from None
             raise EndpointError(where(conn, str(exc))).on(side) from None
         opened = self._parsed(side, Opened.parse, answer)
         if not request.get("peer"):

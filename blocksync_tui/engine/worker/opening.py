@@ -183,7 +183,7 @@ def _open_fd(path: str, real: str, write: bool, create: bool, exclusive: bool = 
             raise WorkerError("%s disappeared after it was checked: run again" % path)
         return -1
     except FileExistsError:
-        raise WorkerError("%s appeared after it was checked: run again to compare it" % path)
+        raise WorkerError("%s appeared after it was checked" % path, errno.EEXIST)
     except OSError as exc:
         if exc.errno == errno.EBUSY:
             raise WorkerError("%s is busy (mounted or claimed): refusing to write to it" % path)

@@ -18,7 +18,11 @@ IOV_BATCH = 64
 
 
 class WorkerError(Exception):
-    """An error to report to the controller as one line."""
+    """An error to report to the controller as one line; `code`, an errno it can act on."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def os_error_text(exc: OSError, path: str) -> str:
