@@ -48,6 +48,18 @@ def naive_cell_states(data: bytes, per_cell: int) -> list[int]:
     ]
 
 
+def naive_cell_value(data: bytes) -> int:
+    """The reference of shading by share: the most significant state, the most common other
+    one (the more significant of equal counts) and the significant state's share in thirds."""
+    counts = {state: data.count(state) for state in PRIORITY if data.count(state)}
+    significant = next(iter(counts))
+    others = [state for state in counts if state != significant]
+    if not others:
+        return significant
+    base = max(others, key=counts.__getitem__)  # the first of the largest, in priority order
+    return (1 + 3 * counts[significant] // len(data)) << 6 | base << 3 | significant
+
+
 def pattern_map() -> ChunkMap:
     """A deterministic map of 6000 chunks with every state: bulk areas, runs and lone chunks."""
     total = 6000
@@ -125,6 +137,21 @@ def test_single_differing_chunk_among_many_shows(per_cell: int, bulk: State) -> 
 def test_cell_states_match_the_naive_reference(data: bytes, per_cell: int) -> None:
     # Covers both code paths: the strided OR (small cells) and the per-cell scan (large).
     assert list(cell_states(data, per_cell)) == naive_cell_states(data, per_cell)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    states=st.lists(st.sampled_from(PRIORITY), min_size=1, max_size=8, unique=True),
+    picks=st.lists(st.integers(min_value=0, max_value=255), min_size=1, max_size=4000),
+    per_cell=st.integers(min_value=1, max_value=300),
+)
+def test_shaded_cell_states_match_the_naive_reference(states: list[State], picks: list[int], per_cell: int) -> None:
+    # Two states alone (strided sums up to 80 chunks a cell, counts beyond), and more (the OR
+    # of flags up to 40, the scan beyond): every path against the reference.
+    data = bytes(states[pick % len(states)] for pick in picks)
+    expected = [naive_cell_value(data[start : start + per_cell]) for start in range(0, len(data), per_cell)]
+    assert list(cell_states(data, per_cell, shaded=True)) == expected
+    assert cell_value(data) == naive_cell_value(data)
 
 
 @pytest.mark.parametrize(
