@@ -123,7 +123,9 @@ async def setup(pilot) -> None:
 
 async def run(pilot) -> None:
     """You should see a sync in progress: the first 40% written or unchanged, the rest pending;
-    bold numbers 1, 2, 3 on the map where the destination's partitions begin."""
+    bold numbers 1, 2, 3 on the map where the destination's partitions begin, "]" where each
+    ends (right before the next number, and near the end of the last line: the last MiB is
+    unpartitioned)."""
     engine = _engine(dry_run=True)
     engine.run()
     chunk_map = engine.chunk_map
@@ -149,9 +151,10 @@ async def run(pilot) -> None:
 
 
 async def review(pilot) -> None:
-    """You should see a finished dry run: the map with partition numbers 1-3, the figures, the
-    differing bytes of each partition and unpartitioned gap, the largest runs of changes; the
-    info line starts "unpartitioned ·" (the cursor is on the first cell)."""
+    """You should see a finished dry run: the map with partition numbers 1-3 and a "]" where
+    each partition ends, the figures, the differing bytes of each partition and unpartitioned
+    gap, the largest runs of changes; the info line starts "unpartitioned ·" (the cursor is on
+    the first cell)."""
     engine = _engine(dry_run=True)
     report = engine.run()
     report.seconds = 0.4

@@ -46,7 +46,15 @@ async def test_the_review_shows_partitions_on_the_map_and_lists_their_bytes(tmp_
         assert "p2" in listed and "ext4 'root'" in listed and "8.0 KiB" in listed
         block_map = review.query_one(BlockMap)
         await _wait_for(pilot, lambda: block_map.cell_layout.used > 0)  # laid out on its first resize
-        assert sorted(block_map.marks.values()) == ["1", "2"]
+        # Each partition's number where it begins and "]" where it ends (p2 ends by the backup
+        # GPT, in the last chunk).
+        layout, chunk = block_map.cell_layout, 1 << 16
+        p1, p2 = review.engine.destination_layout.partitions
+        assert (p1.start, p1.end, p2.start) == (MiB, 21 * MiB, 21 * MiB)
+        ends = [layout.cell_of((p.end - 1) // chunk) + layout.cells_per_chunk - 1 for p in (p1, p2)]
+        assert block_map.marks == {layout.cell_of(MiB // chunk): "1", ends[0]: "]",
+                                   layout.cell_of(21 * MiB // chunk): "2", ends[1]: "]"}
+        assert ends[1] == layout.used - 1
         block_map.zoom_to(30 * MiB // (1 << 16), 1)  # the run of changes, as selecting it does
         await pilot.pause()
         info = _text(review.query_one("#cell-info"))

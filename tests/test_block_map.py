@@ -759,7 +759,9 @@ async def test_partitions_are_marked_where_they_begin_and_named_by_the_cursor() 
     async with app.run_test(size=(40, 12)) as pilot:
         block_map = app.query_one(BlockMap)
         layout = block_map.cell_layout
-        assert block_map.marks == {layout.cell_of(1): "1", layout.cell_of(512): "2", layout.cell_of(4000): "3"}
+        # p1 ends in the cell where p2 begins, p2 where p3 does: their numbers win.
+        assert block_map.marks == {layout.cell_of(1): "1", layout.cell_of(512): "2", layout.cell_of(4000): "3",
+                                   layout.cell_of(5998): "]"}
         assert app.highlights[-1].description.startswith("unpartitioned · offset 0x")
         cell = layout.cell_of(600)
         await pilot.click(block_map, offset=(cell % 40, cell // 80))
@@ -770,10 +772,46 @@ async def test_partitions_are_marked_where_they_begin_and_named_by_the_cursor() 
         assert app.highlights[-1].description.startswith(
             f"p2 ext4 'root' +{(start - 512 * MiB) / MiB:.1f} MiB · offset 0x")
         assert "".join(segment.text for segment in block_map.render_line(0)).count("1") == 1  # drawn
-        await pilot.press("plus", "plus", "plus")  # zoomed in around p2's start: only its mark shows
-        assert list(block_map.marks.values()) == ["2"]
+        await pilot.press("plus", "plus", "plus")  # zoomed in around p2's start: p1's end, p2's start
+        assert sorted(block_map.marks.values()) == ["2", "]"]
         block_map.set_layout(None)
         assert block_map.marks == {}
+
+
+def gapped_layout() -> Layout:
+    """Three partitions with unpartitioned space between and after them on the 6000 MiB device
+    of `pattern_map`: p1 1-1500 MiB, a gap, p2 2500-4000 MiB, p3 right after it to 5000 MiB,
+    nothing after that."""
+    return Layout(size=6000 * MiB - 12345, table="gpt", partitions=(
+        Partition(1, MiB, 1499 * MiB, "c12a", "EFI System", fs=Filesystem("vfat", "EFI")),
+        Partition(2, 2500 * MiB, 1500 * MiB, "0fc6", "Linux filesystem", fs=Filesystem("ext4", "root")),
+        Partition(3, 4000 * MiB, 1000 * MiB, "0fc6", "Linux filesystem", fs=Filesystem("ext4", "data")),
+    ))
+
+
+async def test_partitions_are_marked_where_they_end_so_gaps_show() -> None:
+    app = MapApp(pattern_map(), chunk_size=MiB, device_size=6000 * MiB - 12345, poll_interval=None,
+                 disk_layout=gapped_layout())
+    async with app.run_test(size=(40, 12)) as pilot:
+        block_map = app.query_one(BlockMap)
+        layout = block_map.cell_layout
+        # p2 ends in the cell where p3 begins: the number wins.
+        assert layout.cell_of(3999) == layout.cell_of(4000)
+        assert block_map.marks == {layout.cell_of(1): "1", layout.cell_of(1499): "]",
+                                   layout.cell_of(2500): "2", layout.cell_of(4000): "3",
+                                   layout.cell_of(4999): "]"}
+        line = layout.cell_of(1499) // (2 * layout.width)
+        assert "]" in "".join(segment.text for segment in block_map.render_line(line))
+        for chunk, where in ((1499, "p1 vfat 'EFI' +"), (1500 + layout.per_cell, "unpartitioned ·"),
+                             (2500 + layout.per_cell, "p2 ext4 'root' +"), (5000 + layout.per_cell, "unpartitioned ·")):
+            assert block_map.describe_cell(layout.cell_of(chunk)).startswith(where), chunk
+        # Zoomed in until a chunk spans cells: the end is the last cell of p1's last chunk.
+        block_map.zoom_to(1499, 1)
+        for _ in range(4):
+            await pilot.press("plus")
+        layout = block_map.cell_layout
+        assert layout.cells_per_chunk > 1
+        assert block_map.marks == {layout.cell_of(1499) + layout.cells_per_chunk - 1: "]"}
 
 
 # -- snapshots ---------------------------------------------------------------------------
@@ -836,15 +874,18 @@ def test_snapshot_small_device_fills_the_map(snap_compare: Any) -> None:
 
 
 def test_snapshot_partitions(snap_compare: Any) -> None:
-    """The dark map of `test_snapshot_dark` with three partitions (see `disk_layout`).
+    """The dark map of `test_snapshot_dark` with three partitions and gaps (see `gapped_layout`).
 
-    You should see three bold numbers on the map where the partitions begin: "1" in the
-    near-black zero band of the first line (at 1 MiB, cell 0), "2" a third of the way along
-    the sixth line (512 MiB), "3" in the pending area (4000 MiB); each drawn on its own cell's
-    colour. The info line starts with "unpartitioned ·", then the offsets of the cursor cell.
+    You should see bold marks on the map, each on its own cell's colour: "1" in the
+    near-black zero band at the top left (at 1 MiB, cell 0) and "]" where p1 ends (1500 MiB,
+    a quarter of the way down); the unpartitioned gap, then "2" where p2 begins (2500 MiB, in
+    the second zero band), "3" where p2 ends and p3 begins (4000 MiB, no gap between them: the
+    number wins), "]" where p3 ends (5000 MiB, in the pending area), and no mark over the
+    unpartitioned rest. The info line describes the cursor cell, the first three chunks, which
+    begin before p1: "unpartitioned · offset 0x000000000 – 0x000300000 (…): 3 zero".
     """
     app = MapApp(pattern_map(), "textual-dark", chunk_size=MiB, device_size=6000 * MiB - 12345,
-                 disk_layout=disk_layout())
+                 disk_layout=gapped_layout())
     assert snap_compare(app, terminal_size=SNAPSHOT_SIZE)
 
 

@@ -42,6 +42,10 @@ common other one, a little for a few chunks, mostly for most, never not at all.
 | violet | updated: synced again |
 | red | error: could not be read, written or verified |
 
+On a partitioned disk, a partition's number marks the cell where it begins and `]` the
+cell where it ends: the cells between a `]` and the next number, or after the last `]`, are
+unpartitioned. `▶` marks where the scan is.
+
 Keys on the map: arrows move the cursor, `+` / `-` zoom around it, `0` shows the whole
 device; the mouse wheel zooms, a click moves the cursor.
 

@@ -527,7 +527,7 @@ class LinePainter:
         Args:
             colors: Colour by cell state value, including EMPTY (the background).
             cursor_colors: The same colours as tinted for the cursor cell.
-            mark_color: The colour of a mark's character (a partition's number).
+            mark_color: The colour of a mark's character (a partition's number or end).
         """
         self._colors = colors = shade_palette(colors)
         self._cursor_colors = shade_palette(cursor_colors)
@@ -546,8 +546,8 @@ class LinePainter:
             line: The terminal line.
             cursor: Where the cursor is in this line's two cell rows (`0 .. 2 * width`), or -1.
             marks: A character to draw on cells of this line (same positions as `cursor`), on
-                the marked cell's colour: where a partition begins. The other half of that
-                character's cell pair gives way to it.
+                the marked cell's colour: where a partition begins or ends, where the scan is.
+                The other half of that character's cell pair gives way to it.
 
         Returns:
             Segments covering exactly `layout.width` columns.

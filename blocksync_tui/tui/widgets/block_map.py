@@ -38,6 +38,8 @@ _CURSOR_BLEND = 0.7
 """How far the cursor cell moves from its state colour towards the cursor colour."""
 POSITION_MARK = "▶"
 """Drawn on the cell where the scan is: how far it has come."""
+PARTITION_END = "]"
+"""Drawn on the cell where a partition ends (its number marks where it begins)."""
 
 _MOVES = (("left", -1, 0, "cell"), ("right", 1, 0, "cell"), ("up", 0, -1, "cell row"),
           ("down", 0, 1, "cell row"))  # fmt: skip
@@ -48,8 +50,10 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
     """The whole device (or a zoomed window of it) as a grid of coloured half-block cells.
 
     Each terminal character shows two cells ("▀": foreground = top cell, background = bottom
-    cell). With a disk layout, the cell where a partition begins shows its number, and the
-    cursor's description starts with the partition it is in. Each cell covers
+    cell). With a disk layout, the cell where a partition begins shows its number, the cell
+    where it ends `PARTITION_END` (so an unpartitioned gap is the cells between an end and the
+    next number, or after the last end), and the cursor's description starts with the
+    partition it is in. Each cell covers
     `layout.per_cell` consecutive chunks and is shaded by the share of their states: the most
     significant (see `PRIORITY`) tints the most common other one (`block_cells.cell_value`),
     so one differing chunk among thousands still shows, and 10% differing does not look like
@@ -67,7 +71,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         "block-map--mark",
     }
     """One class per `State` (its `background` is the cell colour), plus the cursor tint and the
-    colour of a partition's number."""
+    colour of a partition's marks (its number, its end)."""
 
     DEFAULT_CSS = """
     BlockMap {
@@ -176,8 +180,8 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         self.disk_layout = disk_layout
         """The partitions marked on the map and named by the cursor's description."""
         self._marks: dict[int, str] = {}
+        """The characters drawn where each partition shown begins and ends, by cell."""
         self._position: int | None = None
-        """The character drawn on the cell where each partition shown begins, by cell."""
         self.counts_changed: Signal[dict[State, int]] = Signal(self, "counts-changed")
         """Published with `ChunkView.counts()` by each poll that saw a change (the legend's feed)."""
         self._zoom = 0
@@ -305,7 +309,8 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
 
     @property
     def marks(self) -> dict[int, str]:
-        """The partition numbers drawn on the map, by the cell where each partition begins."""
+        """The marks drawn for the partitions, by cell: each one's number where it begins,
+        `PARTITION_END` where it ends."""
         return dict(self._marks)
 
     def _describe(self, start: int, end: int, counts: dict[State, int]) -> str:
@@ -544,7 +549,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
 
     def _paint(self, layout: CellLayout, line: int, cursor: int, marks: dict[int, str]) -> list:
         """One line's segments: as usual, or, with a spotlight, dimmed but for the cells in it
-        (which are painted per column, without the partitions' numbers)."""
+        (which are painted per column, without the partitions' marks)."""
         marked = self._spotlit
         if marked is None:
             return self._get_painter().paint(layout, line, cursor, marks)
@@ -621,18 +626,24 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
             self._post_highlight(self.cursor_cell, is_cursor=True)
 
     def _partition_marks(self, layout: CellLayout) -> dict[int, str]:
-        """The cell where each partition in the window begins, and its number (1-9, then a-z,
-        then +): one character, so that a mark never spills over the next cell."""
-        marks: dict[int, str] = {}
+        """The cell where each partition in the window begins, with its number (1-9, then a-z,
+        then +), and the cell where it ends, with `PARTITION_END`: one character each, so that
+        a mark never spills over the next cell. Cells between an end and the next number are
+        unpartitioned. Where an end and a start share a cell, the number wins."""
         if self.disk_layout is None or not layout.used:
-            return marks
+            return {}
+        starts: dict[int, str] = {}
+        ends: dict[int, str] = {}
         for part in self.disk_layout.partitions:
-            chunk = part.start // self.chunk_size
-            if part.is_extended or not layout.first <= chunk < layout.last:
-                continue
-            n = part.number
-            marks.setdefault(layout.cell_of(chunk), str(n) if n < 10 else chr(87 + n) if n < 36 else "+")
-        return marks
+            if part.is_extended:
+                continue  # its logical partitions are marked instead
+            first, last = part.start // self.chunk_size, (part.end - 1) // self.chunk_size
+            if layout.first <= first < layout.last:
+                n = part.number
+                starts.setdefault(layout.cell_of(first), str(n) if n < 10 else chr(87 + n) if n < 36 else "+")
+            if layout.first <= last < layout.last:  # the last cell of a chunk spanning several
+                ends[layout.cell_of(last) + layout.cells_per_chunk - 1] = PARTITION_END
+        return ends | starts
 
     def _refresh_map_lines(self, lines: set[int]) -> None:
         """Give `lines` a new stamp (so their cached strips are not reused) and repaint them."""
