@@ -24,7 +24,7 @@ from blocksync_tui.engine.errors import BlocksyncError, Cancelled, DestinationAp
 from blocksync_tui.engine.options import MAX_CHUNK, MIN_CHUNK, SshOptions, SyncOptions
 from blocksync_tui.engine.report import Report
 from blocksync_tui.engine.parallel import engine_for
-from blocksync_tui.engine.units import parse_size, size_text
+from blocksync_tui.engine.units import human_bytes, parse_size, size_text
 
 if TYPE_CHECKING:
     from blocksync_tui.engine.owners import Owners
@@ -439,7 +439,7 @@ def run_headless(args: argparse.Namespace, signals: _Signals | None = None) -> i
         cache=args.cache,
     )
     engine = _prepared(args, options)
-    told = set(engine.warnings)
+    told = set(engine.warnings)  # a sync's include each file system it overwrites: said before any prompt
     display = ProgressDisplay(enabled=not args.quiet and sys.stderr.isatty())
     signals.running(dry_run)
     outcome = _run(engine, display, signals)
@@ -607,11 +607,12 @@ def _save_map(engine: Engine, report: Report, path: str) -> None:
 
 
 def _confirm_device(name: str, info: dict) -> bool:
-    """Ask on the terminal to type the device's name; False if there is no terminal."""
+    """Ask on the terminal to type the device's name; False if there is no terminal. The
+    warnings printed just before say what else is at stake (each file system the source does
+    not have there)."""
     if not sys.stdin.isatty():
         return False
-    size = info.get("size", 0)
-    _out(f"About to overwrite block device {name} ({size / 2**30:.1f} GiB) where it differs.")
+    _out(f"About to overwrite block device {name} ({human_bytes(info.get('size', 0))}) where it differs.")
     try:
         answer = input(f"Type {name} to go ahead: ")
     except EOFError:

@@ -206,7 +206,9 @@ def _partition(value: dict, size: int, table: str, disk_id: str) -> Partition:
 def overwritten_file_systems(destination: Layout | None, source: Layout | None) -> list[str]:
     """What a sync destroys that the source does not bring back: each file system of the
     destination (a partition's, or the whole device's) where the source has none, another
-    type, or another file system of that type (another UUID). One line each, for a warning."""
+    type, or another file system of that type (another UUID). One warning line each: a sync
+    engine adds them to its warnings, which the app's confirm dialog, the command line and
+    the report show."""
     if destination is None:
         return []
     found = source.file_systems() if source is not None else []
@@ -223,5 +225,5 @@ def overwritten_file_systems(destination: Layout | None, source: Layout | None) 
             instead = f"(UUID {fs.uuid}), where the source has another one (UUID {theirs.uuid})"
         else:
             continue
-        lines.append(f"the destination's {where} holds {fs.describe()} {instead}")
+        lines.append(f"the destination's {where} holds {fs.describe()} {instead}: it will be overwritten")
     return lines

@@ -25,7 +25,7 @@ from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import (
     BlocksyncError, Cancelled, DestinationAppeared, EndpointError, ProtocolError, RemoteError,
 )
-from blocksync_tui.engine.layout import Layout
+from blocksync_tui.engine.layout import Layout, overwritten_file_systems
 from blocksync_tui.engine.options import MAX_CHUNK, MIN_CHUNK, SyncOptions
 from blocksync_tui.engine.pipeline import CHECKPOINT_SECONDS, Control, Transfer
 from blocksync_tui.engine.preflight import (
@@ -271,6 +271,8 @@ class SyncEngine:
             self.close()
             raise
         self.size = self._opened[SOURCE].size
+        if not self.options.dry_run:  # said before anything is written, and in the report
+            self.warnings.extend(overwritten_file_systems(self.destination_layout, self.source_layout))
         self.regions = regions_of(report_layout(self.destination_layout, self.source_layout), self.size)
         self.chunk_map = ChunkMap(Geometry(self.size, self.options.chunk_size).total)
         try:

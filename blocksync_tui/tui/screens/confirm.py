@@ -14,7 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 from blocksync_tui.engine.api import Engine
-from blocksync_tui.engine.layout import Layout, overwritten_file_systems
+from blocksync_tui.engine.layout import Layout
 from blocksync_tui.engine.preflight import Opened
 from blocksync_tui.engine.units import human_bytes
 
@@ -77,8 +77,8 @@ class ConfirmSyncScreen(ModalScreen[bool]):
         ]
         if info.get("exists"):
             lines += ["", *layout_lines(engine.destination_layout), usage_line(info)]
-        lost = overwritten_file_systems(engine.destination_layout, engine.source_layout)
-        lines += [f"⚠ {line}: it will be overwritten" for line in lost]
+        # The sync's warnings: each file system at stake among them (the engine names them,
+        # for the command line and the report too), a larger destination...
         lines += [f"⚠ {warning}" for warning in engine.warnings]
         with Vertical(classes="dialog confirm-dialog"):
             yield Label("Confirm sync", classes="dialog-title")
