@@ -13,7 +13,8 @@ worst case for shading by share) and on one where cells are of one state:
 
 Each revision runs in a child process of its own (its tree extracted with `git archive`), and
 the children take turns, round after round, so that both see the same load. Times are the best
-and the median of the rounds, in ms.
+and the median wall time of the rounds and the best CPU time (which waits for no other
+process), in ms.
 
     python3 bench/bench_shading.py                      # this tree against main
     python3 bench/bench_shading.py --against HEAD~3 --rounds 30 --size 120x40
@@ -61,8 +62,9 @@ def states_of(mix: str, chunks: int) -> bytes:
     return bytes(states)
 
 
-async def measure(size: str, mix: str, chunks: int, rounds: int) -> list[float]:
-    """Rebuild times (ms) of a map of this mix at this size, in the tree on sys.path."""
+async def measure(size: str, mix: str, chunks: int, rounds: int) -> list[tuple[float, float]]:
+    """Rebuild times (wall and CPU, ms) of a map of this mix at this size, in the tree on
+    sys.path."""
     from textual.app import App, ComposeResult
 
     from blocksync_tui.engine.chunkmap import ChunkMap
@@ -83,11 +85,11 @@ async def measure(size: str, mix: str, chunks: int, rounds: int) -> list[float]:
         block_map = pilot.app.query_one(BlockMap)
         lines = block_map.size.height
         for _ in range(rounds):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             block_map._rebuild()
             for y in range(lines):
                 block_map.render_line(y)
-            times.append((time.perf_counter() - start) * 1000)
+            times.append(((time.perf_counter() - start) * 1000, (time.process_time() - cpu) * 1000))
     return times
 
 
@@ -123,7 +125,7 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    times: dict[str, dict[str, list[float]]] = {args.against: {}, "this tree": {}}
+    times: dict[str, dict[str, list[list[float]]]] = {args.against: {}, "this tree": {}}
     with tempfile.TemporaryDirectory() as tmp:
         trees = {args.against: extract(args.against, Path(tmp)), "this tree": REPO}
         argv = [sys.executable, __file__, "--child", "--chunks", str(args.chunks),
@@ -135,15 +137,21 @@ def main() -> None:
                 for case, values in json.loads(done.stdout).items():
                     times[name].setdefault(case, []).extend(values)
     rounds = args.rounds * args.per_round
-    print(f"Block map rebuild (aggregate + paint every line), {args.chunks:,} chunks; "
-          f"best / median of {rounds} in ms\n")
-    print(f"| size | mix | {args.against} | this tree | ratio (best) |")
+    print(f"Block map rebuild (aggregate + paint every line), {args.chunks:,} chunks, in ms: best "
+          f"and median wall time of {rounds}, and the best CPU time (steadier on a loaded machine)\n")
+    print(f"| size | mix | {args.against}: best / median / CPU | this tree: best / median / CPU | ratio (best CPU) |")
     print("|---|---|---:|---:|---:|")
     for case, before in times[args.against].items():
         after = times["this tree"][case]
         size, mix = case.split()
-        print(f"| {size} | {mix} | {min(before):.2f} / {statistics.median(before):.2f} "
-              f"| {min(after):.2f} / {statistics.median(after):.2f} | {min(after) / min(before):.2f}x |")
+        cells = [_figures(before), _figures(after)]
+        ratio = min(t[1] for t in after) / min(t[1] for t in before)
+        print(f"| {size} | {mix} | {cells[0]} | {cells[1]} | {ratio:.2f}x |")
+
+
+def _figures(times: list[list[float]]) -> str:
+    wall = [t[0] for t in times]
+    return f"{min(wall):.2f} / {statistics.median(wall):.2f} / {min(t[1] for t in times):.2f}"
 
 
 if __name__ == "__main__":

@@ -161,17 +161,29 @@ def cell_value(data: bytes | bytearray) -> int:
     Returns:
         The value, or `EMPTY` for no chunks.
     """
-    return _value_of(data, _PRIORITY_INTS)
+    return _value_of(data, _ALL_STATES)
 
 
-def _value_of(data: bytes | bytearray, candidates: Sequence[int]) -> int:
-    """`cell_value` of `data`, whose states are all among `candidates` (in priority order).
+Candidates = tuple[tuple[int, tuple[int, ...]], ...]
+"""States a cell may hold, most significant first, each with the less significant ones."""
+
+
+def _candidates(states: Sequence[int]) -> Candidates:
+    """`states` (most significant first) as candidates, made once per rebuild, not per cell."""
+    return tuple((state, tuple(states[at + 1 :])) for at, state in enumerate(states))
+
+
+_ALL_STATES = _candidates(_PRIORITY_INTS)
+
+
+def _value_of(data: bytes | bytearray, candidates: Candidates) -> int:
+    """`cell_value` of `data`, whose states are all among `candidates`.
 
     It runs once per mixed cell, thousands of times a rebuild: each state is looked for with
     `in` (a memchr, stopping at the first hit) before it is counted, and the counting stops
     once the chunks left uncounted could not outnumber the most common other state.
     """
-    for at, significant in enumerate(candidates):
+    for significant, others in candidates:
         if significant in data:
             break
     else:
@@ -179,55 +191,32 @@ def _value_of(data: bytes | bytearray, candidates: Sequence[int]) -> int:
     size, count = len(data), data.count(significant)
     if count == size:
         return significant
-    return _mixed(data, significant, count, candidates[at + 1 :], probe=True)
-
-
-def _mixed(
-    data: bytes | bytearray, significant: int, count: int, others: Sequence[int], probe: bool
-) -> int:
-    """The value of a mixed cell whose most significant state holds `count` of its chunks;
-    its other states are among `others` (in priority order: `probe` looks for each first), or
-    are exactly `others` (`probe` False: one alone needs no count)."""
-    size = len(data)
-    if not probe and len(others) == 1:
-        base = others[0]
-    else:
-        base, most, left = EMPTY, 0, size - count
-        for value in others:
-            if probe and value not in data:
-                continue
+    base, most, left = EMPTY, 0, size - count
+    for value in others:
+        if value in data:
             n = data.count(value)
             if n > most:  # the first of equal counts wins, as in priority order
                 base, most = value, n
             left -= n
             if left <= most:
                 break
-        if base == EMPTY:  # the rest are no states (not a map's bytes): as if one state
-            return significant
+    if base == EMPTY:  # the rest are no states (not a map's bytes): as if one state
+        return significant
     return (1 + 3 * count // size) << 6 | base << 3 | significant
 
 
 _MIXED_MASK = bytes(1 if bin(mask).count("1") > 1 else 0 for mask in range(256))
 _NONZERO = re.compile(rb"[^\x00]")
-
-
-def _mask_states() -> list[tuple[int, ...]]:
-    """The states of every set-of-states bitmask, most significant first."""
-    return [tuple(v for v in _PRIORITY_INTS if mask & (1 << v)) for mask in range(256)]
-
-
-_MASK_STATES = _mask_states()
+_MASK_CANDIDATES = [_candidates([v for v in _PRIORITY_INTS if mask & (1 << v)]) for mask in range(256)]
+"""The candidates of every set-of-states bitmask: exactly the states it holds."""
 
 
 def _shade(data: bytes, per_cell: int, states: bytearray, masks: bytes, cells: Iterable[int]) -> bytearray:
     """Replace the states of the mixed `cells` by their shaded values (see `cell_value`); their
-    masks say which states each holds, so only the significant one needs a count when there
-    are two."""
+    masks say which states each holds."""
     for cell in cells:
-        present = _MASK_STATES[masks[cell]]
         chunk_states = data[cell * per_cell : (cell + 1) * per_cell]
-        significant = present[0]
-        states[cell] = _mixed(chunk_states, significant, chunk_states.count(significant), present[1:], probe=False)
+        states[cell] = _value_of(chunk_states, _MASK_CANDIDATES[masks[cell]])
     return states
 
 
@@ -260,7 +249,7 @@ def _two_states(data: bytes, per_cell: int, count: int, significant: int, base: 
             start = cell * per_cell
             out[cell] = values[data.count(significant, start, start + per_cell)]
     if whole < count:  # a shorter last cell
-        out[whole] = _value_of(data[whole * per_cell :], (significant, base))
+        out[whole] = _value_of(data[whole * per_cell :], _candidates((significant, base)))
     return out
 
 
@@ -303,13 +292,14 @@ def _cell_states_scan(
         # A cell of one state is told by one memcmp with a run of that state; only a mixed
         # one counts (`_value_of`).
         whole = {value: bytes((value,)) * per_cell for value in present}
+        candidates = _candidates(present)
         for cell, start in enumerate(range(0, len(data), per_cell)):
             chunk_states = data[start : start + per_cell]
             first = chunk_states[0]
             if chunk_states == whole.get(first):
                 out[cell] = first
             else:
-                out[cell] = _value_of(chunk_states, present)
+                out[cell] = _value_of(chunk_states, candidates)
         return out
     tested, fallback = present[:-1], present[-1]
     for cell, start in enumerate(range(0, len(data), per_cell)):
