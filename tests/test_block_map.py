@@ -753,9 +753,14 @@ def disk_layout() -> Layout:
     ))
 
 
+def partitioned_app(layout: Layout) -> MapApp:
+    """The 6000 MiB device of `pattern_map` with these partitions, polled by the test."""
+    return MapApp(pattern_map(), chunk_size=MiB, device_size=6000 * MiB - 12345, poll_interval=None,
+                  disk_layout=layout)
+
+
 async def test_partitions_are_marked_where_they_begin_and_named_by_the_cursor() -> None:
-    app = MapApp(pattern_map(), chunk_size=MiB, device_size=6000 * MiB - 12345, poll_interval=None,
-                 disk_layout=disk_layout())
+    app = partitioned_app(disk_layout())
     async with app.run_test(size=(40, 12)) as pilot:
         block_map = app.query_one(BlockMap)
         layout = block_map.cell_layout
@@ -790,8 +795,7 @@ def gapped_layout() -> Layout:
 
 
 async def test_partitions_are_marked_where_they_end_so_gaps_show() -> None:
-    app = MapApp(pattern_map(), chunk_size=MiB, device_size=6000 * MiB - 12345, poll_interval=None,
-                 disk_layout=gapped_layout())
+    app = partitioned_app(gapped_layout())
     async with app.run_test(size=(40, 12)) as pilot:
         block_map = app.query_one(BlockMap)
         layout = block_map.cell_layout
