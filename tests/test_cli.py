@@ -303,3 +303,62 @@ def test_report_says_when_where_and_by_what(pair: tuple[Path, Path], tmp_path: P
     assert report["source_host"] == report["destination_host"] == os.uname().nodename
     assert report["tool_version"] == __version__
     assert before <= report["started"] <= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+_BROKEN_APP = """
+import sys
+from blocksync_tui.tui.screens.setup import SetupScreen
+
+def on_mount(self):
+    raise ZeroDivisionError("a bug in the app")
+
+SetupScreen.on_mount = on_mount
+from blocksync_tui.cli import main
+sys.exit(main([]))
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+def test_a_bug_in_the_app_ends_it_with_one_line(tmp_path: Path, debug: bool) -> None:
+    """The app on a real terminal, broken on purpose: it ends, the terminal is given back, and
+    the command line says what happened in one line with exit status 2, as a headless command
+    does; the traceback only with BLOCKSYNC_DEBUG."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TERM": "xterm-256color",
+           "BLOCKSYNC_DEBUG": "1" if debug else "0"}
+    process = subprocess.Popen([sys.executable, "-c", _BROKEN_APP], stdin=slave, stdout=slave, stderr=slave,
+                               env=env, cwd=tmp_path, close_fds=True)
+    os.close(slave)
+    seen = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 60)
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the other end closed: the app has exited
+                break
+            if not chunk:
+                break
+            seen += chunk
+        status = process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(master)
+    shown = seen.decode(errors="replace")
+    last = shown.replace("\r\n", "\n").rstrip("\n").rsplit("\n", 1)[-1]
+    assert status == 2, shown[-2000:]
+    if debug:
+        assert "Traceback (most recent call last)" in shown and "a bug in the app" in shown
+        assert last.endswith("blocksync-tui: internal error: ZeroDivisionError: a bug in the app")
+    else:
+        assert "Traceback" not in shown and "╭" not in shown.split("\x1b[?1049l")[-1], shown[-2000:]
+        assert last.endswith(
+            "blocksync-tui: internal error: ZeroDivisionError: a bug in the app "
+            "(set BLOCKSYNC_DEBUG=1 for the traceback)"
+        ), repr(last)

@@ -80,11 +80,23 @@ class BlocksyncApp(App[int]):
         """The engine of the current run, once prepared."""
         self._pending_sync: RunRequest | None = None
         self.scratch = scratch
+        """The app's own directory (the demo's images), removed when it quits."""
         self._quit_after_run = False
         self._ticket = 0
         self.farewell = ""
         """The line printed on the terminal after quitting mid-run: what the quit left behind."""
-        """The app's own directory (the demo's images), removed when it quits."""
+        self.crashed: Exception | None = None
+        """A bug of the app that ended it: the command line says it in one line, and shows its
+        traceback only when asked (cli._guarded), as for any command."""
+
+    def _handle_exception(self, error: Exception) -> None:
+        # Textual prints the traceback of an unhandled exception once the terminal is back;
+        # the app ends as ever, but the command line tells it in one line instead.
+        self.crashed = error
+        super()._handle_exception(error)
+        renderables = getattr(self, "_exit_renderables", None)
+        if isinstance(renderables, list):
+            renderables.clear()
 
     def on_mount(self) -> None:
         self.push_screen(SetupScreen(self.request, list_devices=self.list_devices_on_start))

@@ -48,10 +48,16 @@ def make_app(request: RunRequest, demo_size: int | None = None) -> BlocksyncApp:
 
 
 def launch(app: BlocksyncApp) -> int:
-    """Run the app until it quits; returns the exit status."""
+    """Run the app until it quits; returns the exit status.
+
+    Raises:
+        Exception: what ended the app, if a bug did (its traceback was not printed).
+    """
     try:
         app.run()
     finally:
         if app.scratch is not None:
             print(f"blocksync-tui: removed the demo images in {app.scratch}", file=sys.stderr)
+    if app.crashed is not None:
+        raise app.crashed
     return app.return_code or 0
