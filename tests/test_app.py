@@ -38,6 +38,12 @@ def _pair(tmp_path: Path, size: int = 3 << 20, seed: int = 1) -> tuple[Path, Pat
     return src, dst
 
 
+def _on(app, kind: type) -> bool:
+    """Whether the app shows a screen of `kind`, mounted: its widgets can be queried (a screen
+    is the app's screen a moment before that, which a loaded machine makes long)."""
+    return isinstance(app.screen, kind) and app.screen.is_mounted
+
+
 async def _wait_for(pilot, condition, timeout: float = 90.0) -> None:
     """Let the app run until `condition()` holds (the engine works in a thread)."""
     for _ in range(int(timeout / 0.05)):
@@ -74,7 +80,7 @@ async def test_dry_run_from_keys_matches_the_engine_then_sync(tmp_path: Path) ->
         await _type(pilot, "#source-path", str(src))
         await _type(pilot, "#destination-path", str(dst))
         await pilot.press("ctrl+d")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         review = app.screen
         assert isinstance(review, ReviewScreen)
         headless = run_engine(src, dst, dry_run=True, direct=False)  # the other method agrees
@@ -85,10 +91,10 @@ async def test_dry_run_from_keys_matches_the_engine_then_sync(tmp_path: Path) ->
         assert dst.read_bytes() != src.read_bytes(), "a dry run wrote"
 
         await pilot.press("ctrl+s")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen))
+        await _wait_for(pilot, lambda: _on(app, ConfirmSyncScreen))
         await _click(pilot, "#go")
         await _wait_for(
-            pilot, lambda: isinstance(app.screen, ReviewScreen) and app.screen.report.mode == "sync"
+            pilot, lambda: _on(app, ReviewScreen) and app.screen.report.mode == "sync"
         )
         assert app.screen.report.outcome == "synced"
         assert dst.read_bytes() == src.read_bytes()
@@ -103,7 +109,7 @@ async def test_a_length_difference_shows_on_the_review(tmp_path: Path) -> None:
     app = BlocksyncApp(RunRequest(str(src), str(dst)), list_devices=False)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+d")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         review = app.screen
         assert review.report.outcome == "differs" and review.report.size_difference == 4096
         assert "the destination is 4.0 KiB longer than the source" in _summary_text(review)
@@ -121,7 +127,7 @@ async def test_every_chunk_size_of_the_command_line_can_be_picked(tmp_path: Path
     async with app.run_test(size=SIZE) as pilot:
         app.screen.query_one("#chunk-size", Select).value = chunk_size  # refused if not offered
         await pilot.press("ctrl+d")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         assert app.screen.report.chunk_size == chunk_size and app.screen.report.outcome == "differs"
 
 
@@ -133,16 +139,16 @@ async def test_paths_with_brackets_are_shown_as_they_are(tmp_path: Path) -> None
     app = BlocksyncApp(RunRequest(str(src), str(dst)), list_devices=False)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+d")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         summary = _summary_text(app.screen)
         assert "disk[v1].img" in summary and "copy[b].img" in summary
         await pilot.press("ctrl+s")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen))
+        await _wait_for(pilot, lambda: _on(app, ConfirmSyncScreen))
         await _wait_for(pilot, lambda: bool(app.screen.query(".dialog-body")))
         body = str(app.screen.query_one(".dialog-body").render())
         assert "copy[b].img" in body and "disk[v1].img" in body
         await _click(pilot, "#go")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen) and app.screen.report.mode == "sync")
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen) and app.screen.report.mode == "sync")
         assert dst.read_bytes() == src.read_bytes()
 
 
@@ -158,7 +164,7 @@ async def test_brackets_in_user_strings_everywhere_else(tmp_path: Path) -> None:
     app = BlocksyncApp(RunRequest(str(tmp_path / "gone[v2].img"), str(dst)), list_devices=False)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+d")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        await _wait_for(pilot, lambda: _on(app, ErrorScreen))
         await pilot.press("enter")
         panel = app.screen.query_one("#source", EndpointPanel)
         assert "gone[v2].img" in str(panel.query_one("#source-error").render())
@@ -199,7 +205,7 @@ async def _syncing(pilot) -> RunScreen:
     app = pilot.app
     await pilot.press("ctrl+s")
     await _click(pilot, "#go")
-    await _wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+    await _wait_for(pilot, lambda: _on(app, RunScreen))
     run_screen = app.screen
     await _wait_for(pilot, lambda: run_screen.engine.chunk_map.count(State.WRITTEN) > 0)
     return run_screen
@@ -221,7 +227,7 @@ async def test_cancel_mid_sync_says_what_it_left(tmp_path: Path) -> None:
         run_screen, engine = await _asked_to_cancel(pilot)
         assert "partly updated" in str(app.screen.question)
         await _click(pilot, "#yes")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         report = app.screen.report
         assert report.outcome == "cancelled" and "partly updated" in report.message
         assert 0 < report.chunks["written"] < report.total_chunks
@@ -229,9 +235,9 @@ async def test_cancel_mid_sync_says_what_it_left(tmp_path: Path) -> None:
         await _wait_for(pilot, lambda: bool(app.screen.query("#sync")))
         assert not app.screen.query_one("#sync").disabled
         await pilot.press("ctrl+s")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen))
+        await _wait_for(pilot, lambda: _on(app, ConfirmSyncScreen))
         await _click(pilot, "#go")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen) and app.screen.report is not report)
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen) and app.screen.report is not report)
         assert app.screen.report.outcome == "synced"
     assert dst.read_bytes() == src.read_bytes()
 
@@ -240,7 +246,7 @@ async def test_missing_source_shows_an_error_dialog_and_marks_the_field(tmp_path
     app = BlocksyncApp(RunRequest(str(tmp_path / "missing.img"), str(tmp_path / "d.img")), list_devices=False)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+d")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        await _wait_for(pilot, lambda: _on(app, ErrorScreen))
         assert "no such file" in app.screen.message
         await pilot.press("enter")
         panel = app.screen.query_one("#source", EndpointPanel)
@@ -266,7 +272,7 @@ async def test_block_device_needs_its_name_typed(tmp_path: Path, loop_device) ->
     app = BlocksyncApp(RunRequest(str(src), device), list_devices=False)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+s")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen) and bool(app.screen.query("#go")))
+        await _wait_for(pilot, lambda: _on(app, ConfirmSyncScreen) and bool(app.screen.query("#go")))
         await pilot.pause()
         go = app.screen.query_one("#go")
         assert go.disabled
@@ -278,10 +284,10 @@ async def test_block_device_needs_its_name_typed(tmp_path: Path, loop_device) ->
         with open(device, "rb") as f:
             assert f.read(len(before)) == before, "written without confirmation"
         await pilot.press("ctrl+s")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen) and bool(app.screen.query("#confirm-name")))
+        await _wait_for(pilot, lambda: _on(app, ConfirmSyncScreen) and bool(app.screen.query("#confirm-name")))
         await pilot.pause()
         await pilot.press(*device, "enter")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         assert app.screen.report.outcome == "synced"
     with open(device, "rb") as f:
         assert f.read(src.stat().st_size) == src.read_bytes()
@@ -292,7 +298,7 @@ async def test_export_writes_json_and_svg(tmp_path: Path, monkeypatch: pytest.Mo
     src, dst = _pair(tmp_path)
     app = BlocksyncApp(RunRequest(str(src), str(dst)), autostart=True, list_devices=False)
     async with app.run_test(size=SIZE) as pilot:
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         await pilot.press("ctrl+e")
         await pilot.pause()
     report = json.loads((tmp_path / "blocksync-report.json").read_text())
@@ -351,12 +357,12 @@ async def test_remote_destination_in_the_app(tmp_path: Path, sshd, monkeypatch: 
     request = RunRequest(str(src), sshd.endpoint(dst), ssh=sshd.ssh_options())
     app = BlocksyncApp(request, autostart=True, list_devices=True)
     async with app.run_test(size=SIZE) as pilot:
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         report = app.screen.report
         assert report.outcome == "differs" and report.destination == sshd.endpoint(dst)
         assert report.chunks_differing == run_engine(src, dst, dry_run=True).chunks_differing
         await pilot.press("escape")
-        await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
+        await _wait_for(pilot, lambda: _on(app, YesNoScreen))
         await _click(pilot, "#yes")  # leave the review
         panel = app.screen.query_one("#destination", EndpointPanel)
         assert panel.host.endswith(f"127.0.0.1:{sshd.port}")
@@ -386,14 +392,14 @@ async def test_unknown_host_key_asks_then_trusts_and_runs(tmp_path: Path, sshd, 
     fingerprint = listed.stdout.split()[1]
     async with app.run_test(size=SIZE) as pilot:
         # Focus lands a refresh after the dialog's widgets exist: wait for it, then check where.
-        await _wait_for(pilot, lambda: isinstance(app.screen, HostKeyScreen) and app.screen.focused is not None)
+        await _wait_for(pilot, lambda: _on(app, HostKeyScreen) and app.screen.focused is not None)
         dialog = app.screen
         assert str(dialog.query_one("#fingerprint").render()) == fingerprint
         assert f"[{sshd.host}]:{sshd.port}" in _dialog_text(dialog) and str(known) in _dialog_text(dialog)
         assert dialog.focused is dialog.query_one("#cancel")  # Enter alone never trusts
         assert not known.exists()
         await _click(pilot, "#trust")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         assert app.screen.report.outcome == "differs"
     assert known.read_text() == sshd.known_hosts_line() + "\n"
     assert dst.read_bytes() != src.read_bytes()
@@ -410,7 +416,7 @@ async def test_unknown_host_key_not_trusted(tmp_path: Path, sshd, monkeypatch: p
     request = RunRequest(str(src), sshd.endpoint(dst), ssh=sshd.ssh_options(known_hosts=str(known)))
     app = BlocksyncApp(request, autostart=True, list_devices=False)
     async with app.run_test(size=SIZE) as pilot:
-        await _wait_for(pilot, lambda: isinstance(app.screen, HostKeyScreen) and bool(app.screen.query("#cancel")))
+        await _wait_for(pilot, lambda: _on(app, HostKeyScreen) and bool(app.screen.query("#cancel")))
         await pilot.press("escape")
         await _wait_for(pilot, lambda: not isinstance(app.screen, HostKeyScreen))
         panel = app.screen.query_one("#destination", EndpointPanel)
@@ -440,7 +446,7 @@ async def test_demo_opens_on_a_dry_run_of_generated_images(monkeypatch: pytest.M
     source, destination = Path(app.request.source), Path(app.request.destination)
     assert source.parent.parent == tmp_path and source.exists() and destination.exists()
     async with app.run_test(size=SIZE) as pilot:
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         report = app.screen.report
         assert report.mode == "compare" and report.outcome == "differs" and report.change_runs > 3
         assert source.read_bytes() != destination.read_bytes(), "the demo's dry run wrote"
@@ -468,12 +474,12 @@ async def test_quit_during_a_sync_asks_then_cancels(tmp_path: Path) -> None:
         engine = (await _syncing(pilot)).engine
         engine.pause()
         await pilot.press("ctrl+q")
-        await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
+        await _wait_for(pilot, lambda: _on(app, YesNoScreen))
         assert "partly updated" in app.screen.question
         await _click(pilot, "#no")  # keep syncing
         assert app.is_running and not engine.cancelled
         await pilot.press("ctrl+q")
-        await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
+        await _wait_for(pilot, lambda: _on(app, YesNoScreen))
         await _click(pilot, "#yes")
         await _wait_for(pilot, lambda: not app.is_running)
         assert engine.cancelled
@@ -495,13 +501,13 @@ async def test_sync_after_a_dry_run_reads_only_what_differed_and_a_sample(tmp_pa
     async with app.run_test(size=SIZE) as pilot:
         await _click(pilot, "#source-path")
         await pilot.press("ctrl+d")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         assert app.screen.report.chunks_differing == 7
         await pilot.press("ctrl+s")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen))
+        await _wait_for(pilot, lambda: _on(app, ConfirmSyncScreen))
         await _click(pilot, "#go")
         await _wait_for(
-            pilot, lambda: isinstance(app.screen, ReviewScreen) and app.screen.report.mode == "sync"
+            pilot, lambda: _on(app, ReviewScreen) and app.screen.report.mode == "sync"
         )
         report = app.screen.report
         assert report.outcome == "synced" and dst.read_bytes() == src.read_bytes()
@@ -525,7 +531,7 @@ async def test_a_dialog_open_when_the_run_ends_stays_until_answered(tmp_path: Pa
         await pilot.pause(0.2)
         assert app.screen is dialog
         await pilot.press("enter")  # on "Keep going", the focused answer
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         assert app.screen.report.outcome == "synced" and not engine.cancelled
         await pilot.pause(0.2)
         assert isinstance(app.screen, ReviewScreen)
@@ -536,15 +542,15 @@ async def test_escape_on_the_review_asks_before_leaving_it(tmp_path: Path) -> No
     src, dst = _pair(tmp_path)
     app = BlocksyncApp(RunRequest(str(src), str(dst)), autostart=True, list_devices=False)
     async with app.run_test(size=SIZE) as pilot:
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         review = app.screen
         await pilot.press("escape")
-        await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
+        await _wait_for(pilot, lambda: _on(app, YesNoScreen))
         await pilot.press("escape")  # no: stay
         await pilot.pause()
         assert app.screen is review
         await pilot.press("escape")
-        await _wait_for(pilot, lambda: isinstance(app.screen, YesNoScreen))
+        await _wait_for(pilot, lambda: _on(app, YesNoScreen))
         await _click(pilot, "#yes")
         await _wait_for(pilot, lambda: type(app.screen).__name__ == "SetupScreen")
 
@@ -566,7 +572,7 @@ async def test_at_80x24_everything_is_reachable(tmp_path: Path) -> None:
         await _wait_for(pilot, lambda: app.screen.query("#options > *") and all(
             on_screen(widget) for widget in app.screen.query("#options > *")), timeout=20)
         await pilot.press("ctrl+d")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         review = app.screen
         await _wait_for(pilot, lambda: review.query(FooterKey) and all(
             on_screen(widget) for widget in [*review.query(Button), *review.query(FooterKey)]), timeout=20)
@@ -638,7 +644,7 @@ async def test_pause_shows_in_the_title_and_the_footer(tmp_path: Path) -> None:
         await _wait_for(pilot, lambda: not engine.progress().paused)
         assert "PAUSED" not in str(run_screen.query_one("#run-title").render())
         assert _footer_keys(run_screen)["space"] == "Pause"
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
     assert dst.read_bytes() == src.read_bytes()
 
 
@@ -701,7 +707,7 @@ async def _pick_from_palette(pilot, name: str) -> None:
 
     app = pilot.app
     await pilot.press("ctrl+p")
-    await _wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
+    await _wait_for(pilot, lambda: _on(app, CommandPalette))
     await pilot.press(*name.lower())
 
     def listed_first() -> bool:
@@ -726,7 +732,7 @@ async def test_the_command_palette_holds_the_screens_actions(tmp_path: Path, mon
         names = [name for name, _, _ in ActionsProvider(app.screen)._commands()]
         assert {"Dry run", "Sync", "Help", "Light/dark"} <= set(names)
         await _pick_from_palette(pilot, "Dry run")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         review = app.screen
         wanted = {"Export", "Sync…", "Zoom", "Zoom out", "Whole device", "Back"}
         # The zoom actions are offered once the review's block map is mounted.
@@ -763,7 +769,7 @@ async def test_setup_errors_go_once_the_field_changes_and_a_new_host_lists_its_o
     app = BlocksyncApp(RunRequest(str(tmp_path / "missing.img"), str(tmp_path / "d.img")), list_devices=False)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+d")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        await _wait_for(pilot, lambda: _on(app, ErrorScreen))
         await pilot.press("enter")
         source = app.screen.query_one("#source", EndpointPanel)
         await _wait_for(pilot, lambda: source.has_class("-invalid"))
@@ -827,7 +833,7 @@ async def test_the_selected_run_is_lit_on_the_map(tmp_path: Path) -> None:
     request = RunRequest(str(src), str(dst), SyncOptions(chunk_size=64 << 10))
     app = BlocksyncApp(request, autostart=True, list_devices=False)
     async with app.run_test(size=SIZE) as pilot:
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         review = app.screen
         runs, block_map = review.query_one("#runs"), review.query_one("#block-map")
         first, second = review.report.largest_runs[:2]

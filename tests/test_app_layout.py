@@ -9,7 +9,7 @@ from pathlib import Path
 
 from disk_images import MiB, gpt_image
 from rich.console import Console
-from test_app import SIZE, _wait_for
+from test_app import SIZE, _on, _wait_for
 
 from blocksync_tui.demo import make_pair
 from blocksync_tui.demo_layout import stamp_layout
@@ -36,7 +36,7 @@ async def test_the_review_shows_partitions_on_the_map_and_lists_their_bytes(tmp_
     app = BlocksyncApp(request, list_devices=False)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+d")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen) and bool(app.screen.query("#partitions")))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen) and bool(app.screen.query("#partitions")))
         review = app.screen
         rows = {row["region"]: row["bytes_differing"] for row in review.report.partitions if row["region"] != "unpartitioned"}
         assert rows == {"p1": 0, "p2": 8192}
@@ -70,7 +70,7 @@ async def test_the_confirm_dialog_names_what_is_on_the_destination_and_warns(tmp
     app = BlocksyncApp(request, list_devices=False)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+s")
-        await _wait_for(pilot, lambda: isinstance(app.screen, ConfirmSyncScreen) and bool(app.screen.query(".dialog-body")))
+        await _wait_for(pilot, lambda: _on(app, ConfirmSyncScreen) and bool(app.screen.query(".dialog-body")))
         body = _text(app.screen.query_one(".dialog-body"))
         assert "Partition table: GPT, 3 partitions:" in body
         for line in ("  p1      1.0 MiB  EFI System        vfat 'EFI'",

@@ -11,7 +11,7 @@ from blocksync_tui.tui.request import RunRequest
 from blocksync_tui.tui.screens.review import ReviewScreen
 from blocksync_tui.tui.widgets.block_map import BlockMap
 from blocksync_tui.tui.widgets.owners_panel import OwnersPanel, share_bar
-from test_app import SIZE, _wait_for
+from test_app import SIZE, _on, _wait_for
 from test_owners import _migration
 
 
@@ -24,7 +24,7 @@ async def test_the_review_lists_owners_and_marks_their_chunks(tmp_path: Path) ->
     request = RunRequest(str(case["new"]), str(case["old"]), SyncOptions(chunk_size=64 << 10))
     app = BlocksyncApp(request, autostart=True, list_devices=False)
     async with app.run_test(size=SIZE) as pilot:
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         review = app.screen
         assert isinstance(review, ReviewScreen)
         await _wait_for(pilot, lambda: "source" in review.owners)
@@ -66,7 +66,7 @@ async def test_without_a_file_system_the_review_says_why(tmp_path: Path) -> None
     dst.write_bytes(b"[v1]" * 1024 + bytes((1 << 20) - 4096))
     app = BlocksyncApp(RunRequest(str(src), str(dst)), autostart=True, list_devices=False)
     async with app.run_test(size=SIZE) as pilot:
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         review = app.screen
         await _wait_for(pilot, lambda: "source" in review.owners)
         await pilot.pause()
@@ -80,7 +80,7 @@ async def test_an_identical_pair_has_no_owners_to_find(tmp_path: Path) -> None:
     dst.write_bytes(bytes(1 << 20))
     app = BlocksyncApp(RunRequest(str(src), str(dst)), autostart=True, list_devices=False)
     async with app.run_test(size=SIZE) as pilot:
-        await _wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
         await pilot.pause()
         assert not app.screen.query_one(OwnersPanel).display and not app.screen.owners
 
