@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import time
 import zlib
 from pathlib import Path
@@ -306,3 +307,52 @@ def test_pair_does_not_read_holes_on_both_sides(worker, tmp_path: Path) -> None:
     assert len(outcomes) == size // chunk
     assert outcomes.count(wire.PAIR_SAME) == 1 and outcomes.count(wire.PAIR_HOLE) == len(outcomes) - 1
     assert _bytes_read(conn) - before < 16 * chunk  # the data chunk on each side, and the frames
+
+
+
+def _resident(path: Path, offset: int, length: int) -> float:
+    """The share of a file's range that is in the page cache (mincore on a mapping of it)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
+        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            pages = -(-length // mmap.PAGESIZE)
+            vector = (ctypes.c_ubyte * pages)()
+            assert libc.mincore(address, length, vector) == 0, os.strerror(ctypes.get_errno())
+            return sum(byte & 1 for byte in vector) / pages
+        finally:
+            libc.munmap(address, length)
+    finally:
+        os.close(fd)
+
+
+def test_a_lane_reads_ahead_where_its_share_begins(worker, tmp_path: Path) -> None:
+    """OPEN's prefetch asks the kernel to read ahead from the start of the lane's share (here
+    the second of two), while the other side still connects: that share's first chunks are in
+    memory when its scan begins, the first share's are not read."""
+    conn, _ = worker
+    path = tmp_path / "src.img"
+    path.write_bytes(random.Random(5).randbytes(32 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    if _resident(path, 0, 32 << 20) > 0.01:
+        pytest.skip("this file system keeps the file in memory (tmpfs?)")
+    conn.call_json(wire.OP_OPEN, {"path": str(path), "prefetch": 8 << 20, "prefetch_share": [1, 2]})
+    deadline = time.monotonic() + 10
+    while _resident(path, 16 << 20, 8 << 20) < 0.99 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _resident(path, 16 << 20, 8 << 20) >= 0.99
+    assert _resident(path, 0, 16 << 20) < 0.05

@@ -81,7 +81,11 @@ class Worker:
             req = protocol.decode_json(payload)
             self.out.reply(rid, self.files.open(req))
             if req.get("prefetch") and not req.get("peer") and self.files.target is not None:
-                self.files.target.prefetch(int(req["prefetch"]))
+                target = self.files.target
+                k, n = req.get("prefetch_share", (0, 1))
+                at = target.size * int(k) // max(1, int(n))
+                # In the background: a large WILLNEED can take a while to queue its reads.
+                threading.Thread(target=target.prefetch, args=(int(req["prefetch"]), at), daemon=True).start()
         elif op == protocol.OP_LAYOUT:
             t = self.files.need_target()
             self.out.reply(rid, probe.layout(t.fd, t.size, devices.sector_size(t.fd) if t.is_block else 512))
