@@ -182,6 +182,7 @@ def test_auto_streams_one_lane_per_core_when_a_side_is_remote() -> None:
 
     assert auto_streams(any_remote=False, cpus=8) == 1  # local: extra processes cost more than they save
     assert [auto_streams(True, n) for n in (1, 2, 3, 8)] == [1, 2, 3, 4]
+    assert auto_streams(True, 8, cached=True) == 1  # only the source is read: one connection
 
 
 @pytest.mark.parametrize("value, message", [("x", "'x' is not a number of lanes nor auto"),
@@ -196,3 +197,21 @@ def test_cli_streams_refused_in_one_line(tmp_path: Path, value: str, message: st
                              str(src), str(tmp_path / "dst")], capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "dst").exists()
+
+
+def test_a_destination_with_a_digest_cache_gets_one_lane(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` opens one lane per core to a remote destination, but one alone when that
+    destination's digest cache is there: it spares reading the destination, and reading the
+    source is all that is left (measured: one lane 0.83x the time of two)."""
+    from blocksync_tui.engine import digest_cache, options as options_module
+    from blocksync_tui.engine.sync import SyncEngine
+
+    monkeypatch.setattr(options_module.os, "cpu_count", lambda: 4)
+    source, destination = Endpoint.parse(str(tmp_path / "src")), Endpoint.parse("root@127.0.0.1:2222:/srv/dst.img")
+    assert isinstance(engine_for(source, destination, SyncOptions(), SshOptions()), ParallelEngine)
+    path = digest_cache.cache_path(str(destination))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")  # its name is what counts here; prepare checks what it holds
+    assert isinstance(engine_for(source, destination, SyncOptions(), SshOptions()), SyncEngine)
+    assert isinstance(engine_for(source, destination, SyncOptions(cache="full"), SshOptions()), ParallelEngine)
+    assert isinstance(engine_for(source, destination, SyncOptions(streams=2), SshOptions()), ParallelEngine)

@@ -53,7 +53,8 @@ def engine_for(
     else one SyncEngine, here or (`own_process`: for a UI, whose threads would slow it) in an
     EngineProcess."""
     if options.streams is None:
-        options = replace(options, streams=auto_streams(source.is_remote or destination.is_remote))
+        cached = options.cache == "auto" and digest_cache.cache_path(str(destination)).exists()
+        options = replace(options, streams=auto_streams(source.is_remote or destination.is_remote, cached=cached))
     if options.streams > 1:
         return ParallelEngine(source, destination, options, ssh)
     if own_process:
