@@ -43,40 +43,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent / "tests"))
+
+from sshd import _children, _descendants, _free_port, _keygen  # noqa: E402  (the test sshd's helpers)
+
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 SSHD = "/usr/sbin/sshd"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _keygen(path: Path, comment: str) -> str:
-    """Make an ed25519 key pair without passphrase; return the public key line."""
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-        check=True,
-    )
-    return path.with_suffix(".pub").read_text().strip()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _descendants(pid: int) -> list[int]:
-    found, todo = [], _children(pid)
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo.extend(_children(child))
-    return found
 
 
 def _wait_banner(host: str, port: int, alive, timeout: float) -> bool:
