@@ -54,6 +54,8 @@ class ProgressDisplay:
 
     def __enter__(self) -> ProgressDisplay:
         if self.enabled:
+            if self._task is not None:  # a run prepared again: one bar, not the old one too
+                self._progress.remove_task(self._task)
             self._progress.start()
             self._task = self._progress.add_task("connecting", total=1, rate="", detail="")
         return self

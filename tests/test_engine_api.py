@@ -100,3 +100,16 @@ def test_an_updated_chunk_counts_as_differing_everywhere(tmp_path: Path) -> None
     engine.chunk_map.set(1, State.WRITTEN)
     report = engine.report()
     assert report.chunks_differing == 2 and report.change_runs == 1
+
+
+def test_a_run_prepared_again_shows_one_progress_bar() -> None:
+    """The command line prepares a run again when its new destination appeared meanwhile:
+    the progress shown the second time is one bar, not the first run's and the second's."""
+    from blocksync_tui.progress import ProgressDisplay
+
+    display = ProgressDisplay(enabled=True)
+    display._progress.live.console.file = io.StringIO()  # type: ignore[misc]
+    for _ in range(2):
+        with display:
+            pass
+    assert len(display._progress.tasks) == 1
