@@ -235,11 +235,7 @@ class Connection:
         def wait(timeout: float) -> bytes:
             try:
                 if not waiter.done.wait(timeout):
-                    reason = f"the {self.side} stopped answering ({timeout:.0f} s without a reply)"
-                    if self.transport.label != "local":
-                        reason = f"{self.transport.label}: {reason}"
-                    self.abandon(reason)
-                    raise ConnectionLost(reason)
+                    raise given_up(self, timeout)
             finally:
                 self._waiters.pop(rid, None)
             if waiter.op == _EOF:
@@ -325,12 +321,17 @@ def where(conn: Connection, message: str) -> str:
     return message if label == "local" or message.startswith(label) else f"{label}: {message}"
 
 
+def given_up(conn: Connection, limit: float) -> ConnectionLost:
+    """Abandon a worker that has not answered for `limit` seconds; the one line that says so."""
+    reason = where(conn, f"the {conn.side} stopped answering ({limit:.0f} s without a reply)")
+    conn.abandon(reason)
+    return ConnectionLost(reason)
+
+
 def end_if_silent(conn: Connection, limit: float) -> None:
     """Give up on a worker that has said nothing for `limit` seconds, in one line."""
     if time.monotonic() - conn.last_heard > limit:
-        reason = where(conn, f"the {conn.side} stopped answering ({limit:.0f} s without a reply)")
-        conn.abandon(reason)
-        raise ConnectionLost(reason).on(conn.side)
+        raise given_up(conn, limit).on(conn.side)
 
 
 def protocol_error(conn: Connection, frame: Frame, what: str) -> ProtocolError:
