@@ -71,7 +71,7 @@ class Worker:
             try:
                 self.dispatch(op, rid, payload)
             except Exception as exc:  # report, never die silently: the controller shows it
-                self.out.error(rid, exception_text(exc), code=getattr(exc, "code", 0))
+                self.out.error(rid, exception_text(exc), code=exc.code if isinstance(exc, WorkerError) else 0)
 
     def dispatch(self, op: int, rid: int, payload: bytes) -> None:
         """Route one request to its handler or its queue."""
