@@ -39,7 +39,11 @@ def expected_states(src: bytes, dst: bytes | None, chunk: int) -> list[str]:
 class TamperingTransport(LocalTransport):
     """A real local worker behind a man in the middle: every frame it sends passes through
     `tamper(op, rid, payload)`, which returns the frames to deliver instead (none, to swallow
-    it). This plays a buggy or hostile peer with the real worker's code."""
+    it), as (op, rid, payload) or (op, rid, payload, header flags). This plays a buggy or
+    hostile peer with the real worker's code, all of whose frames come down the pipe: no
+    shared memory (worker/ring.py) is offered to it."""
+
+    shares_memory = False
 
     def __init__(self, tamper) -> None:
         super().__init__()
@@ -68,8 +72,8 @@ class TamperingTransport(LocalTransport):
                     break
                 payload = bytes(self._raw[wire.HEADER.size : wire.HEADER.size + length])
                 del self._raw[: wire.HEADER.size + length]
-                for op2, rid2, payload2 in self.tamper(op, rid, payload):
-                    self._out += wire.pack_header(op2, rid2, len(payload2)) + payload2
+                for op2, rid2, payload2, *flags in self.tamper(op, rid, payload):
+                    self._out += wire.pack_header(op2, rid2, len(payload2), *flags) + payload2
         out = bytes(self._out[:size])
         del self._out[:size]
         return out

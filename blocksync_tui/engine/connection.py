@@ -10,6 +10,7 @@ or a stalled link) never blocks the engine's loop: it notices the silence and en
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 
 from blocksync_tui.engine import bootstrap
 from blocksync_tui.engine.worker import protocol as wire
+from blocksync_tui.engine.worker import ring as shared_ring
 from blocksync_tui.engine.errors import ConnectError, ConnectionLost, ProtocolError, RemoteError
 from blocksync_tui.engine.transport import Transport
 
@@ -102,6 +104,8 @@ class Connection:
         self._sender: threading.Thread | None = None
         self.last_heard = time.monotonic()
         """When the last frame (or the banner) came from the worker: a watchdog reads it."""
+        self._ring: shared_ring.Ring | None = None
+        """Memory shared with a worker on this host: large DATA payloads come through it."""
 
     @property
     def bytes_in(self) -> int:
@@ -132,7 +136,22 @@ class Connection:
             target=self._send_loop, name=f"sender-{self.side}", daemon=True
         )
         self._sender.start()
-        hello = wire.decode_json(self.call(wire.OP_HELLO, {"protocol": wire.PROTOCOL_VERSION}, timeout))
+        request: dict = {"protocol": wire.PROTOCOL_VERSION}
+        ring_fd = None
+        if self.transport.shares_memory:
+            try:
+                self._ring, ring_fd = shared_ring.create()
+                request["ring"] = {"path": f"/proc/{os.getpid()}/fd/{ring_fd}", "size": self._ring.size}
+            except OSError:
+                pass  # no memfd here: the pipe carries everything
+        try:
+            hello = wire.decode_json(self.call(wire.OP_HELLO, request, timeout))
+        finally:
+            if ring_fd is not None:
+                os.close(ring_fd)  # the worker has mapped it, or never will: the mapping stays
+        if self._ring is not None and hello.get("ring") != self._ring.size:
+            self._ring.close()
+            self._ring = None
         if hello.get("protocol") != wire.PROTOCOL_VERSION:
             raise ProtocolError(
                 f"{self.transport.label}: worker speaks protocol {hello.get('protocol')}, "
@@ -264,7 +283,10 @@ class Connection:
                 if header is None:
                     break
                 op, rid, length = wire.unpack_header(header)
-                payload = self._reader.read_exact(length) if length else b""
+                if wire.is_shared(header):
+                    payload = self._take_shared(op, length)
+                else:
+                    payload = self._reader.read_exact(length) if length else b""
                 if payload is None:
                     break
                 self.last_heard = time.monotonic()
@@ -284,6 +306,22 @@ class Connection:
         if tail and "Traceback" in self.transport.stderr_tail():
             reason += f" ({tail[-1]})"
         self._end(reason)
+
+    def _take_shared(self, op: int, length: int) -> bytes:
+        """The payload of a frame that came through the shared ring; gives space back.
+
+        Raises:
+            ValueError: no ring was agreed on, the frame is not chunk data, or it cannot fit.
+        """
+        ring = self._ring
+        if ring is None or op != wire.OP_DATA:
+            raise ValueError(f"the worker sent a {wire.OP_NAMES.get(op, op)} frame through shared memory it was not given")
+        payload = ring.take(length)
+        self._reader.bytes_in += length
+        upto = ring.due_release()
+        if upto:
+            self._send(wire.OP_RELEASE, 0, wire.RELEASE.pack(upto))
+        return payload
 
     def _end(self, reason: str) -> None:
         """Mark the connection lost (once): wake every waiter, tell the engine."""

@@ -26,6 +26,8 @@ class Transport(ABC):
     """Where the worker runs, for messages ("local", "user@host")."""
     host_key: str = "localhost"
     """Identifies the host, to tell whether two endpoints can be the same file."""
+    shares_memory: bool = False
+    """The worker runs on this host: chunk data may come through shared memory (worker/ring.py)."""
 
     @property
     def host_identity(self) -> str:
@@ -82,6 +84,8 @@ class Transport(ABC):
 
 class LocalTransport(Transport):
     """A worker on this machine, as a child process connected by pipes."""
+
+    shares_memory = True
 
     def __init__(self, python: str | None = None) -> None:
         self.python = python or sys.executable

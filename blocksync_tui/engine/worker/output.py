@@ -45,6 +45,12 @@ class Output:
         self.lock = threading.Lock()
         self.broken = False
         """The controller has gone: frames are dropped from then on."""
+        self.ring = None
+        """The memory shared with a controller on this host (ring.py), once HELLO set it up."""
+        self.ring_lock = threading.Lock()
+        """Held from taking ring space to sending the header, so headers go in ring order; a
+        thread waiting for space holds this one only, never `lock`, which the request loop
+        (that reads the RELEASE it waits for) needs for its replies."""
 
     def write_all(self, data) -> None:
         """Write every byte (the banner, or a part of a frame under the lock)."""
@@ -55,6 +61,9 @@ class Output:
 
     def send(self, op: int, rid: int, payload=b"") -> None:
         """Send one frame; frames from different threads never interleave."""
+        if op == protocol.OP_DATA and self.ring is not None:
+            self.send_parts(op, rid, [payload])
+            return
         with self.lock:
             if self.broken:
                 return
@@ -70,6 +79,12 @@ class Output:
         gathered by writev: a chunk's data is written from where it was read, never joined."""
         views = [memoryview(part).cast("B") for part in parts if len(part)]
         length = sum(len(view) for view in views)
+        ring = self.ring
+        if op == protocol.OP_DATA and ring is not None and ring.fits(length):
+            with self.ring_lock:
+                ring.put(views, length)
+                self._send_header(op, rid, length)
+            return
         views.insert(0, memoryview(protocol.pack_header(op, rid, length)))
         with self.lock:
             if self.broken:
@@ -83,6 +98,16 @@ class Output:
                         else:
                             views[0] = views[0][written:]
                             written = 0
+            except OSError:
+                self.broken = True
+
+    def _send_header(self, op: int, rid: int, length: int) -> None:
+        """The header of a frame whose payload is already in the ring."""
+        with self.lock:
+            if self.broken:
+                return
+            try:
+                self.write_all(protocol.pack_header(op, rid, length, protocol.FRAME_SHARED))
             except OSError:
                 self.broken = True
 

@@ -1,7 +1,7 @@
 """Provides the wire format both ends speak: frames, opcodes, structs, hashes, pieces.
 
-This is the one definition of the protocol. The controller imports this module and nothing else
-of the worker package (so its import stays cheap: no device probing, no threads); the worker
+This is the one definition of the protocol. The controller imports this module (and ring.py, for
+a worker on its own host) and nothing else of the worker package (so its import stays cheap: no device probing, no threads); the worker
 imports it as a sibling on the other end of the wire, where it runs under Python 3.8+ with the
 standard library alone.
 
@@ -18,13 +18,16 @@ import json
 import struct
 import zlib
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 WORKER_VERSION = "0.1.0"
 BANNER = b"BLOCKSYNC-WORKER 1\n"
 """Written before the first frame, so stray output from a login shell is detected, not parsed."""
 
 MAGIC = b"BK"
 HEADER = struct.Struct("!2sBBII")
+FRAME_SHARED = 0x01
+"""Header flag: the payload is in the shared ring (worker/ring.py), not on the pipe."""
+RELEASE = struct.Struct("!Q")
 MAX_CHUNK_SIZE = 64 << 20
 MAX_PAYLOAD = MAX_CHUNK_SIZE + (1 << 20)
 """Frames larger than this are refused before their body is read: a whole chunk sent raw, with
@@ -49,6 +52,7 @@ OP_LAYOUT = 13
 OP_E2FS = 14  # dumpe2fs, debugfs icheck/ncheck (worker/e2fs.py)
 OP_LIST = 15  # a directory's entries, for path completion (worker/listing.py)
 OP_FSMAP = 16  # FS_IOC_GETFSMAP on a mounted file system (worker/fsmap.py)
+OP_RELEASE = 17  # shared-memory space given back (worker/ring.py); no reply
 # Replies (worker -> controller).
 OP_REPLY = 64
 OP_DIGESTS = 65
@@ -128,6 +132,11 @@ COMPRESS_LEVEL = 1
 def pack_header(op: int, rid: int, length: int, flags: int = 0) -> bytes:
     """The 12-byte header of a frame."""
     return HEADER.pack(MAGIC, op, flags, rid, length)
+
+
+def is_shared(header: bytes) -> bool:
+    """Whether a frame's payload waits in the shared ring rather than after its header."""
+    return bool(header[3] & FRAME_SHARED)
 
 
 def unpack_header(header: bytes) -> "tuple[int, int, int]":

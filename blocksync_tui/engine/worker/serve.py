@@ -9,7 +9,7 @@ import queue
 import sys
 import threading
 
-from . import devices, e2fs, fsmap, listing, probe, protocol
+from . import devices, e2fs, fsmap, listing, probe, protocol, ring
 from .opening import Files
 from .output import Output, WorkerError, exception_text
 from .scan import Scanner, SubDigestCache
@@ -75,8 +75,12 @@ class Worker:
 
     def dispatch(self, op: int, rid: int, payload: bytes) -> None:
         """Route one request to its handler or its queue."""
-        if op == protocol.OP_HELLO:
-            self.out.reply(rid, self.hello())
+        if op == protocol.OP_RELEASE:
+            if self.out.ring is None or len(payload) != protocol.RELEASE.size:
+                raise WorkerError("a RELEASE without a shared ring")
+            self.out.ring.release(protocol.RELEASE.unpack(payload)[0])
+        elif op == protocol.OP_HELLO:
+            self.out.reply(rid, self.hello(protocol.decode_json(payload) if payload else {}))
         elif op == protocol.OP_OPEN:
             req = protocol.decode_json(payload)
             self.out.reply(rid, self.files.open(req))
@@ -118,9 +122,18 @@ class Worker:
             except Exception as exc:
                 self.out.error(rid, exception_text(exc))
 
-    def hello(self) -> dict:
-        """Who we are and what we can do."""
+    def hello(self, req: dict) -> dict:
+        """Who we are and what we can do; with "ring", attach the controller's shared memory."""
+        shared = 0
+        offer = req.get("ring")
+        if isinstance(offer, dict) and self.out.ring is None:
+            try:
+                self.out.ring = ring.attach(offer.get("path"), offer.get("size"))
+                shared = self.out.ring.size
+            except (OSError, ValueError):
+                pass  # then every frame goes down the pipe
         return {
+            "ring": shared,
             "protocol": protocol.PROTOCOL_VERSION,
             "version": protocol.WORKER_VERSION,
             "python": "%d.%d.%d" % sys.version_info[:3],
