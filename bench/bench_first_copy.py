@@ -12,6 +12,9 @@ Contenders, in interleaved rounds (the order rotates each round), cold cache bef
 - blocksync-tui from one or more checkouts (`--ours NAME=PATH[:EXTRA ARGS]`, repeatable), each
   run as `python3 -m blocksync_tui sync SRC user@127.0.0.1:PORT:DST` with PATH as its cwd.
 
+With --pull the source is the other host's and the destination this one's: `ssh host dd | dd`
+against `blocksync-tui sync user@127.0.0.1:PORT:SRC DST`.
+
 Data sets: random data (incompressible) and an image with 30% zeros in runs of 1-12 MiB
 between runs of random data (written out: a dense file, as a disk read from a device is).
 
@@ -106,14 +109,19 @@ class Contender:
 
 
 def command(c: Contender, host: OtherHost, src: Path, dst: Path, report: Path, bs: str,
-            cipher: str) -> tuple[str | list[str], Path]:
-    """The command line of a contender and its working directory."""
+            cipher: str, pull: bool = False) -> tuple[str | list[str], Path]:
+    """The command line of a contender and its working directory; with `pull`, the source is
+    on the other host and the destination here."""
+    if c.kind == "dd" and pull:
+        ssh = shlex.join(host.ssh_argv(f"dd if={shlex.quote(str(src))} bs={bs} status=none", cipher=cipher))
+        return f"{ssh} | dd of={shlex.quote(str(dst))} bs={bs} iflag=fullblock conv=fsync status=none", REPO
     if c.kind == "dd":
         remote = f"dd of={shlex.quote(str(dst))} bs={bs} iflag=fullblock conv=fsync status=none"
         ssh = shlex.join(host.ssh_argv(remote, cipher=cipher))
         return f"dd if={shlex.quote(str(src))} bs={bs} status=none | {ssh}", REPO
     assert c.ours is not None
-    argv = [sys.executable, "-m", "blocksync_tui", "sync", str(src), host.endpoint(dst),
+    ends = [host.endpoint(src), str(dst)] if pull else [str(src), host.endpoint(dst)]
+    argv = [sys.executable, "-m", "blocksync_tui", "sync", *ends,
             "--yes", "-q", "--json", str(report), *host.cli_args(), *c.ours.extra]
     return argv, c.ours.path
 
@@ -126,7 +134,7 @@ def run_once(c: Contender, host: OtherHost, src: Path, dst: Path, workdir: Path,
     cold = not args.warm and drop_caches()
     if not cold:
         subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL, check=True)
-    cmd, cwd = command(c, host, src, dst, report, args.bs, args.cipher)
+    cmd, cwd = command(c, host, src, dst, report, args.bs, args.cipher, args.pull)
     host.wait_idle()
     log_at, remote_before = host.log_size(), host.remote_cpu()
     lo_before = loopback_bytes()
@@ -229,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=0.0,
                         help="latency to add each way (a delaying proxy in front of the sshd)")
     parser.add_argument("--warm", action="store_true", help="warm cache instead of dropping it")
+    parser.add_argument("--pull", action="store_true",
+                        help="pull: the source on the other host, the destination here "
+                        "(`ssh host dd | dd` for dd)")
     parser.add_argument("--workdir", type=Path, help="where the images go (default: temp in /tmp)")
     parser.add_argument("--results", type=Path, default=BENCH / "results")
     parser.add_argument("--seed", type=int, default=1)
@@ -292,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
 
     link = f"+{args.delay_ms:g} ms each way (proxy)" if args.delay_ms else "loopback"
     parts = [
-        f"First copy to another host (other_host.py sshd on 127.0.0.1, own boot id, {link}), "
+        f"First copy {'from' if args.pull else 'to'} another host (other_host.py sshd on 127.0.0.1, own boot id, {link}), "
         f"{fmt_bytes(args.size)}, destination absent before each run, "
         f"{'warm' if args.warm else 'cold'} cache, median of {args.rounds} interleaved rounds, "
         f"{os.cpu_count()} CPUs, dd bs={args.bs}, ssh -c {args.cipher}",
@@ -311,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         parts.append("")
     parts += [
         "Time: start to exit with the destination fsynced. Local CPU: user+system of the",
-        "processes started here (ssh client and dd, or the controller and the source's worker).",
-        "Remote CPU: the sshd side (sshd, shell, remote dd or the destination's worker).",
+        "processes started here (ssh client and dd, or the controller and its local worker).",
+        "Remote CPU: the sshd side (sshd, shell, remote dd or the remote worker).",
         "Bytes on loopback: transmit counter of lo, both directions, TCP/IP/SSH included",
         "(halved behind the proxy, which carries every byte twice). Tool's wire_bytes: from its",
         "JSON report, the source's link (a local pipe here) and the destination's together.",

@@ -128,7 +128,8 @@ def test_a_local_worker_streams_through_the_ring_for_several_turns(tmp_path: Pat
 
 
 def test_a_worker_that_cannot_map_the_ring_says_so_and_uses_the_pipe(tmp_path: Path) -> None:
-    offer = {"ring": {"path": str(tmp_path / "gone"), "size": shared_ring.SIZE}}
+    offer = {"ring": {"path": str(tmp_path / "gone"), "size": shared_ring.SIZE},
+             "ring_in": {"path": "/proc/self/fd/0", "size": shared_ring.SIZE}}  # a pipe, not a memory file
     frames = b"".join(
         wire.pack_header(op, rid, len(body)) + body
         for op, rid, body in [(wire.OP_HELLO, 1, wire.encode_json(offer)), (wire.OP_EXIT, 2, b"")]
@@ -138,7 +139,8 @@ def test_a_worker_that_cannot_map_the_ring_says_so_and_uses_the_pipe(tmp_path: P
     assert done.returncode == 0, done.stderr.decode()
     body = done.stdout[len(wire.BANNER) + wire.HEADER.size :]
     _op, _rid, length = wire.unpack_header(done.stdout[len(wire.BANNER) : len(wire.BANNER) + wire.HEADER.size])
-    assert wire.decode_json(body[:length])["ring"] == 0
+    hello = wire.decode_json(body[:length])
+    assert hello["ring"] == hello["ring_in"] == 0
 
 
 def test_a_shared_frame_from_a_worker_given_no_ring_ends_the_run_in_one_line(tmp_path: Path) -> None:
@@ -156,13 +158,49 @@ def test_a_shared_frame_from_a_worker_given_no_ring_ends_the_run_in_one_line(tmp
     assert not dst.exists() or dst.read_bytes() != src.read_bytes()
 
 
-def test_a_sync_through_the_ring_is_byte_identical(tmp_path: Path) -> None:
-    """The network path between two local workers (no direct compare): chunk data crosses
-    the source's ring, sizes not a multiple of the chunk size, zero runs included."""
+def test_a_sync_through_both_rings_is_byte_identical(tmp_path: Path, monkeypatch) -> None:
+    """The network path between two local workers (no direct compare): chunk data comes from
+    the source through one ring and goes to the destination through another, each turning
+    over twice; a size not a multiple of the chunk size, zero runs included."""
+    through = {"put": 0, "take": 0}
+    put, take = shared_ring.Ring.put, shared_ring.Ring.take
+
+    def counted_put(ring, views, length):  # in this process: the WRITEs to the destination
+        through["put"] += length
+        return put(ring, views, length)
+
+    def counted_take(ring, length):  # in this process: the DATA from the source
+        through["take"] += length
+        return take(ring, length)
+
+    monkeypatch.setattr(shared_ring.Ring, "put", counted_put)
+    monkeypatch.setattr(shared_ring.Ring, "take", counted_take)
     src, dst = tmp_path / "src.img", tmp_path / "dst.img"
-    data = bytearray(os.urandom((40 << 20) + 12345))
+    data = bytearray(os.urandom((72 << 20) + 12345))
     data[(3 << 20) + 100 : (9 << 20)] = bytes((9 << 20) - (3 << 20) - 100)
     src.write_bytes(data)
-    report = run_engine(src, dst, chunk_size=1 << 20, direct=False)
+    report = run_engine(src, dst, chunk_size=1 << 20, direct=False, compress="none")
     assert dst.read_bytes() == bytes(data)
     assert report.bytes_sent < len(data)
+    assert through["take"] >= 64 << 20 and through["put"] >= 64 << 20, through
+
+
+def test_a_put_waiting_for_space_gives_up_when_the_ring_is_abandoned() -> None:
+    producer, _consumer = _pair()
+    producer.put([bytes(SMALL // 2)], SMALL // 2)
+    producer.put([bytes(SMALL // 2)], SMALL // 2)
+    failed: list[BaseException] = []
+
+    def put() -> None:
+        try:
+            producer.put([bytes(shared_ring.MIN_PAYLOAD)], shared_ring.MIN_PAYLOAD)
+        except EOFError as exc:
+            failed.append(exc)
+
+    waiting = threading.Thread(target=put)
+    waiting.start()
+    waiting.join(0.2)
+    assert waiting.is_alive()
+    producer.abandon()
+    waiting.join(5)
+    assert not waiting.is_alive() and failed

@@ -31,6 +31,15 @@ _RECV_SIZE = 1 << 20
 
 
 @dataclass
+class _Shared:
+    """A frame for the sender thread to put through the shared ring: only its header goes on."""
+
+    op: int
+    rid: int
+    payload: bytes | memoryview
+
+
+@dataclass
 class Frame:
     """One frame from a worker, as delivered to the engine's queue."""
 
@@ -100,12 +109,14 @@ class Connection:
         self._waiters: dict[int, _Waiter] = {}
         self._lost: str | None = None
         self._thread: threading.Thread | None = None
-        self._outbox: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[bytes | memoryview | _Shared | None] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
         self.last_heard = time.monotonic()
         """When the last frame (or the banner) came from the worker: a watchdog reads it."""
-        self._ring: shared_ring.Ring | None = None
+        self._ring_in: shared_ring.Ring | None = None
         """Memory shared with a worker on this host: large DATA payloads come through it."""
+        self._ring_out: shared_ring.Ring | None = None
+        """And the other way: large WRITE payloads go through it."""
 
     @property
     def bytes_in(self) -> int:
@@ -136,22 +147,7 @@ class Connection:
             target=self._send_loop, name=f"sender-{self.side}", daemon=True
         )
         self._sender.start()
-        request: dict = {"protocol": wire.PROTOCOL_VERSION}
-        ring_fd = None
-        if self.transport.shares_memory:
-            try:
-                self._ring, ring_fd = shared_ring.create()
-                request["ring"] = {"path": f"/proc/{os.getpid()}/fd/{ring_fd}", "size": self._ring.size}
-            except OSError:
-                pass  # no memfd here: the pipe carries everything
-        try:
-            hello = wire.decode_json(self.call(wire.OP_HELLO, request, timeout))
-        finally:
-            if ring_fd is not None:
-                os.close(ring_fd)  # the worker has mapped it, or never will: the mapping stays
-        if self._ring is not None and hello.get("ring") != self._ring.size:
-            self._ring.close()
-            self._ring = None
+        hello = self._hello(timeout)
         if hello.get("protocol") != wire.PROTOCOL_VERSION:
             raise ProtocolError(
                 f"{self.transport.label}: worker speaks protocol {hello.get('protocol')}, "
@@ -160,6 +156,32 @@ class Connection:
         if hello.get("sha256") != bootstrap.payload_sha256():
             raise ProtocolError(f"{self.transport.label}: the worker's code arrived altered")
         self.hello = hello
+        return hello
+
+    def _hello(self, timeout: float) -> dict:
+        """HELLO, offering a worker on this host the shared rings (worker/ring.py)."""
+        request: dict = {"protocol": wire.PROTOCOL_VERSION}
+        fds: list[int] = []
+        rings: dict[str, shared_ring.Ring] = {}
+        if self.transport.shares_memory:
+            try:
+                for key in ("ring", "ring_in"):  # the worker's output, then its input
+                    rings[key], fd = shared_ring.create()
+                    fds.append(fd)
+                    request[key] = shared_ring.offer(rings[key], fd)
+            except OSError:
+                pass  # no memfd here: the pipe carries everything
+        # Set before the worker can use them: its first shared frame may follow its answer at once.
+        self._ring_in, self._ring_out = rings.get("ring"), rings.get("ring_in")
+        try:
+            hello = wire.decode_json(self.call(wire.OP_HELLO, request, timeout))
+        finally:
+            for fd in fds:
+                os.close(fd)  # the worker has mapped them, or never will: our mappings stay
+        if self._ring_in is not None and hello.get("ring") != self._ring_in.size:
+            self._ring_in = None
+        if self._ring_out is not None and hello.get("ring_in") != self._ring_out.size:
+            self._ring_out = None
         return hello
 
     def _await_banner(self) -> None:
@@ -196,7 +218,10 @@ class Connection:
         with self._send_lock:
             if self._lost:
                 raise ConnectionLost(self._lost)
-            if len(payload) < 65536:
+            ring = self._ring_out
+            if op == wire.OP_WRITE and ring is not None and ring.fits(len(payload)):
+                self._outbox.put(_Shared(op, rid, payload))
+            elif len(payload) < 65536:
                 self._outbox.put(header + payload)
             else:  # no copy of a large payload: the header goes on its own
                 self._outbox.put(header)
@@ -209,7 +234,13 @@ class Connection:
             if data is None:
                 return
             try:
+                if isinstance(data, _Shared):
+                    assert self._ring_out is not None
+                    self._ring_out.put([memoryview(data.payload)], len(data.payload))
+                    data = wire.pack_header(data.op, data.rid, len(data.payload), wire.FRAME_SHARED)
                 self.transport.send(data)
+            except EOFError:
+                return  # the connection ended while this waited for ring space
             except (OSError, ValueError) as exc:
                 self._end(f"{self.transport.label}: connection lost ({exc})")
                 return
@@ -290,6 +321,11 @@ class Connection:
                 if payload is None:
                     break
                 self.last_heard = time.monotonic()
+                if op == wire.OP_RELEASE and self._ring_out is not None:
+                    if len(payload) != wire.RELEASE.size:
+                        raise ValueError("a malformed RELEASE")
+                    self._ring_out.release(wire.RELEASE.unpack(payload)[0])
+                    continue
                 waiter = self._waiters.get(rid)
                 if waiter is not None and rid:
                     waiter.op, waiter.payload = op, payload
@@ -313,7 +349,7 @@ class Connection:
         Raises:
             ValueError: no ring was agreed on, the frame is not chunk data, or it cannot fit.
         """
-        ring = self._ring
+        ring = self._ring_in
         if ring is None or op != wire.OP_DATA:
             raise ValueError(f"the worker sent a {wire.OP_NAMES.get(op, op)} frame through shared memory it was not given")
         payload = ring.take(length)
@@ -329,6 +365,8 @@ class Connection:
             if self._lost is not None:
                 return
             self._lost = reason
+        if self._ring_out is not None:
+            self._ring_out.abandon()  # the sender may wait for space the worker never frees
         for waiter in list(self._waiters.values()):
             waiter.op = _EOF
             waiter.done.set()
@@ -346,6 +384,8 @@ class Connection:
             except (ConnectionLost, RemoteError):
                 pass
         self._outbox.put(None)
+        if self._ring_out is not None:
+            self._ring_out.abandon()
         self.transport.close()
 
 

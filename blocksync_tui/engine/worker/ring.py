@@ -1,18 +1,18 @@
-"""Provides Ring: chunk data from a worker to its controller on one host, through shared memory.
+"""Provides Ring: chunk data between a worker and its controller on one host, in shared memory.
 
 Why: a pipe costs each end a kernel copy of every byte, and on the virtual machines measured
-here that is ~0.7 CPU-s per GiB on each side, more than AES-GCM and a hundred times a memcpy
-(bench/bench_first_copy.py). A worker on the controller's own host therefore puts the payload
-of each large DATA frame into a memory file the two share, and sends only the frame's header
-down the pipe, marked protocol.FRAME_SHARED. Both ends take payloads in the order of their
-headers, so no offset travels: each keeps its own position, a count of bytes since the start,
-taken modulo the ring's size. The controller gives space back with RELEASE frames, a few per
-turn of the ring, which the worker's request loop reads; the thread that waits for space holds
-no lock that loop needs.
+here that is 0.4-1.2 CPU-s per GiB on each side, more than AES-GCM and many times a memcpy. A
+worker on the controller's own host therefore shares two memory files with it, one each way:
+the payload of a large DATA frame (worker to controller) or WRITE frame (controller to worker)
+is copied into one, and only the frame's header goes down the pipe, marked
+protocol.FRAME_SHARED. Both ends take payloads in the order of their headers, so no offset
+travels: each keeps its own position, a count of bytes since the start, taken modulo the
+ring's size. The taker gives space back with RELEASE frames, a few per turn of the ring; the
+thread that waits for space holds no lock that the reader of those frames needs.
 
-The controller makes the memory file (memfd: no name anywhere, gone with the last mapping) and
-offers its /proc path in HELLO; a worker that cannot open and map it says so, and then every
-frame goes down the pipe as before. A remote worker is never offered one.
+The controller makes the memory files (memfd: no name anywhere, gone with the last mapping)
+and offers their /proc paths in HELLO; a worker that cannot open and map one says so, and then
+those frames go down the pipe as before. A remote worker is never offered one.
 """
 
 import mmap
@@ -40,18 +40,26 @@ class Ring:
         self.released = 0
         """Bytes the consumer has given back (the producer's count, or what the consumer sent)."""
         self.cond = threading.Condition()
+        self.abandoned = False
+        """The other end has gone: a put waiting for space gives up."""
 
     def fits(self, length: int) -> bool:
         """Whether a payload of `length` bytes goes through the ring (at most half of it, so a
         batch of releases always frees room for the next)."""
         return MIN_PAYLOAD <= length <= self.size // 2
 
-    # -- producer (the worker)
+    # -- producer
 
     def put(self, views: list, length: int) -> None:
-        """Copy `views` (`length` bytes in all) in at the head, once that much is free."""
+        """Copy `views` (`length` bytes in all) in at the head, once that much is free.
+
+        Raises:
+            EOFError: the ring was abandoned (its taker has gone).
+        """
         with self.cond:
             while self.size - (self.head - self.released) < length:
+                if self.abandoned:
+                    raise EOFError("the other end of the shared ring has gone")
                 self.cond.wait()
         at = self.head % self.size
         for view in views:
@@ -76,7 +84,13 @@ class Ring:
             self.released = upto
             self.cond.notify_all()
 
-    # -- consumer (the controller)
+    def abandon(self) -> None:
+        """Wake a put waiting for space that will never come."""
+        with self.cond:
+            self.abandoned = True
+            self.cond.notify_all()
+
+    # -- consumer
 
     def take(self, length: int) -> bytes:
         """Copy out the next payload of `length` bytes.
@@ -108,7 +122,7 @@ class Ring:
 
 def create(size: int = SIZE) -> "tuple[Ring, int]":
     """A new ring in an anonymous memory file (the controller's end) and the file's descriptor,
-    to offer as /proc/<pid>/fd/<fd> and close once the worker has answered.
+    to offer as /proc/<pid>/fd/<fd> (`offer`) and close once the worker has answered.
 
     Raises:
         OSError: no memfd here (not Linux), or no memory.
@@ -121,6 +135,11 @@ def create(size: int = SIZE) -> "tuple[Ring, int]":
         os.close(fd)
         raise
     return Ring(memory), fd
+
+
+def offer(ring: Ring, fd: int) -> dict:
+    """How HELLO names a ring to the worker."""
+    return {"path": "/proc/%d/fd/%d" % (os.getpid(), fd), "size": ring.size}
 
 
 def attach(path: str, size: int) -> Ring:

@@ -39,6 +39,8 @@ class Worker:
         # so a DELTA for an early chunk is not stuck behind the whole scan.
         self.scan_queue: "queue.Queue" = queue.Queue()
         self.service_queue: "queue.Queue" = queue.Queue()
+        self.ring_in = None
+        """Memory shared with a controller on this host, that large WRITEs come through."""
 
     def serve(self) -> None:
         """Read frames until EXIT or end of input, then stop every thread."""
@@ -60,7 +62,10 @@ class Worker:
                 self.writer.finish()
                 break
             op, rid, length = protocol.unpack_header(header)
-            payload = self.inp.read(length) if length else b""
+            if protocol.is_shared(header):
+                payload = self._take_shared(op, length)
+            else:
+                payload = self.inp.read(length) if length else b""
             if len(payload) < length:
                 self.writer.finish()
                 break
@@ -72,6 +77,20 @@ class Worker:
                 self.dispatch(op, rid, payload)
             except Exception as exc:  # report, never die silently: the controller shows it
                 self.out.error(rid, exception_text(exc), code=exc.code if isinstance(exc, WorkerError) else 0)
+
+    def _take_shared(self, op: int, length: int) -> bytes:
+        """A WRITE's payload from the ring the controller put it in; gives space back.
+
+        Raises:
+            ValueError: no ring was agreed on, or the frame is not one that may use it.
+        """
+        if self.ring_in is None or op != protocol.OP_WRITE:
+            raise ValueError("a frame through shared memory that was not agreed on")
+        payload = self.ring_in.take(length)
+        upto = self.ring_in.due_release()
+        if upto:
+            self.out.send(protocol.OP_RELEASE, 0, protocol.RELEASE.pack(upto))
+        return payload
 
     def dispatch(self, op: int, rid: int, payload: bytes) -> None:
         """Route one request to its handler or its queue."""
@@ -114,6 +133,16 @@ class Worker:
         else:
             raise WorkerError("unknown request %d" % op)
 
+    @staticmethod
+    def _attach(offer):
+        """The ring HELLO offered, or None: then those frames go down the pipe."""
+        if not isinstance(offer, dict):
+            return None
+        try:
+            return ring.attach(offer.get("path"), offer.get("size"))
+        except (OSError, ValueError):
+            return None
+
     def _drain(self, q: "queue.Queue") -> None:
         while True:
             handler, rid, arg = q.get()
@@ -124,16 +153,13 @@ class Worker:
 
     def hello(self, req: dict) -> dict:
         """Who we are and what we can do; with "ring", attach the controller's shared memory."""
-        shared = 0
-        offer = req.get("ring")
-        if isinstance(offer, dict) and self.out.ring is None:
-            try:
-                self.out.ring = ring.attach(offer.get("path"), offer.get("size"))
-                shared = self.out.ring.size
-            except (OSError, ValueError):
-                pass  # then every frame goes down the pipe
+        if self.out.ring is None:
+            self.out.ring = self._attach(req.get("ring"))
+        if self.ring_in is None:
+            self.ring_in = self._attach(req.get("ring_in"))
         return {
-            "ring": shared,
+            "ring": self.out.ring.size if self.out.ring else 0,
+            "ring_in": self.ring_in.size if self.ring_in else 0,
             "protocol": protocol.PROTOCOL_VERSION,
             "version": protocol.WORKER_VERSION,
             "python": "%d.%d.%d" % sys.version_info[:3],
