@@ -356,3 +356,23 @@ def test_a_lane_reads_ahead_where_its_share_begins(worker, tmp_path: Path) -> No
         time.sleep(0.05)
     assert _resident(path, 16 << 20, 8 << 20) >= 0.99
     assert _resident(path, 0, 16 << 20) < 0.05
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 700_000), st.integers(1, 600_000), st.integers(0, 1 << 32))
+def test_read_into_fills_any_view_through_its_small_buffer(tmp_path: Path, offset: int, length: int, seed: int) -> None:
+    """Views larger than one read go through the thread's bounce buffer: the bytes land where
+    they belong, and past the end of the file read as zeros."""
+    from blocksync_tui.engine.worker import scan
+
+    path = tmp_path / "data"
+    data = random.Random(seed).randbytes(500_000)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        view = memoryview(bytearray(b"\xff" * length))
+        scan.read_into(fd, view, offset)
+        expected = data[offset : offset + length]
+        assert bytes(view) == expected + bytes(length - len(expected))
+    finally:
+        os.close(fd)

@@ -1,18 +1,11 @@
 """Provides Ring: chunk data between a worker and its controller on one host, in shared memory.
 
-Why: a pipe costs each end a kernel copy of every byte, and on the virtual machines measured
-here that is 0.4-1.2 CPU-s per GiB on each side, more than AES-GCM and many times a memcpy. A
-worker on the controller's own host therefore shares two memory files with it, one each way:
-the payload of a large DATA frame (worker to controller) or WRITE frame (controller to worker)
-is copied into one, and only the frame's header goes down the pipe, marked
-protocol.FRAME_SHARED. Both ends take payloads in the order of their headers, so no offset
-travels: each keeps its own position, a count of bytes since the start, taken modulo the
-ring's size. The taker gives space back with RELEASE frames, a few per turn of the ring; the
-thread that waits for space holds no lock that the reader of those frames needs.
-
-The controller makes the memory files (memfd: no name anywhere, gone with the last mapping)
-and offers their /proc paths in HELLO; a worker that cannot open and map one says so, and then
-those frames go down the pipe as before. A remote worker is never offered one.
+A pipe costs each end a kernel copy of every byte (0.4-1.2 CPU-s per GiB per side, measured).
+So the controller offers a local worker two memory files in HELLO, one each way; a large DATA
+or WRITE payload is copied into one and only its header goes down the pipe, marked
+protocol.FRAME_SHARED. Both ends take payloads in header order, each keeping its own position
+(bytes since the start, modulo the size), and the taker gives space back with RELEASE frames.
+README.md, "Shared memory with a worker on this host", has the whole story.
 """
 
 import mmap

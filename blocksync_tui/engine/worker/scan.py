@@ -112,11 +112,19 @@ def read_into(fd: int, view: memoryview, offset: int, path: str = "") -> None:
 
     Read in READ_SIZE requests, like `cat`: on the virtual disks measured here, 1 MiB requests
     from two files at once were erratic (0.8-2.3 s per GiB pair) where 128 KiB ones were not.
+    A view larger than that is filled through one small buffer per thread: the kernel's copy
+    into a buffer that fits the CPU's cache, then ours into the view, cost 0.12 CPU-s per GiB
+    here, where the kernel's copy straight into a 1 MiB chunk buffer cost 0.41.
     """
     pos, length = 0, len(view)
+    bounce = _bounce() if length > READ_SIZE else None
     while pos < length:
         try:
-            n = os.preadv(fd, [view[pos : pos + READ_SIZE]], offset + pos)
+            if bounce is None:
+                n = os.preadv(fd, [view[pos : pos + READ_SIZE]], offset + pos)
+            else:
+                n = os.preadv(fd, [bounce[: min(READ_SIZE, length - pos)]], offset + pos)
+                view[pos : pos + n] = bounce[:n]
         except OSError as exc:
             if not path:
                 raise
@@ -125,6 +133,17 @@ def read_into(fd: int, view: memoryview, offset: int, path: str = "") -> None:
             view[pos:] = bytes(length - pos)
             return
         pos += n
+
+
+_bounces = threading.local()
+
+
+def _bounce() -> memoryview:
+    """This thread's READ_SIZE buffer for read_into."""
+    buf = getattr(_bounces, "buf", None)
+    if buf is None:
+        buf = _bounces.buf = memoryview(bytearray(READ_SIZE))
+    return buf
 
 
 def read(fd: int, offset: int, length: int) -> bytearray:
