@@ -179,8 +179,10 @@ class Connection:
             for fd in fds:
                 os.close(fd)  # the worker has mapped them, or never will: our mappings stay
         if self._ring_in is not None and hello.get("ring") != self._ring_in.size:
+            self._ring_in.close()  # declined: unmapped, and the frames come down the pipe
             self._ring_in = None
         if self._ring_out is not None and hello.get("ring_in") != self._ring_out.size:
+            self._ring_out.close()
             self._ring_out = None
         return hello
 
@@ -322,9 +324,7 @@ class Connection:
                     break
                 self.last_heard = time.monotonic()
                 if op == wire.OP_RELEASE and self._ring_out is not None:
-                    if len(payload) != wire.RELEASE.size:
-                        raise ValueError("a malformed RELEASE")
-                    self._ring_out.release(wire.RELEASE.unpack(payload)[0])
+                    self._ring_out.release(wire.release_position(payload))
                     continue
                 waiter = self._waiters.get(rid)
                 if waiter is not None and rid:

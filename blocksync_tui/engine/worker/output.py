@@ -64,13 +64,17 @@ class Output:
         if op == protocol.OP_DATA and self.ring is not None:
             self.send_parts(op, rid, [payload])
             return
+        self._write(protocol.pack_header(op, rid, len(payload)), payload)
+
+    def _write(self, *pieces) -> None:
+        """Write one frame's pieces whole, under the lock; a gone controller is noted, once."""
         with self.lock:
             if self.broken:
                 return
             try:
-                self.write_all(protocol.pack_header(op, rid, len(payload)))
-                if payload:
-                    self.write_all(payload)
+                for piece in pieces:
+                    if piece:
+                        self.write_all(piece)
             except OSError:
                 self.broken = True
 
@@ -83,7 +87,7 @@ class Output:
         if op == protocol.OP_DATA and ring is not None and ring.fits(length):
             with self.ring_lock:
                 ring.put(views, length)
-                self._send_header(op, rid, length)
+                self._write(protocol.pack_header(op, rid, length, protocol.FRAME_SHARED))
             return
         views.insert(0, memoryview(protocol.pack_header(op, rid, length)))
         with self.lock:
@@ -98,16 +102,6 @@ class Output:
                         else:
                             views[0] = views[0][written:]
                             written = 0
-            except OSError:
-                self.broken = True
-
-    def _send_header(self, op: int, rid: int, length: int) -> None:
-        """The header of a frame whose payload is already in the ring."""
-        with self.lock:
-            if self.broken:
-                return
-            try:
-                self.write_all(protocol.pack_header(op, rid, length, protocol.FRAME_SHARED))
             except OSError:
                 self.broken = True
 

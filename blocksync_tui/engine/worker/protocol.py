@@ -1,9 +1,9 @@
 """Provides the wire format both ends speak: frames, opcodes, structs, hashes, pieces.
 
-This is the one definition of the protocol. The controller imports this module (and ring.py, for
-a worker on its own host) and nothing else of the worker package (so its import stays cheap: no device probing, no threads); the worker
-imports it as a sibling on the other end of the wire, where it runs under Python 3.8+ with the
-standard library alone.
+This is the one definition of the protocol. The controller imports this module (and ring.py,
+for a worker on its own host) and nothing else of the worker package (so its import stays
+cheap: no device probing, no threads); the worker imports it as a sibling on the other end of
+the wire, where it runs under Python 3.8+ with the standard library alone.
 
 Framing: a 12-byte header (magic, opcode, flags, request id, payload length) and a payload.
 Control payloads are JSON; bulk payloads (digests, data pieces) are packed with `struct`.
@@ -137,6 +137,17 @@ def pack_header(op: int, rid: int, length: int, flags: int = 0) -> bytes:
 def is_shared(header: bytes) -> bool:
     """Whether a frame's payload waits in the shared ring rather than after its header."""
     return bool(header[3] & FRAME_SHARED)
+
+
+def release_position(payload: bytes) -> int:
+    """The ring position a RELEASE gives space back up to.
+
+    Raises:
+        ValueError: the payload is not one.
+    """
+    if len(payload) != RELEASE.size:
+        raise ValueError("a malformed RELEASE of %d bytes" % len(payload))
+    return RELEASE.unpack(payload)[0]
 
 
 def unpack_header(header: bytes) -> "tuple[int, int, int]":

@@ -95,9 +95,9 @@ class Worker:
     def dispatch(self, op: int, rid: int, payload: bytes) -> None:
         """Route one request to its handler or its queue."""
         if op == protocol.OP_RELEASE:
-            if self.out.ring is None or len(payload) != protocol.RELEASE.size:
+            if self.out.ring is None:
                 raise WorkerError("a RELEASE without a shared ring")
-            self.out.ring.release(protocol.RELEASE.unpack(payload)[0])
+            self.out.ring.release(protocol.release_position(payload))
         elif op == protocol.OP_HELLO:
             self.out.reply(rid, self.hello(protocol.decode_json(payload) if payload else {}))
         elif op == protocol.OP_OPEN:
