@@ -53,6 +53,30 @@ def loop_device(tmp_path: Path) -> Iterator[Callable[[Path], str]]:
         subprocess.run(["losetup", "-d", device], capture_output=True)
 
 
+@pytest.fixture
+def thin_device(tmp_path: Path, loop_device) -> Iterator[Callable[[int, int], str]]:
+    """A loop device of `size` bytes over a sparse file in a tmpfs of `pool` bytes: a thin volume
+    that takes every pwrite into the page cache and fails the writeback once the pool is full."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    pools: list[Path] = []
+
+    def make(pool_size: int, size: int) -> str:
+        pool = tmp_path / f"pool{len(pools)}"
+        pool.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={pool_size}", "tmpfs", str(pool)],
+                          capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here")
+        pools.append(pool)
+        with open(pool / "thin.img", "wb") as f:
+            f.truncate(size)
+        return loop_device(pool / "thin.img")
+
+    yield make
+    for pool in pools:  # lazily: the loop device over it is detached after this
+        subprocess.run(["umount", "-l", str(pool)], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     """A private OpenSSH sshd on 127.0.0.1 (its own keys and files); skips if sshd is missing."""

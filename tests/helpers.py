@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from blocksync_tui.engine.worker import protocol as wire
@@ -89,3 +90,41 @@ def tampered_engine(source: Path, destination: Path, side: str, tamper, **option
     return SyncEngine(
         Endpoint.parse(str(source)), Endpoint.parse(str(destination)), SyncOptions(**options), factory
     )
+
+
+def resident(path: Path | str, offset: int = 0, length: int | None = None) -> float:
+    """The share of a file's range that is in the page cache (mincore on a mapping of it)."""
+    import ctypes
+    import mmap
+
+    if length is None:
+        length = os.path.getsize(path) - offset
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
+        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            pages = -(-length // mmap.PAGESIZE)
+            vector = (ctypes.c_ubyte * pages)()
+            assert libc.mincore(address, length, vector) == 0, os.strerror(ctypes.get_errno())
+            return sum(byte & 1 for byte in vector) / pages
+        finally:
+            libc.munmap(address, length)
+    finally:
+        os.close(fd)
+
+
+def drop_from_cache(path: Path | str) -> bool:
+    """Write a file back and drop it from the page cache; False where its pages stay (tmpfs)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return resident(path) <= 0.01

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.connection import Connection, Frame
 from blocksync_tui.engine.transport import LocalTransport
+from helpers import drop_from_cache, resident
 
 xxhash = pytest.importorskip("xxhash")
 CHUNK = 64 << 10
@@ -310,31 +311,6 @@ def test_pair_does_not_read_holes_on_both_sides(worker, tmp_path: Path) -> None:
 
 
 
-def _resident(path: Path, offset: int, length: int) -> float:
-    """The share of a file's range that is in the page cache (mincore on a mapping of it)."""
-    import ctypes
-    import mmap
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        address = libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
-        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
-        try:
-            pages = -(-length // mmap.PAGESIZE)
-            vector = (ctypes.c_ubyte * pages)()
-            assert libc.mincore(address, length, vector) == 0, os.strerror(ctypes.get_errno())
-            return sum(byte & 1 for byte in vector) / pages
-        finally:
-            libc.munmap(address, length)
-    finally:
-        os.close(fd)
-
-
 def test_a_lane_reads_ahead_where_its_share_begins(worker, tmp_path: Path) -> None:
     """OPEN's prefetch asks the kernel to read ahead from the start of the lane's share (here
     the second of two), while the other side still connects: that share's first chunks are in
@@ -342,20 +318,14 @@ def test_a_lane_reads_ahead_where_its_share_begins(worker, tmp_path: Path) -> No
     conn, _ = worker
     path = tmp_path / "src.img"
     path.write_bytes(random.Random(5).randbytes(32 << 20))
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    if _resident(path, 0, 32 << 20) > 0.01:
+    if not drop_from_cache(path):
         pytest.skip("this file system keeps the file in memory (tmpfs?)")
     conn.call_json(wire.OP_OPEN, {"path": str(path), "prefetch": 8 << 20, "prefetch_share": [1, 2]})
     deadline = time.monotonic() + 10
-    while _resident(path, 16 << 20, 8 << 20) < 0.99 and time.monotonic() < deadline:
+    while resident(path, 16 << 20, 8 << 20) < 0.99 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _resident(path, 16 << 20, 8 << 20) >= 0.99
-    assert _resident(path, 0, 16 << 20) < 0.05
+    assert resident(path, 16 << 20, 8 << 20) >= 0.99
+    assert resident(path, 0, 16 << 20) < 0.05
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

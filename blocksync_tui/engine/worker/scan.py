@@ -421,7 +421,7 @@ class Scanner:
         except OSError as exc:
             self._runs = []
             text = os_error_text(exc, exc.filename or target.path)
-            self.out.error(rid, text, chunk=index, code=exc.errno or 0)
+            self.out.error(rid, text, chunk=index, code=exc.errno or 0, written=self.writer.bytes_written)
             return protocol.PAIRED_ITEM.pack(protocol.PAIR_ERROR, protocol.FLAG_ERROR, 0) + bytes(dsize)
         flag = protocol.FLAG_ZERO if zero else protocol.FLAG_DATA
         digest = (b"" if zero else h.digest()).ljust(dsize, b"\0")

@@ -17,6 +17,7 @@ import time
 import zlib
 
 from . import devices, protocol, zeroing
+from .writeback import WriteBehind
 from .output import WorkerError, exception_text, os_error_text
 
 ACK_BATCH = 256
@@ -44,6 +45,8 @@ class Writer:
         """(errno, text) of the first fatal write error: later writes are dropped, unreported."""
         self.acks: "list[bytes]" = []
         self.last_ack = time.monotonic()
+        self.behind = WriteBehind()
+        """Writes go to disk as the run goes (writeback.py); its fsync reports what that lost."""
 
     def run(self) -> None:
         """Apply writes in order; acknowledge them in batches; answer FLUSH after the ones before
@@ -72,7 +75,7 @@ class Writer:
         target = self.files.target
         if target is not None and target.writable and self.failure is None:
             try:
-                os.fsync(target.fd)
+                self.behind.sync(target.fd)
             except OSError:
                 pass
 
@@ -83,7 +86,7 @@ class Writer:
             return
         target = self.files.need_target()
         try:
-            os.fsync(target.fd)
+            self.behind.sync(target.fd)
             st = os.fstat(target.fd)  # after our writes: what a kept digest cache is keyed by
             self.out.reply(rid, {
                 "flushed": True, "written": self.bytes_written, "size": os.lseek(target.fd, 0, os.SEEK_END),
@@ -125,7 +128,7 @@ class Writer:
         except OSError as exc:
             code = exc.errno or errno.EIO
             text = os_error_text(exc, target.path if target is not None else "")
-            if code in protocol.FATAL_ERRNOS:
+            if code in protocol.FATAL_ERRNOS or self.behind.error is not None:
                 self.failure = (code, text)
             self._failed(rid, index, text, code)
         except (WorkerError, ValueError, struct.error, zlib.error) as exc:
@@ -146,11 +149,13 @@ class Writer:
     def pwrite_all(self, target, data, offset: int) -> None:
         """Write every byte of `data` at `offset` of `target`, counted in bytes_written."""
         view = memoryview(data)
+        start = offset
         while view:
             n = os.pwrite(target.fd, view, offset)
             view = view[n:]
             offset += n
             self.bytes_written += n
+        self.behind.wrote(target.fd, start, offset - start)
 
     def zero_range(self, target, offset: int, length: int) -> None:
         """Make a range read as zeros: a hole in a file, BLKZEROOUT on a device, else zeros."""

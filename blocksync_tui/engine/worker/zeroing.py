@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 import errno
-import os
 import struct
+
+from . import libc
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -22,37 +23,19 @@ SECTOR = 512
 UNSUPPORTED = frozenset((errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTTY))
 """What a file system or device says when it cannot do the shortcut: write zeros instead."""
 
-_fallocate = []  # the libc function, looked up once; [None] where there is none
-
-
-def _libc_fallocate():
-    if not _fallocate:
-        try:
-            import ctypes
-            import ctypes.util
-
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            function = libc.fallocate
-            function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-            function.restype = ctypes.c_int
-            _fallocate.append((function, ctypes))
-        except (ImportError, OSError, AttributeError):
-            _fallocate.append(None)
-    return _fallocate[0]
-
 
 def punch_hole(fd: int, offset: int, length: int) -> bool:
     """Deallocate a range of a file, keeping its size; False if not supported here."""
-    found = _libc_fallocate()
-    if found is None:
+    fallocate = libc.function("fallocate", ["c_int", "c_int", "c_int64", "c_int64"])
+    if fallocate is None:
         return False
-    function, ctypes = found
-    if function(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in UNSUPPORTED:
-        return False
-    raise OSError(code, os.strerror(code))
+    try:
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+    except OSError as exc:
+        if exc.errno in UNSUPPORTED:
+            return False
+        raise
+    return True
 
 
 def block_zero_out(fd: int, offset: int, length: int) -> int:
