@@ -186,5 +186,6 @@ def test_bootstrap_payload_is_the_loader_then_the_compressed_modules() -> None:
     # kernel's owners of a mounted file system (FSMAP: +2.8 KB for GETFSMAP, FIEMAP and the
     # walk, less 1.0 KB of the loader's docstrings, which travel uncompressed); 38.2 KB with
     # #9's audit (a new file's directory fsynced, loop stacks, writes since prepare refused);
-    # 41.3 KB with the shared-memory rings, both ways, for a worker on the controller's host (#10).
-    assert len(payload) < 41_500, "the worker travels on every start: keep it small"
+    # 41.3 KB with the shared-memory rings, both ways, for a worker on the controller's host (#10);
+    # 43.2 KB with write-behind on the destination and the libc helper it shares with zeroing.
+    assert len(payload) < 43_500, "the worker travels on every start: keep it small"
