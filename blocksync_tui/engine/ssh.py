@@ -31,6 +31,7 @@ from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import ConnectError, UnknownHostKey
 from blocksync_tui.engine.known_hosts import Status, Verdict
 from blocksync_tui.engine.options import SshOptions
+from blocksync_tui.engine.ssh_receive import GcmReceiver
 from blocksync_tui.engine.ssh_send import GcmSender
 from blocksync_tui.engine.transport import Transport
 
@@ -285,6 +286,8 @@ class SshTransport(Transport):
         self._channel: paramiko.Channel | None = None
         self._sender: GcmSender | None = None
         """Sends the channel's data in batches of GCM packets; None: paramiko's own sendall."""
+        self._receiver: GcmReceiver | None = None
+        """Reads the channel's data in large pieces; None: paramiko's own read path."""
         self._ssh: paramiko.Transport | None = None
         self._strategy: _KeysOnly | None = None
         self._stderr_done = threading.Event()
@@ -382,6 +385,8 @@ class SshTransport(Transport):
                     )
             self._ssh = client.get_transport()
             channel = self._ssh.open_session(timeout=hop.timeout)
+            # Before the command starts, while the channel has carried no data yet.
+            self._receiver = GcmReceiver.attach(channel)
             channel.exec_command(self.remote_command())
         except Exception as exc:  # every failure becomes one line a user can act on
             self._teardown()
