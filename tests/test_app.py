@@ -837,12 +837,15 @@ async def test_the_selected_run_is_lit_on_the_map(tmp_path: Path) -> None:
         review = app.screen
         runs, block_map = review.query_one("#runs"), review.query_one("#block-map")
         first, second = review.report.largest_runs[:2]
-        # The owners list, once looked up, takes back any spotlight: whether the first run's
-        # highlight came before that is a race a loaded machine loses, so runs are chosen after.
-        await _wait_for(pilot, lambda: "source" in review.owners)
-        runs.focus()
+        assert not block_map.spotlight  # the list's own first highlight, as it fills, lights nothing
+        runs.focus()  # taking the focus selects the run under the cursor
+        await _wait_for(pilot, lambda: block_map.spotlight == ((first["first_chunk"], first["chunks"]),))
         await pilot.press("down")
         await _wait_for(pilot, lambda: block_map.spotlight == ((second["first_chunk"], second["chunks"]),))
+        # The owners list loading (it posts "no owner selected") gives the spotlight back to the run.
+        await _wait_for(pilot, lambda: "source" in review.owners)
+        await pilot.pause()
+        assert block_map.spotlight == ((second["first_chunk"], second["chunks"]),)
         # The whole run in the spotlight (the rest of the map dimmed), not just its first cell.
         await pilot.press("up")
         await _wait_for(pilot, lambda: block_map.spotlight == ((first["first_chunk"], first["chunks"]),))

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from rich.table import Table
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -19,7 +19,7 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 from blocksync_tui.engine.api import Engine
 from blocksync_tui.engine.chunkmap import State
 from blocksync_tui.engine.mapfile import ddrescue_map
-from blocksync_tui.engine.owners import Owners, owners_after
+from blocksync_tui.engine.owners import Owner, Owners, owners_after
 from blocksync_tui.engine.regions import report_layout
 from blocksync_tui.engine.report import Report
 from blocksync_tui.engine.transports import transport_factory
@@ -179,30 +179,56 @@ class ReviewScreen(Screen[None]):
         else:
             panel.display = False
 
+    # -- what the map lights: the owner selected in its list, else the run selected, else nothing
+
+    _cursor_run: tuple[int, int] | None = None
+    """The run under the runs' cursor: its owners are named under the list."""
+    _lit_run: tuple[int, int] | None = None
+    """The run the user chose (the runs had the focus): zoomed to and lit on the map."""
+    _selected_owner: Owner | None = None
+
     @on(DataTable.RowHighlighted, "#runs")
     def _run_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key.value is None:
-            return
-        first = int(event.row_key.value)
-        run = next(r for r in self.report.largest_runs if r["first_chunk"] == first)
-        block_map = self.query_one(BlockMap)
-        block_map.zoom_to(first, run["chunks"])
-        block_map.set_spotlight(((first, run["chunks"]),))  # the whole run, not its first cell
-        self._selected_run = (first, run["chunks"])
+        self._cursor_run = self._run(event.row_key.value)
         self._name_run_owners()
+        if event.data_table.has_focus:  # the table's own first highlight, as it fills, lights nothing
+            self._light_run()
 
-    _selected_run: tuple[int, int] | None = None
+    @on(events.DescendantFocus, "#runs")
+    def _runs_focused(self, event: events.DescendantFocus) -> None:
+        """The runs took the focus: the run under their cursor is the chosen one."""
+        self._light_run()
+
+    def _run(self, key: str | None) -> tuple[int, int] | None:
+        if key is None:
+            return None
+        run = next(r for r in self.report.largest_runs if r["first_chunk"] == int(key))
+        return run["first_chunk"], run["chunks"]  # the whole run, not its first cell
+
+    def _light_run(self) -> None:
+        if self._cursor_run is None:
+            return
+        self._lit_run = self._cursor_run
+        self.query_one(BlockMap).zoom_to(*self._lit_run)
+        self._light()
+
+    def _light(self) -> None:
+        if self._selected_owner is not None:
+            spotlight = self._selected_owner.runs
+        else:
+            spotlight = (self._lit_run,) if self._lit_run else None
+        self.query_one(BlockMap).set_spotlight(spotlight)
 
     def _name_run_owners(self) -> None:
-        """Say, under the runs, what owns the selected run (on the side listed)."""
-        if self._selected_run is None:
+        """Say, under the runs, what owns the run under their cursor (on the side listed)."""
+        if self._cursor_run is None:
             return
         owners = self.owners.get(self.owners_side)
         line = self.query_one("#run-owners", Static)
         if owners is None or owners.unavailable:
             line.update("")
             return
-        found = owners.of_run(*self._selected_run)
+        found = owners.of_run(*self._cursor_run)
         names = ", ".join(f"{o.label} ({human_bytes(o.bytes)})" for o in found[:4])
         more = f" and {len(found) - 4:,} more" if len(found) > 4 else ""
         line.update(Text(f"In this run: {names}{more}" if found else "In this run: nothing named"))
@@ -235,9 +261,10 @@ class ReviewScreen(Screen[None]):
 
     @on(OwnersPanel.Selected)
     def _owner_selected(self, message: OwnersPanel.Selected) -> None:
-        block_map = self.query_one(BlockMap)
-        owner = message.owner
-        block_map.set_spotlight(owner.runs if owner else None)
+        """An owner chosen in its list lights its chunks; none (the list loading or left) gives
+        the spotlight back to the selected run."""
+        owner = self._selected_owner = message.owner
+        self._light()
         if owner is not None:
             chunks = f"{owner.chunks:,} chunk" + ("s" if owner.chunks != 1 else "")
             self.query_one("#cell-info", Static).update(
