@@ -189,3 +189,36 @@ def test_bootstrap_payload_is_the_loader_then_the_compressed_modules() -> None:
     # 41.3 KB with the shared-memory rings, both ways, for a worker on the controller's host (#10);
     # 43.2 KB with write-behind on the destination and the libc helper it shares with zeroing.
     assert len(payload) < 43_500, "the worker travels on every start: keep it small"
+
+
+class _CutStream:
+    """A transport's recv side that answers in the sizes given (bytes or bytearrays), then EOF."""
+
+    def __init__(self, data: bytes, cuts: list[int]) -> None:
+        self.data, self.cuts, self.at = data, cuts, 0
+
+    def recv(self, size: int) -> bytes:
+        n = min(size, self.cuts.pop(0) if self.cuts else size, len(self.data) - self.at)
+        out = self.data[self.at : self.at + n]
+        self.at += n
+        return bytearray(out) if n % 2 else out
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(min_size=0, max_size=5000), cuts=st.lists(st.integers(1, 1500), max_size=30),
+       reads=st.lists(st.integers(0, 900), max_size=30))
+def test_the_reader_returns_exact_reads_however_recv_cuts_the_stream(data: bytes, cuts: list[int], reads: list[int]) -> None:
+    """Frames come out whole and in order whatever pieces the transport's recv returns; a read
+    past the end gives None, and every byte is counted once."""
+    from blocksync_tui.engine.connection import _Reader
+
+    reader = _Reader(_CutStream(data, cuts))  # type: ignore[arg-type]
+    at = 0
+    for size in reads:
+        got = reader.read_exact(size)
+        if at + size > len(data):
+            assert got is None
+            return
+        assert isinstance(got, bytes) and got == data[at : at + size]
+        at += size
+    assert reader.bytes_in <= len(data) and reader.pending_size == reader.bytes_in - at

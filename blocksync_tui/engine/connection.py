@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -57,38 +58,39 @@ class _Waiter:
 
 
 class _Reader:
-    """Reads exact byte counts from a transport with few large recv calls, copying each byte
-    of a large payload once (into the joined result), not once per step of a growing buffer."""
+    """Reads exact byte counts from a transport with few large recv calls. What a recv returned
+    stays as it came, in views, until a read takes it: each byte of a payload is copied once
+    (into the joined result), however the recv calls cut it."""
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        self.buffer = bytearray()
-        """What a recv returned beyond the last read: the start of the next frame."""
+        self.pending: deque[memoryview] = deque()
+        """What recv returned and no read has taken yet, in order."""
+        self.pending_size = 0
         self.bytes_in = 0
 
     def read_exact(self, size: int) -> bytes | None:
-        buffer = self.buffer
-        if len(buffer) >= size:
-            out = bytes(memoryview(buffer)[:size])
-            del buffer[:size]
-            return out
-        parts: list[bytes | memoryview] = [bytes(buffer)] if buffer else []
-        have = len(buffer)
-        buffer.clear()
-        while have < size:
-            data = self.transport.recv(max(size - have, _RECV_SIZE))
+        while self.pending_size < size:
+            data = self.transport.recv(max(size - self.pending_size, _RECV_SIZE))
             if not data:
                 return None
             self.bytes_in += len(data)
-            parts.append(data)
-            have += len(data)
-        if have > size:  # the last recv ran into the next frame: keep that part
-            last = memoryview(parts[-1])
-            keep = len(last) - (have - size)
-            buffer += last[keep:]
-            parts[-1] = last[:keep]
-        if len(parts) == 1 and isinstance(parts[0], bytes):
-            return parts[0]
+            self.pending.append(memoryview(data))
+            self.pending_size += len(data)
+        parts = []
+        need = size
+        while need:
+            piece = self.pending[0]
+            if len(piece) <= need:
+                parts.append(self.pending.popleft())
+                need -= len(piece)
+            else:
+                parts.append(piece[:need])
+                self.pending[0] = piece[need:]
+                need = 0
+        self.pending_size -= size
+        if len(parts) == 1 and isinstance(parts[0].obj, bytes) and len(parts[0]) == len(parts[0].obj):
+            return parts[0].obj  # a recv's whole answer, as it came: no copy
         return b"".join(parts)
 
 
