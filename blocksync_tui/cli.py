@@ -112,8 +112,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--streams", type=_streams, default=None, metavar="N|auto",
                         help="split the device into N lanes, each with its own process, workers "
-                        "and SSH connections (default: one per core, at most 4, when a side is "
-                        "remote; else 1)")
+                        "and SSH connections (default: one per two cores, at most 4, when a side "
+                        "is remote; else 1)")
     parser.add_argument("--json", metavar="REPORT",
                         help="write the report as JSON to this file (-: to stdout)")
     parser.add_argument("--map", metavar="MAPFILE",

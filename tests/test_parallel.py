@@ -177,11 +177,11 @@ def test_a_destination_that_appeared_stops_every_lane(tmp_path: Path) -> None:
     assert dst.read_bytes() == b"someone else's"
 
 
-def test_auto_streams_one_lane_per_core_when_a_side_is_remote() -> None:
+def test_auto_streams_one_lane_per_two_cores_when_a_side_is_remote() -> None:
     from blocksync_tui.engine.options import auto_streams
 
     assert auto_streams(any_remote=False, cpus=8) == 1  # local: extra processes cost more than they save
-    assert [auto_streams(True, n) for n in (1, 2, 3, 8)] == [1, 2, 3, 4]
+    assert [auto_streams(True, n) for n in (1, 2, 3, 4, 8, 64)] == [1, 1, 1, 2, 4, 4]
     assert auto_streams(True, 8, cached=True) == 1  # only the source is read: one connection
 
 
