@@ -119,6 +119,18 @@ def test_a_packet_that_does_not_decrypt_ends_the_connection(sshd: SshServer, big
     assert big_file.read_bytes().startswith(received)  # what came before the flip, and only that
 
 
+def test_a_server_that_overruns_the_window_is_cut_off(sshd: SshServer, big_file: Path) -> None:
+    """Data beyond the window granted would only pile up in memory: the connection ends."""
+    transport = CommandTransport(sshd, f"cat {shlex.quote(str(big_file))}")
+    transport.start()
+    assert transport._receiver is not None
+    transport._channel.in_window_size = 100_000  # what the server is now believed to have been given
+    with pytest.raises(ConnectionResetError, match="more than the channel's window allows"):
+        while transport.recv(1 << 20):
+            pass
+    transport.close()
+
+
 def test_another_cipher_is_read_by_paramiko(tmp_path: Path, big_file: Path) -> None:
     with SshServer.running(tmp_path / "sshd", extra_config="Ciphers aes128-ctr\n") as server:
         transport = CommandTransport(server, f"cat {shlex.quote(str(big_file))}")

@@ -56,7 +56,7 @@ _PACKETIZER_API = (
     "read_message", "handshake_timed_out", "_check_keepalive", "_trigger_rekey", "REKEY_BYTES",
     "REKEY_PACKETS", "REKEY_BYTES_OVERFLOW_MAX", "REKEY_PACKETS_OVERFLOW_MAX",
 )
-_CHANNEL_API = ("in_buffer", "chanid", "recv")
+_CHANNEL_API = ("in_buffer", "chanid", "recv", "in_window_size", "in_window_sofar")
 
 
 class ChannelInput:
@@ -223,11 +223,21 @@ class GcmReceiver:
                 if chanid == self.channel.chanid and not self._get("need_rekey"):
                     if length != len(payload) - _DATA_HEAD.size:
                         raise paramiko.SSHException("channel data of the wrong length")
+                    self._check_window(length)
                     self.input.feed(payload[_DATA_HEAD.size :])
                     continue
             message = Message(bytes(payload[1:]))
             message.seqno = seqno
             return payload[0], message
+
+    def _check_window(self, length: int) -> None:
+        """What the server may send is what our window grants: what came and was not given back
+        yet (queued, or read and not yet acknowledged) never exceeds it. A server that sends
+        more would fill our memory: that ends the connection, as OpenSSH ends it."""
+        channel = self.channel
+        if len(self.input) + channel.in_window_sofar + length > channel.in_window_size:
+            raise paramiko.SSHException(
+                "the server sent more than the channel's window allows (%d bytes)" % channel.in_window_size)
 
     def _next_packet(self) -> tuple[memoryview, int]:
         """Read and decrypt one packet (RFC 5647); moves the IV, sequence number and counters
