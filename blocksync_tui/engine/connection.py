@@ -135,21 +135,28 @@ class Connection:
             ProtocolError: the worker is not the one we sent, or speaks another protocol.
         """
         self.transport.start()
+        self._sender = threading.Thread(
+            target=self._send_loop, name=f"sender-{self.side}", daemon=True
+        )
+        self._sender.start()
         try:
-            self.transport.send(bootstrap.payload())
-        except OSError:
-            pass  # the process already died: its exit status below says why
-        self._await_banner()
+            try:
+                self.transport.send(bootstrap.payload())
+            except OSError:
+                pass  # the process already died: its exit status below says why
+            # HELLO goes right behind the payload (the worker reads both through one buffered
+            # stdin), so its answer follows the banner: one round trip less per connection.
+            answer = self._ask_hello()
+            self._await_banner()
+        except BaseException:
+            self._outbox.put(None)  # the sender thread ends with the start that failed
+            raise
         self.last_heard = time.monotonic()
         self._thread = threading.Thread(
             target=self._read_loop, name=f"reader-{self.side}", daemon=True
         )
         self._thread.start()
-        self._sender = threading.Thread(
-            target=self._send_loop, name=f"sender-{self.side}", daemon=True
-        )
-        self._sender.start()
-        hello = self._hello(timeout)
+        hello = answer(timeout)
         if hello.get("protocol") != wire.PROTOCOL_VERSION:
             raise ProtocolError(
                 f"{self.transport.label}: worker speaks protocol {hello.get('protocol')}, "
@@ -160,8 +167,9 @@ class Connection:
         self.hello = hello
         return hello
 
-    def _hello(self, timeout: float) -> dict:
-        """HELLO, offering a worker on this host the shared rings (worker/ring.py)."""
+    def _ask_hello(self) -> Callable[[float], dict]:
+        """Send HELLO, offering a worker on this host the shared rings (worker/ring.py); returns
+        what waits for its answer and settles the rings by it."""
         request: dict = {"protocol": wire.PROTOCOL_VERSION}
         fds: list[int] = []
         rings: dict[str, shared_ring.Ring] = {}
@@ -176,17 +184,27 @@ class Connection:
         # Set before the worker can use them: its first shared frame may follow its answer at once.
         self._ring_in, self._ring_out = rings.get("ring"), rings.get("ring_in")
         try:
-            hello = wire.decode_json(self.call(wire.OP_HELLO, request, timeout))
-        finally:
+            wait = self.ask(wire.OP_HELLO, request)
+        except BaseException:
             for fd in fds:
-                os.close(fd)  # the worker has mapped them, or never will: our mappings stay
-        if self._ring_in is not None and hello.get("ring") != self._ring_in.size:
-            self._ring_in.close()  # declined: unmapped, and the frames come down the pipe
-            self._ring_in = None
-        if self._ring_out is not None and hello.get("ring_in") != self._ring_out.size:
-            self._ring_out.close()
-            self._ring_out = None
-        return hello
+                os.close(fd)
+            raise
+
+        def answer(timeout: float) -> dict:
+            try:
+                hello = wire.decode_json(wait(timeout))
+            finally:
+                for fd in fds:
+                    os.close(fd)  # the worker has mapped them, or never will: our mappings stay
+            if self._ring_in is not None and hello.get("ring") != self._ring_in.size:
+                self._ring_in.close()  # declined: unmapped, and the frames come down the pipe
+                self._ring_in = None
+            if self._ring_out is not None and hello.get("ring_in") != self._ring_out.size:
+                self._ring_out.close()
+                self._ring_out = None
+            return hello
+
+        return answer
 
     def _await_banner(self) -> None:
         seen = bytearray()
