@@ -119,6 +119,8 @@ class Connection:
         """Memory shared with a worker on this host: large DATA payloads come through it."""
         self._ring_out: shared_ring.Ring | None = None
         """And the other way: large WRITE payloads go through it."""
+        self._offered: list[int] = []
+        """Descriptors of the rings offered in HELLO, open until it is answered."""
 
     @property
     def bytes_in(self) -> int:
@@ -150,6 +152,7 @@ class Connection:
             self._await_banner()
         except BaseException:
             self._outbox.put(None)  # the sender thread ends with the start that failed
+            self._close_offered()
             raise
         self.last_heard = time.monotonic()
         self._thread = threading.Thread(
@@ -183,19 +186,18 @@ class Connection:
                 pass  # no memfd here: the pipe carries everything
         # Set before the worker can use them: its first shared frame may follow its answer at once.
         self._ring_in, self._ring_out = rings.get("ring"), rings.get("ring_in")
+        self._offered = fds
         try:
             wait = self.ask(wire.OP_HELLO, request)
         except BaseException:
-            for fd in fds:
-                os.close(fd)
+            self._close_offered()
             raise
 
         def answer(timeout: float) -> dict:
             try:
                 hello = wire.decode_json(wait(timeout))
             finally:
-                for fd in fds:
-                    os.close(fd)  # the worker has mapped them, or never will: our mappings stay
+                self._close_offered()  # the worker has mapped them, or never will: ours stay
             if self._ring_in is not None and hello.get("ring") != self._ring_in.size:
                 self._ring_in.close()  # declined: unmapped, and the frames come down the pipe
                 self._ring_in = None
@@ -205,6 +207,12 @@ class Connection:
             return hello
 
         return answer
+
+    def _close_offered(self) -> None:
+        """Close the descriptors of the rings offered in HELLO (once)."""
+        fds, self._offered = self._offered, []
+        for fd in fds:
+            os.close(fd)
 
     def _await_banner(self) -> None:
         seen = bytearray()
