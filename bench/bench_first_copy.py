@@ -15,6 +15,10 @@ Contenders, in interleaved rounds (the order rotates each round), cold cache bef
 With --pull the source is the other host's and the destination this one's: `ssh host dd | dd`
 against `blocksync-tui sync user@127.0.0.1:PORT:SRC DST`.
 
+With --third the copy is driven from this machine between two other hosts (two such sshds, each
+with its own boot id and host key), every byte relayed by the controller: `ssh A dd | ssh B dd`
+against `blocksync-tui sync A:SRC B:DST`.
+
 Data sets: random data (incompressible) and an image with 30% zeros in runs of 1-12 MiB
 between runs of random data (written out: a dense file, as a disk read from a device is).
 
@@ -25,6 +29,7 @@ between runs of random data (written out: a dense file, as a disk read from a de
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -108,10 +113,47 @@ class Contender:
     ours: Checkout | None = None
 
 
-def command(c: Contender, host: OtherHost, src: Path, dst: Path, report: Path, bs: str,
+class Both:
+    """Two other hosts, the source's and the destination's, for a copy this machine drives
+    between them (--third): what run_once asks of a host, asked of both."""
+
+    def __init__(self, near: OtherHost, far: OtherHost, workdir: Path) -> None:
+        self.near, self.far = near, far
+        self.proxy = near.proxy or far.proxy
+        self.known_hosts = workdir / "known_hosts"
+        self.known_hosts.write_text(near.known_hosts.read_text() + far.known_hosts.read_text())
+
+    def wait_idle(self) -> None:
+        self.near.wait_idle()
+        self.far.wait_idle()
+
+    def log_size(self) -> tuple[int, int]:
+        return self.near.log_size(), self.far.log_size()
+
+    def negotiated(self, since: tuple[int, int]) -> list[str]:
+        return sorted(set(self.near.negotiated(since[0])) | set(self.far.negotiated(since[1])))
+
+    def remote_cpu(self) -> float:
+        return self.near.remote_cpu() + self.far.remote_cpu()
+
+    def cli_args(self) -> list[str]:
+        return ["-i", str(self.near.key), "-i", str(self.far.key), "--known-hosts", str(self.known_hosts)]
+
+
+def command(c: Contender, host: OtherHost | Both, src: Path, dst: Path, report: Path, bs: str,
             cipher: str, pull: bool = False) -> tuple[str | list[str], Path]:
     """The command line of a contender and its working directory; with `pull`, the source is
-    on the other host and the destination here."""
+    on the other host and the destination here; with two hosts (`Both`), one each."""
+    if isinstance(host, Both):
+        if c.kind == "dd":
+            read = shlex.join(host.near.ssh_argv(f"dd if={shlex.quote(str(src))} bs={bs} status=none", cipher=cipher))
+            write = shlex.join(host.far.ssh_argv(
+                f"dd of={shlex.quote(str(dst))} bs={bs} iflag=fullblock conv=fsync status=none", cipher=cipher))
+            return f"{read} | {write}", REPO
+        assert c.ours is not None
+        argv = [sys.executable, "-m", "blocksync_tui", "sync", host.near.endpoint(src), host.far.endpoint(dst),
+                "--yes", "-q", "--json", str(report), *host.cli_args(), *c.ours.extra]
+        return argv, c.ours.path
     if c.kind == "dd" and pull:
         ssh = shlex.join(host.ssh_argv(f"dd if={shlex.quote(str(src))} bs={bs} status=none", cipher=cipher))
         return f"{ssh} | dd of={shlex.quote(str(dst))} bs={bs} iflag=fullblock conv=fsync status=none", REPO
@@ -126,7 +168,7 @@ def command(c: Contender, host: OtherHost, src: Path, dst: Path, report: Path, b
     return argv, c.ours.path
 
 
-def run_once(c: Contender, host: OtherHost, src: Path, dst: Path, workdir: Path, args) -> dict:
+def run_once(c: Contender, host: OtherHost | Both, src: Path, dst: Path, workdir: Path, args) -> dict:
     """Remove the destination, drop caches, time one run to disk, then check and count it."""
     report = workdir / "report.json"
     dst.unlink(missing_ok=True)
@@ -237,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=0.0,
                         help="latency to add each way (a delaying proxy in front of the sshd)")
     parser.add_argument("--warm", action="store_true", help="warm cache instead of dropping it")
+    parser.add_argument("--third", action="store_true",
+                        help="driven from here between two other hosts (`ssh A dd | ssh B dd` for dd)")
     parser.add_argument("--pull", action="store_true",
                         help="pull: the source on the other host, the destination here "
                         "(`ssh host dd | dd` for dd)")
@@ -247,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     ours = args.ours or [Checkout("ours", REPO)]
     if len({o.name for o in ours}) != len(ours):
         parser.error("--ours names must differ")
-    contenders = ([] if args.no_dd else [Contender("dd | ssh dd", "dd")]) + [
+    dd_name = "ssh A dd | ssh B dd" if args.third else "ssh dd | dd" if args.pull else "dd | ssh dd"
+    contenders = ([] if args.no_dd else [Contender(dd_name, "dd")]) + [
         Contender(f"blocksync-tui {o.name}" + (f" {shlex.join(o.extra)}" if o.extra else ""),
                   "ours", o)
         for o in ours
@@ -276,10 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict[str, list[dict]]] = {d: {c.name: [] for c in contenders} for d in datasets}
     failures = 0
     try:
-        with OtherHost.running(delay_ms=args.delay_ms) as host:
-            print(f"other host: sshd on port {host.sshd_port}, boot id {host.boot_id}"
-                  + (f", +{args.delay_ms:g} ms each way via port {host.port}" if host.proxy else ""),
-                  flush=True)
+        with OtherHost.running(delay_ms=args.delay_ms) as near, \
+                (OtherHost.running(delay_ms=args.delay_ms) if args.third else contextlib.nullcontext()) as far:
+            for other in (near, far) if far else (near,):
+                print(f"other host: sshd on port {other.sshd_port}, boot id {other.boot_id}"
+                      + (f", +{args.delay_ms:g} ms each way via port {other.port}" if other.proxy else ""),
+                      flush=True)
+            host = Both(near, far, workdir) if far else near
             for round_no in range(args.rounds):
                 for name in datasets:
                     shift = round_no % len(contenders)
@@ -299,11 +347,15 @@ def main(argv: list[str] | None = None) -> int:
             for path in sources.values():
                 path.unlink(missing_ok=True)
             (workdir / "report.json").unlink(missing_ok=True)
+            (workdir / "known_hosts").unlink(missing_ok=True)
             os.rmdir(workdir)
 
     link = f"+{args.delay_ms:g} ms each way (proxy)" if args.delay_ms else "loopback"
     parts = [
-        f"First copy {'from' if args.pull else 'to'} another host (other_host.py sshd on 127.0.0.1, own boot id, {link}), "
+        (f"First copy between two other hosts, driven from this one (two other_host.py sshds on 127.0.0.1, {link}), "
+         if args.third else
+         f"First copy {'from' if args.pull else 'to'} another host (other_host.py sshd on 127.0.0.1, own boot id, {link}), ")
+        +
         f"{fmt_bytes(args.size)}, destination absent before each run, "
         f"{'warm' if args.warm else 'cold'} cache, median of {args.rounds} interleaved rounds, "
         f"{os.cpu_count()} CPUs, dd bs={args.bs}, ssh -c {args.cipher}",
