@@ -753,9 +753,20 @@ class SyncEngine:
         return (opened.realpath or opened.path) if opened is not None else ""
 
     def close(self) -> None:
-        """Stop both workers (the destination finishes and flushes its writes first)."""
-        for conn in list(self._conns.values()):
+        """Stop both workers (the destination finishes and flushes its writes first), side by
+        side: with both remote, each one's EXIT costs a round trip, and they overlap."""
+
+        def close(conn: Connection) -> None:
             try:
                 conn.close()
             except BlocksyncError:
                 pass
+
+        conns = list(self._conns.values())
+        others = [threading.Thread(target=close, args=(conn,), daemon=True) for conn in conns[1:]]
+        for thread in others:
+            thread.start()
+        for conn in conns[:1]:
+            close(conn)
+        for thread in others:
+            thread.join()
