@@ -14,8 +14,9 @@ from sshd import SshServer, sshd_path
 
 @pytest.fixture(autouse=True)
 def own_cache_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Resume state files (~/.cache/blocksync-tui/) of each test go to a directory of its own,
-    never the user's; CLIs and engine processes started by the test inherit it."""
+    """Resume state files and digest caches (~/.cache/blocksync-tui/) of each test go to a
+    directory of its own, never the user's and never another test's; CLIs and engine
+    processes started by the test inherit it."""
     home = tmp_path_factory.mktemp("cache-home")
     monkeypatch.setenv("XDG_CACHE_HOME", str(home))
     return home
@@ -97,10 +98,3 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
 def kill_ssh_connections(sshd: SshServer) -> Callable[[], list[int]]:
     """SIGKILL the sshd processes serving every open connection; returns the orphaned session pids."""
     return sshd.kill_connections
-
-
-@pytest.fixture(autouse=True)
-def _private_cache_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test, and every process it starts, keeps digest caches in a directory of its own:
-    never in the real ~/.cache, and never one test's cache in another's way."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
