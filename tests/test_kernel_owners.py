@@ -19,9 +19,8 @@ import pytest
 
 from blocksync_tui.cli import main
 from blocksync_tui.engine import kernel_owners
-from blocksync_tui.engine.connection import Connection
 from blocksync_tui.engine.endpoint import Endpoint
-from blocksync_tui.engine.owners import FILE, INODE, STRUCTURE, FsRegion, find_owners, owners_after
+from blocksync_tui.engine.owners import FILE, STRUCTURE, FsRegion, find_owners, owners_after
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions
 from blocksync_tui.engine.transport import LocalTransport
 from ext4_images import BLOCK, MIB, gpt_image, make_ext4, make_tree, place

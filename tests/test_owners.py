@@ -17,7 +17,7 @@ from blocksync_tui.engine.differences import Differences, differing_ranges
 from blocksync_tui.engine.e2fs_text import parse_dumpe2fs, parse_icheck, parse_ncheck
 from blocksync_tui.engine.endpoint import Endpoint
 from blocksync_tui.engine.errors import ProtocolError
-from blocksync_tui.engine.owners import FILE, FREE, INODE, STRUCTURE, UNATTRIBUTED, FsRegion, find_owners, owners_after
+from blocksync_tui.engine.owners import FILE, FREE, INODE, UNATTRIBUTED, FsRegion, owners_after
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions
 from blocksync_tui.engine.transport import LocalTransport
 from blocksync_tui.engine.worker import e2fs
@@ -125,7 +125,7 @@ def test_the_destination_side_names_what_will_be_overwritten(tmp_path: Path) -> 
     assert by_name["free space"].bytes >= sum(case["added"].values())
     for path in case["rewritten"]:
         assert by_name[path].kind == FILE
-    assert f"/data/file03.bin" in by_name  # unlinked in the new image, a file in the old one
+    assert "/data/file03.bin" in by_name  # unlinked in the new image, a file in the old one
 
 
 def test_a_sync_records_the_pieces_it_sent(tmp_path: Path) -> None:

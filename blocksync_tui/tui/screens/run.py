@@ -70,7 +70,6 @@ class RunScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         engine = self.engine
-        verb = "Dry run" if engine.options.dry_run else "Sync"
         yield Static(self._title(), id="run-title")
         yield RunProgress(id="run-progress")
         with Horizontal(id="run-body"):

@@ -553,7 +553,7 @@ class BlockMap(ScrollView, can_focus=True, inherit_bindings=False):
         marked = self._spotlit
         if marked is None:
             return self._get_painter().paint(layout, line, cursor, marks)
-        painter = self._get_painter()
+        self._get_painter()  # builds the dimmed painter and the palettes too
         row = 2 * line * layout.width
         if b"\1" not in marked[row : row + 2 * layout.width]:
             assert self._dim_painter is not None
