@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import random
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -346,3 +347,36 @@ def test_read_into_fills_any_view_through_its_small_buffer(tmp_path: Path, offse
         assert bytes(view) == expected + bytes(length - len(expected))
     finally:
         os.close(fd)
+
+
+class _BannerAfterHello(LocalTransport):
+    """A worker whose first output is held back until HELLO is on its way to it, as a slow link
+    would hold the banner: a start that waits for the banner before sending HELLO never ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hello_sent = threading.Event()
+
+    def send(self, data) -> None:
+        super().send(data)
+        head = bytes(memoryview(data)[: wire.HEADER.size])
+        try:
+            if len(head) == wire.HEADER.size and wire.unpack_header(head)[0] == wire.OP_HELLO:
+                self.hello_sent.set()
+        except ValueError:
+            pass  # the bootstrap payload, not a frame
+
+    def recv(self, size: int) -> bytes:
+        if not self.hello_sent.wait(10):
+            return b""  # never asked: the start fails here, in one line
+        return super().recv(size)
+
+
+def test_hello_travels_with_the_payload_not_after_the_banner() -> None:
+    """One round trip less per connection: HELLO is sent right behind the worker's code, so its
+    answer comes back with the banner."""
+    conn = Connection(_BannerAfterHello(), "source", queue.Queue())
+    try:
+        assert conn.start(timeout=20)["protocol"] == wire.PROTOCOL_VERSION
+    finally:
+        conn.close()
