@@ -82,6 +82,22 @@ def test_server_rekeys_in_the_middle_of_a_download(tmp_path: Path, big_file: Pat
         assert len(keyed) >= 10, "the server did not re-key: the test shows nothing"
 
 
+def test_a_rekey_to_another_cipher_hands_the_bytes_read_ahead_back_to_paramiko(tmp_path: Path, big_file: Path) -> None:
+    """After the first re-key the client offers only aes128-ctr: paramiko reads on, from the
+    bytes this receiver had already read past the NEWKEYS."""
+    with SshServer.running(tmp_path / "sshd", extra_config="RekeyLimit 1M\n") as server:
+        transport = CommandTransport(server, f"cat {shlex.quote(str(big_file))}")
+        transport.start()
+        assert transport._receiver is not None
+        transport._ssh.get_security_options().ciphers = ("aes128-ctr",)
+        try:
+            data = _read_all(transport, 65536)
+            assert transport._ssh.remote_cipher == "aes128-ctr", "no re-key happened: the test shows nothing"
+        finally:
+            transport.close()
+        assert hashlib.sha256(data).digest() == hashlib.sha256(big_file.read_bytes()).digest()
+
+
 def test_a_packet_that_does_not_decrypt_ends_the_connection(sshd: SshServer, big_file: Path) -> None:
     """One bit flipped on the way in: never data, always the end of the connection."""
     transport = CommandTransport(sshd, f"cat {shlex.quote(str(big_file))}")
