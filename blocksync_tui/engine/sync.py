@@ -762,11 +762,8 @@ class SyncEngine:
             except BlocksyncError:
                 pass
 
-        conns = list(self._conns.values())
-        others = [threading.Thread(target=close, args=(conn,), daemon=True) for conn in conns[1:]]
-        for thread in others:
+        threads = [threading.Thread(target=close, args=(conn,), daemon=True) for conn in self._conns.values()]
+        for thread in threads:
             thread.start()
-        for conn in conns[:1]:
-            close(conn)
-        for thread in others:
+        for thread in threads:
             thread.join()

@@ -61,22 +61,7 @@ class Output:
 
     def send(self, op: int, rid: int, payload=b"") -> None:
         """Send one frame; frames from different threads never interleave."""
-        if op == protocol.OP_DATA and self.ring is not None:
-            self.send_parts(op, rid, [payload])
-            return
-        self._write(protocol.pack_header(op, rid, len(payload)), payload)
-
-    def _write(self, *pieces) -> None:
-        """Write one frame's pieces whole, under the lock; a gone controller is noted, once."""
-        with self.lock:
-            if self.broken:
-                return
-            try:
-                for piece in pieces:
-                    if piece:
-                        self.write_all(piece)
-            except OSError:
-                self.broken = True
+        self.send_parts(op, rid, [payload])
 
     def send_parts(self, op: int, rid: int, parts: list) -> None:
         """Send one frame whose payload is the concatenation of `parts` (bytes, memoryviews),
@@ -87,9 +72,12 @@ class Output:
         if op == protocol.OP_DATA and ring is not None and ring.fits(length):
             with self.ring_lock:
                 ring.put(views, length)
-                self._write(protocol.pack_header(op, rid, length, protocol.FRAME_SHARED))
+                self._write([memoryview(protocol.pack_header(op, rid, length, protocol.FRAME_SHARED))])
             return
-        views.insert(0, memoryview(protocol.pack_header(op, rid, length)))
+        self._write([memoryview(protocol.pack_header(op, rid, length)), *views])
+
+    def _write(self, views: list) -> None:
+        """Write one frame's pieces whole, under the lock; a gone controller is noted, once."""
         with self.lock:
             if self.broken:
                 return
