@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sshd import SshServer
-from test_ssh_send import CommandTransport, echo, writes
+from test_ssh_send import CommandTransport, count_calls, echo, writes
 
 from blocksync_tui.engine import ssh_receive
 from blocksync_tui.engine.ssh_receive import ChannelInput, GcmReceiver
@@ -65,15 +65,7 @@ def test_server_rekeys_in_the_middle_of_a_download(tmp_path: Path, big_file: Pat
         transport = CommandTransport(server, f"cat {shlex.quote(str(big_file))}")
         transport.start()
         assert transport._receiver is not None
-        packetizer = transport._ssh.packetizer
-        keyed = []
-        set_inbound = packetizer.set_inbound_cipher
-
-        def count(*args, **kwargs):
-            keyed.append(1)
-            return set_inbound(*args, **kwargs)
-
-        packetizer.set_inbound_cipher = count
+        keyed = count_calls(transport._ssh.packetizer, "set_inbound_cipher")
         try:
             data = _read_all(transport, 65536)
         finally:

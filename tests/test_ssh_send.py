@@ -33,6 +33,19 @@ class CommandTransport(ssh_module.SshTransport):
         return self.command
 
 
+def count_calls(obj, name: str) -> list:
+    """Wrap `obj.name` to note each call (a re-key's new cipher, say); returns the list noted in."""
+    calls: list = []
+    original = getattr(obj, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    setattr(obj, name, counted)
+    return calls
+
+
 def writes(seed: int) -> list[bytes | bytearray | memoryview]:
     """Writes of every awkward size around a packet and a batch, in each buffer type."""
     rng = __import__("random").Random(seed)
@@ -94,15 +107,7 @@ def test_server_rekeys_in_the_middle_of_batches(tmp_path: Path) -> None:
         transport = CommandTransport(server, "sha256sum")
         transport.start()
         assert transport._sender is not None
-        packetizer = transport._ssh.packetizer
-        keyed = []
-        set_outbound = packetizer.set_outbound_cipher
-
-        def count(*args, **kwargs):
-            keyed.append(1)
-            return set_outbound(*args, **kwargs)
-
-        packetizer.set_outbound_cipher = count
+        keyed = count_calls(transport._ssh.packetizer, "set_outbound_cipher")
         chunks = writes(2) * 2
         answer = echo(transport, chunks)
         expected = hashlib.sha256(b"".join(bytes(chunk) for chunk in chunks)).hexdigest()
