@@ -238,6 +238,24 @@ def test_proxy_jump_through_a_direct_tcpip_channel(sshd: SshServer, tmp_path: Pa
     assert dst.read_bytes() == src.read_bytes()
 
 
+def test_match_exec_still_runs_though_invoke_loads_only_then(tmp_path: Path) -> None:
+    """paramiko runs ssh_config's `Match exec` through invoke, which we load only when one runs
+    (engine/deferred_invoke.py): importing the SSH transport must not load it, a Match exec must."""
+    config = tmp_path / "ssh_config"
+    config.write_text('Match exec "test -d /"\n  HostName 127.0.0.9\nMatch exec "false"\n  Port 2222\n')
+    script = f"""
+import sys
+from blocksync_tui.engine.ssh import SshTransport
+from blocksync_tui.engine.endpoint import Endpoint
+from blocksync_tui.engine.options import SshOptions
+before = 'invoke.tasks' in sys.modules
+transport = SshTransport(Endpoint.parse('somehost:/x'), SshOptions(config_file={str(config)!r}))
+print(before, 'invoke.tasks' in sys.modules, transport.target.hostname, transport.target.port)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True", "127.0.0.9", "22"]
+
+
 @pytest.mark.skipif(shutil.which("ssh") is None, reason="the OpenSSH client is not installed")
 def test_proxy_command(sshd: SshServer, tmp_path: Path) -> None:
     ssh = " ".join(sshd.openssh_argv()[:-1])  # everything but user@host

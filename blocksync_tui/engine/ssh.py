@@ -23,6 +23,7 @@ import threading
 from contextlib import suppress
 from dataclasses import dataclass, field
 
+from blocksync_tui.engine import deferred_invoke  # noqa: F401, I001  (before paramiko: see there)
 import paramiko
 from paramiko.auth_strategy import AuthFailure, AuthStrategy, InMemoryPrivateKey, OnDiskPrivateKey
 
