@@ -238,6 +238,31 @@ def test_proxy_jump_through_a_direct_tcpip_channel(sshd: SshServer, tmp_path: Pa
     assert dst.read_bytes() == src.read_bytes()
 
 
+def test_the_link_round_trip_is_measured_while_starting(sshd: SshServer, tmp_path: Path) -> None:
+    """The windows of differing chunks are sized from the link's round trip (pipeline.py); the
+    transport measures it on the exec request, through a proxy that adds 40 ms each way."""
+    proxy = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parents[1] / "bench" / "delay_proxy.py"),
+         "--target", f"{sshd.host}:{sshd.port}", "--delay-ms", "40"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        port = int(proxy.stdout.readline().rsplit(":", 1)[1])  # "listening on HOST:PORT"
+        known = tmp_path / "known_hosts"
+        known.write_text(sshd.known_hosts_line().replace(f":{sshd.port} ", f":{port} ") + "\n")
+        transport = ssh_module.SshTransport(
+            Endpoint.parse(f"{sshd.user}@{sshd.host}:{port}:/x"), sshd.ssh_options(known_hosts=str(known)),
+        )
+        transport.start()
+        try:
+            assert 0.08 <= transport.round_trip < 2.0
+        finally:
+            transport.close()
+    finally:
+        proxy.kill()
+        proxy.wait()
+
+
 def test_match_exec_still_runs_though_invoke_loads_only_then(tmp_path: Path) -> None:
     """paramiko runs ssh_config's `Match exec` through invoke, which we load only when one runs
     (engine/deferred_invoke.py): importing the SSH transport must not load it, a Match exec must."""

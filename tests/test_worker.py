@@ -349,25 +349,27 @@ def test_read_into_fills_any_view_through_its_small_buffer(tmp_path: Path, offse
         os.close(fd)
 
 
-class _BannerAfterHello(LocalTransport):
-    """A worker whose first output is held back until HELLO is on its way to it, as a slow link
-    would hold the banner: a start that waits for the banner before sending HELLO never ends."""
+class HeldUntilSent(LocalTransport):
+    """A worker whose first output is held back until a frame with op `until` is on its way to
+    it, as a slow link would hold the banner: a start that waits for the banner (or for HELLO's
+    answer) before sending that frame never ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, until: int = wire.OP_HELLO) -> None:
         super().__init__()
-        self.hello_sent = threading.Event()
+        self.until = until
+        self.sent = threading.Event()
 
     def send(self, data) -> None:
         super().send(data)
         head = bytes(memoryview(data)[: wire.HEADER.size])
         try:
-            if len(head) == wire.HEADER.size and wire.unpack_header(head)[0] == wire.OP_HELLO:
-                self.hello_sent.set()
+            if len(head) == wire.HEADER.size and wire.unpack_header(head)[0] == self.until:
+                self.sent.set()
         except ValueError:
             pass  # the bootstrap payload, not a frame
 
     def recv(self, size: int) -> bytes:
-        if not self.hello_sent.wait(10):
+        if not self.sent.wait(10):
             return b""  # never asked: the start fails here, in one line
         return super().recv(size)
 
@@ -375,8 +377,30 @@ class _BannerAfterHello(LocalTransport):
 def test_hello_travels_with_the_payload_not_after_the_banner() -> None:
     """One round trip less per connection: HELLO is sent right behind the worker's code, so its
     answer comes back with the banner."""
-    conn = Connection(_BannerAfterHello(), "source", queue.Queue())
+    conn = Connection(HeldUntilSent(), "source", queue.Queue())
     try:
         assert conn.start(timeout=20)["protocol"] == wire.PROTOCOL_VERSION
     finally:
         conn.close()
+
+
+def test_the_read_only_open_travels_with_hello(tmp_path: Path) -> None:
+    """One more round trip less: each side's read-only OPEN goes right behind HELLO, before the
+    banner and HELLO's answer are awaited; the writable OPEN still waits for the checks."""
+    from blocksync_tui.engine.endpoint import Endpoint
+    from blocksync_tui.engine.sync import SyncEngine, SyncOptions
+
+    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
+    src.write_bytes(random.Random(3).randbytes(3 << 20))
+    dst.write_bytes(bytes(3 << 20))
+    held: list[HeldUntilSent] = []
+
+    def factory(endpoint):
+        held.append(HeldUntilSent(until=wire.OP_OPEN))
+        return held[-1]
+
+    engine = SyncEngine(Endpoint.parse(str(src)), Endpoint.parse(str(dst)), SyncOptions(chunk_size=1 << 20),
+                        transport_factory=factory)
+    engine.run()
+    assert dst.read_bytes() == src.read_bytes()
+    assert len(held) == 2 and all(t.sent.is_set() for t in held)

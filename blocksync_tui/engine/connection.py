@@ -129,8 +129,12 @@ class Connection:
 
     # -- start
 
-    def start(self, timeout: float = 30.0) -> dict:
+    def start(self, timeout: float = 30.0, then: Callable[[], object] | None = None) -> dict:
         """Start the worker, send it its source, check its banner and HELLO.
+
+        `then` is called once HELLO is sent, before its answer is awaited: what it asks travels
+        with HELLO, and the worker answers it right after (a read-only OPEN saves its round trip
+        this way). Nothing that writes may be asked there: the worker is not checked yet.
 
         Raises:
             ConnectError: the interpreter is missing or too old, or the worker died at start.
@@ -149,6 +153,8 @@ class Connection:
             # HELLO goes right behind the payload (the worker reads both through one buffered
             # stdin), so its answer follows the banner: one round trip less per connection.
             answer = self._ask_hello()
+            if then is not None:
+                then()
             self._await_banner()
         except BaseException:
             self._outbox.put(None)  # the sender thread ends with the start that failed

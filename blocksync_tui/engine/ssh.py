@@ -20,6 +20,7 @@ import re
 import shlex
 import socket
 import threading
+import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -388,7 +389,9 @@ class SshTransport(Transport):
             channel = self._ssh.open_session(timeout=hop.timeout)
             # Before the command starts, while the channel has carried no data yet.
             self._receiver = GcmReceiver.attach(channel)
-            channel.exec_command(self.remote_command())
+            asked = time.monotonic()
+            channel.exec_command(self.remote_command())  # one request, answered once it runs
+            self.round_trip = time.monotonic() - asked
         except Exception as exc:  # every failure becomes one line a user can act on
             self._teardown()
             if isinstance(exc, ConnectError):

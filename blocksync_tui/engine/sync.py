@@ -363,17 +363,17 @@ class SyncEngine:
                 # then overlaps the other side's start.
                 conn = Connection(self._factory(endpoints[side]), side, self._events)
                 self._conns[side] = conn
-                conn.start()
-                asked = time.monotonic()
                 request = {"path": endpoints[side].path, "prefetch": PREFETCH_BYTES}
                 if self.options.lane:  # each lane reads ahead where its share begins
                     k, n = self.options.lane
                     request.update(prefetch=PREFETCH_BYTES // n, prefetch_share=[k, n])
                 if side == DESTINATION and self.options.cache == "auto" and self._cache_path.exists():
                     request["prefetch"] = 0  # its cache may spare reading it at all
-                opened = self._open(side, request, layout=self.options.layout)
-                # Opening is microseconds of work: its reply time is the link's round trip.
-                self._round_trips[side] = time.monotonic() - asked
+                # The read-only OPEN (and LAYOUT) go right behind HELLO: one round trip less.
+                asked: list = []
+                conn.start(then=lambda: asked.append(self._ask_open(side, request, self.options.layout)))
+                opened = self._opened_by(side, request, *asked[0])
+                self._round_trips[side] = conn.transport.round_trip
                 if side == SOURCE and not opened.exists:
                     raise EndpointError(f"{self.source}: no such file or device")
             except BaseException as exc:  # handed to the calling thread below
@@ -393,9 +393,17 @@ class SyncEngine:
 
     def _open(self, side: str, request: dict, layout: bool = False) -> Opened:
         """OPEN, and with `layout` a LAYOUT of what was opened, asked at once (one round trip)."""
+        return self._opened_by(side, request, *self._ask_open(side, request, layout))
+
+    def _ask_open(self, side: str, request: dict, layout: bool) -> tuple:
+        """Send OPEN (and LAYOUT): what waits for their answers."""
         conn = self._conns[side]
         opening = conn.ask(wire.OP_OPEN, request)
-        reading = conn.ask(wire.OP_LAYOUT, {}) if layout else None
+        return opening, conn.ask(wire.OP_LAYOUT, {}) if layout else None
+
+    def _opened_by(self, side: str, request: dict, opening, reading) -> Opened:
+        """What an OPEN (and LAYOUT) asked by `_ask_open` answered."""
+        conn = self._conns[side]
         try:
             answer = wire.decode_json(opening(self.options.peer_timeout))
         except RemoteError as exc:

@@ -28,6 +28,8 @@ class Transport(ABC):
     """Identifies the host, to tell whether two endpoints can be the same file."""
     shares_memory: bool = False
     """The worker runs on this host: chunk data may come through shared memory (worker/ring.py)."""
+    round_trip: float = 0.0
+    """Seconds a request and its answer take on the link, as measured while starting (0 here)."""
 
     @property
     def host_identity(self) -> str:
