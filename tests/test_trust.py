@@ -97,6 +97,22 @@ def test_a_destination_created_between_prepare_and_run_is_not_assumed_zero(tmp_p
     assert dst.read_bytes() == other
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "digests"])
+def test_a_destination_replaced_between_prepare_and_run_is_not_written(tmp_path: Path, direct: bool) -> None:
+    """The scan starts while the writable OPEN travels (one round trip less), but nothing is
+    written before its answer is checked: another file now at the path is refused, untouched."""
+    src = _write(tmp_path / "src", random.Random(4).randbytes(4 * CHUNK))
+    dst = _write(tmp_path / "dst", random.Random(5).randbytes(4 * CHUNK))
+    engine = SyncEngine(Endpoint.parse(str(src)), Endpoint.parse(str(dst)),
+                        SyncOptions(chunk_size=CHUNK, direct=direct))
+    engine.prepare()
+    other = random.Random(6).randbytes(4 * CHUNK)
+    _write(tmp_path / "other", other).replace(dst)
+    with pytest.raises(EndpointError, match="changed after it was checked"):
+        engine.run()
+    assert dst.read_bytes() == other
+
+
 def test_the_cli_checks_a_destination_that_appeared_again_then_syncs_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -8,12 +8,14 @@ import random
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from blocksync_tui.engine import bootstrap
 from blocksync_tui.engine.worker import protocol as wire
 from blocksync_tui.engine.connection import Connection, Frame
 from blocksync_tui.engine.transport import LocalTransport
@@ -349,35 +351,52 @@ def test_read_into_fills_any_view_through_its_small_buffer(tmp_path: Path, offse
         os.close(fd)
 
 
-class HeldUntilSent(LocalTransport):
-    """A worker whose first output is held back until a frame with op `until` is on its way to
-    it, as a slow link would hold the banner: a start that waits for the banner (or for HELLO's
-    answer) before sending that frame never ends."""
+class Held(LocalTransport):
+    """A worker whose output is held back while `held(ops)` is true of the ops of the frames
+    sent to it so far, as a slow link holds answers: a controller that waits for an answer
+    before sending what `held` asks for never gets it (after 10 s the stream ends: one line)."""
 
-    def __init__(self, until: int = wire.OP_HELLO) -> None:
+    def __init__(self, held: Callable[[list[int]], bool]) -> None:
         super().__init__()
-        self.until = until
-        self.sent = threading.Event()
+        self.held = held
+        self.ops: list[int] = []
+        self._payload_left = len(bootstrap.payload())
+        self._frames = bytearray()
+        self._changed = threading.Condition()
 
     def send(self, data) -> None:
         super().send(data)
-        head = bytes(memoryview(data)[: wire.HEADER.size])
-        try:
-            if len(head) == wire.HEADER.size and wire.unpack_header(head)[0] == self.until:
-                self.sent.set()
-        except ValueError:
-            pass  # the bootstrap payload, not a frame
+        data = bytes(data)
+        skip = min(self._payload_left, len(data))  # the worker's code comes first
+        self._payload_left -= skip
+        self._frames += data[skip:]
+        # Whole frames only: enough for the requests these tests watch, which all come before
+        # any WRITE (whose payload may travel through shared memory instead).
+        while len(self._frames) >= wire.HEADER.size:
+            op, _rid, length = wire.unpack_header(bytes(self._frames[: wire.HEADER.size]))
+            if len(self._frames) < wire.HEADER.size + length:
+                break
+            del self._frames[: wire.HEADER.size + length]
+            with self._changed:
+                self.ops.append(op)
+                self._changed.notify_all()
 
     def recv(self, size: int) -> bytes:
-        if not self.sent.wait(10):
-            return b""  # never asked: the start fails here, in one line
-        return super().recv(size)
+        data = super().recv(size)  # held once it came: a reader is always waiting in recv
+        with self._changed:
+            if not self._changed.wait_for(lambda: not self.held(self.ops), timeout=10):
+                return b""
+        return data
+
+
+def until_sent(op: int) -> Callable[[list[int]], bool]:
+    return lambda ops: op not in ops
 
 
 def test_hello_travels_with_the_payload_not_after_the_banner() -> None:
     """One round trip less per connection: HELLO is sent right behind the worker's code, so its
     answer comes back with the banner."""
-    conn = Connection(HeldUntilSent(), "source", queue.Queue())
+    conn = Connection(Held(until_sent(wire.OP_HELLO)), "source", queue.Queue())
     try:
         assert conn.start(timeout=20)["protocol"] == wire.PROTOCOL_VERSION
     finally:
@@ -393,14 +412,40 @@ def test_the_read_only_open_travels_with_hello(tmp_path: Path) -> None:
     src, dst = tmp_path / "src.img", tmp_path / "dst.img"
     src.write_bytes(random.Random(3).randbytes(3 << 20))
     dst.write_bytes(bytes(3 << 20))
-    held: list[HeldUntilSent] = []
+    held: list[Held] = []
 
     def factory(endpoint):
-        held.append(HeldUntilSent(until=wire.OP_OPEN))
+        held.append(Held(until_sent(wire.OP_OPEN)))
         return held[-1]
 
     engine = SyncEngine(Endpoint.parse(str(src)), Endpoint.parse(str(dst)), SyncOptions(chunk_size=1 << 20),
                         transport_factory=factory)
     engine.run()
     assert dst.read_bytes() == src.read_bytes()
-    assert len(held) == 2 and all(t.sent.is_set() for t in held)
+    assert len(held) == 2 and all(wire.OP_OPEN in t.ops for t in held)
+
+
+def test_the_scan_starts_while_the_writable_open_travels(tmp_path: Path) -> None:
+    """And one more: the destination's HASH follows its writable OPEN without waiting for the
+    answer (the worker answers in order); the transfer checks that answer before any write."""
+    from blocksync_tui.engine.endpoint import Endpoint
+    from blocksync_tui.engine.sync import SyncEngine, SyncOptions
+
+    def held(ops: list[int]) -> bool:  # from the writable OPEN until a HASH follows it
+        opens = [k for k, op in enumerate(ops) if op == wire.OP_OPEN]
+        return len(opens) > 1 and wire.OP_HASH not in ops[opens[1] :]
+
+    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
+    data = random.Random(4).randbytes(3 << 20)
+    src.write_bytes(data)
+    dst.write_bytes(data[: 2 << 20] + bytes(1 << 20))
+    transports: list[Held] = []
+
+    def factory(endpoint):
+        transports.append(Held(held if endpoint.path == str(dst) else until_sent(wire.OP_HELLO)))
+        return transports[-1]
+
+    options = SyncOptions(chunk_size=1 << 20, direct=False)  # by digests, as to another host
+    report = SyncEngine(Endpoint.parse(str(src)), Endpoint.parse(str(dst)), options, transport_factory=factory).run()
+    assert dst.read_bytes() == data
+    assert (report.method, report.chunks_differing) == ("digests", 1)

@@ -225,6 +225,9 @@ class Transfer:
         self._made: dict[int, list[tuple[int, int]]] = {}
         """Windows of the current pass made and not yet asked of every side, by number."""
         self._made_count = 0
+        self.before_writing: Callable[[], None] | None = None
+        """Checks the answer to the destination's writable OPEN (raises if it failed): called
+        once, before the first request that writes is sent (`open_for_writing`)."""
         self.on_checkpoint: Callable[[bytes, dict], None] | None = None
         """Called with the states of chunks first..end-1 once the destination flushed every
         write settled before they were taken (and with its flush answer): what is on disk."""
@@ -479,6 +482,8 @@ class Transfer:
             request["keep"] = True
             if self._subs_from:
                 request["sub_algo"] = self.record.layout.sub_algorithm
+        if request["write"]:
+            self.open_for_writing()
         while side.next_window < min(self._windows, side.windows_done + PAIR_WINDOWS_AHEAD):
             self._post_window(DESTINATION, wire.OP_PAIR, request)
 
@@ -667,7 +672,7 @@ class Transfer:
                     self._jobs[index] = _Job(index, wire.FLAG_ZERO, wire.FLAG_DATA, writing=True)
                     self.chunk_map.set(index, State.DIFFERS)
                     self._differs(index, length)
-                    self.sides[DESTINATION].conn.post(wire.OP_ZERO, wire.ZERO_REQ.pack(index, length, offset))
+                    self._write(wire.OP_ZERO, wire.ZERO_REQ.pack(index, length, offset))
             elif flag == wire.FLAG_ERROR:
                 if index in self._streamed:
                     raise self._protocol_error(frame, f"data for chunk {index}, then called it unreadable")
@@ -821,7 +826,7 @@ class Transfer:
         elif job.src_flag == wire.FLAG_ZERO:
             self._differs(index, length)  # at chunk granularity: it costs no wire bytes
             job.writing = True
-            self.sides[DESTINATION].conn.post(wire.OP_ZERO, wire.ZERO_REQ.pack(index, length, offset))
+            self._write(wire.OP_ZERO, wire.ZERO_REQ.pack(index, length, offset))
         elif job.dst_flag == wire.FLAG_ZERO or length <= self.options.sub_block:
             mode = wire.DELTA_DEST_ZERO if job.dst_flag == wire.FLAG_ZERO else wire.DELTA_WHOLE
             self._ask(SOURCE, wire.OP_DELTA, job, self._chunk_request(index, mode))
@@ -921,9 +926,20 @@ class Transfer:
         job.writing = True
         self._relay(job, frame.payload)
 
+    def open_for_writing(self) -> None:
+        """Make sure the destination is open for writing: its OPEN's answer checked (once)."""
+        check, self.before_writing = self.before_writing, None
+        if check is not None:
+            check()
+
+    def _write(self, op: int, payload: bytes) -> None:
+        """Send the destination a request that writes (WRITE, ZERO), once it is open for it."""
+        self.open_for_writing()
+        self.sides[DESTINATION].conn.post(op, payload)
+
     def _relay(self, job: _Job, payload: bytes) -> None:
         """Send a chunk's checked pieces on to the destination, counted until acknowledged."""
-        self.sides[DESTINATION].conn.post(wire.OP_WRITE, payload)
+        self._write(wire.OP_WRITE, payload)
         job.sent = len(payload)
         self._unacked += job.sent
         self.bytes_sent += job.sent

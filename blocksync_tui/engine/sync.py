@@ -571,13 +571,15 @@ class SyncEngine:
             if not self.options.dry_run:
                 # The destination is about to change: a run that fails now leaves no cache.
                 self._cache_path.unlink(missing_ok=True)
-                writable = self._open_for_writing()
-                if self.options.resume:
-                    self._start_checkpoints(writable)
-            if self._checkpoints is not None:
-                self._transfer.on_checkpoint = self._checkpoints.write
-                self._transfer.checkpoint_seconds = _checkpoint_seconds()
+                writable = self._ask_for_writing()
+                if self.options.lane is None:
+                    # The scan starts while the writable OPEN travels (its worker answers it
+                    # first, in order); the transfer checks that answer before its first write.
+                    self._transfer.before_writing = writable
+                else:
+                    writable()  # a lane is open before any lane writes (parallel.py)
             self._transfer.run()  # against a cache: re-reads a sample of it before any write
+            self._transfer.open_for_writing()  # if nothing was written: the answer is still checked
             if cached is not None:
                 self._cache_verdict(self._transfer)
             if not self.options.dry_run:
@@ -641,10 +643,11 @@ class SyncEngine:
             return  # the last checkpoint stands
         self._checkpoints.write(states, flushed, ended=True)
 
-    def _open_for_writing(self) -> Opened:
-        """Reopen the destination for writing: the very object that was checked, or, if it was
-        absent, a new file that must still be absent (what appeared meanwhile was never
-        compared)."""
+    def _ask_for_writing(self) -> Callable[[], None]:
+        """Ask to reopen the destination for writing: the very object that was checked, or, if
+        it was absent, a new file that must still be absent (what appeared meanwhile was never
+        compared). Returns what checks the answer, once: it keeps the writable destination and
+        starts the checkpoints of a resumable run."""
         checked = self._opened[DESTINATION]
         request: dict = {
             "path": self.destination.path,
@@ -661,13 +664,22 @@ class SyncEngine:
             request["expect"] = checked.expectation()
         if checked.kind != "block" and self.adopt is None:  # the first lane truncated it
             request["truncate"] = self.size
-        opened = self._open(DESTINATION, request)
-        if opened.kind == "block" and opened.size < self.size:
-            raise EndpointError(f"{self.destination} is too small")
-        self._writing = opened
-        if self.on_writable is not None:
-            self.on_writable(opened.expectation())
-        return opened
+        asked = self._ask_open(DESTINATION, request, False)
+
+        def check() -> None:
+            opened = self._opened_by(DESTINATION, request, *asked)
+            if opened.kind == "block" and opened.size < self.size:
+                raise EndpointError(f"{self.destination} is too small")
+            self._writing = opened
+            if self.on_writable is not None:
+                self.on_writable(opened.expectation())
+            if self.options.resume:
+                self._start_checkpoints(opened)
+                assert self._transfer is not None and self._checkpoints is not None
+                self._transfer.on_checkpoint = self._checkpoints.write
+                self._transfer.checkpoint_seconds = _checkpoint_seconds()
+
+        return check
 
     def _can_compare_directly(self) -> bool:
         """Whether the destination's worker can read the source itself: same machine, and the
