@@ -332,8 +332,8 @@ def test_verify_reports_a_destination_that_does_not_hold_what_was_written(
     dst = _write(tmp_path / "dst", rnd.randbytes(4 * chunk))
     flush = SyncEngine._flush
 
-    def flush_then_corrupt(self: SyncEngine) -> None:
-        flush(self)
+    def flush_then_corrupt(self: SyncEngine, last: bool = False) -> None:
+        flush(self, last)
         with open(dst, "r+b") as f:
             f.seek(2 * chunk + 5)
             f.write(b"bit rot")

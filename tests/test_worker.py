@@ -393,6 +393,49 @@ def until_sent(op: int) -> Callable[[list[int]], bool]:
     return lambda ops: op not in ops
 
 
+def test_exit_travels_with_the_last_flush(tmp_path: Path) -> None:
+    """Closing costs no round trip of its own: EXIT follows the run's last FLUSH at once."""
+    from blocksync_tui.engine.endpoint import Endpoint
+    from blocksync_tui.engine.sync import SyncEngine, SyncOptions
+
+    def held(ops: list[int]) -> bool:  # the answer to a FLUSH until an EXIT follows it
+        return wire.OP_FLUSH in ops and wire.OP_EXIT not in ops[len(ops) - ops[::-1].index(wire.OP_FLUSH) :]
+
+    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
+    data = random.Random(5).randbytes(3 << 20)
+    src.write_bytes(data)
+    dst.write_bytes(bytes(3 << 20))
+
+    def factory(endpoint):
+        transport = Held(held if endpoint.path == str(dst) else until_sent(wire.OP_HELLO))
+        transport.shares_memory = False  # every frame through the pipe, where Held reads it
+        return transport
+
+    options = SyncOptions(chunk_size=1 << 20, direct=False)
+    report = SyncEngine(Endpoint.parse(str(src)), Endpoint.parse(str(dst)), options, transport_factory=factory).run()
+    assert dst.read_bytes() == data and report.outcome == "synced"
+
+
+def test_an_answer_right_before_the_worker_exits_is_still_the_answer(tmp_path: Path) -> None:
+    """EXIT goes right behind the last FLUSH: the worker answers both and exits at once, so its
+    stream may end before the caller has read the FLUSH's answer. That answer stands; only
+    requests still unanswered become a lost connection."""
+    path = tmp_path / "file"
+    path.write_bytes(b"x" * 4096)
+    conn = Connection(LocalTransport(), "destination", queue.Queue())
+    conn.start(timeout=20)
+    try:
+        opening = conn.ask(wire.OP_OPEN, {"path": str(path)})
+        conn.ask_exit()
+        deadline = time.monotonic() + 10
+        while conn._lost is None and time.monotonic() < deadline:  # the stream has ended
+            time.sleep(0.01)
+        assert conn._lost is not None
+        assert wire.decode_json(opening(5))["size"] == 4096
+    finally:
+        conn.close()
+
+
 def test_hello_travels_with_the_payload_not_after_the_banner() -> None:
     """One round trip less per connection: HELLO is sent right behind the worker's code, so its
     answer comes back with the banner."""

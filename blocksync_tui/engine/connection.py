@@ -119,6 +119,8 @@ class Connection:
         """Memory shared with a worker on this host: large DATA payloads come through it."""
         self._ring_out: shared_ring.Ring | None = None
         """And the other way: large WRITE payloads go through it."""
+        self._exiting: Callable[[float], bytes] | None = None
+        """What waits for the answer to an EXIT asked ahead of `close` (`ask_exit`)."""
         self._offered: list[int] = []
         """Descriptors of the rings offered in HELLO, open until it is answered."""
 
@@ -360,8 +362,10 @@ class Connection:
                 if op == wire.OP_RELEASE and self._ring_out is not None:
                     self._ring_out.release(wire.release_position(payload))
                     continue
-                waiter = self._waiters.get(rid)
-                if waiter is not None and rid:
+                # Taken out as it is answered: an end of the stream right behind this answer
+                # (a worker that exits on EXIT) must not turn it into a lost connection.
+                waiter = self._waiters.pop(rid, None) if rid else None
+                if waiter is not None:
                     waiter.op, waiter.payload = op, payload
                     waiter.done.set()
                 else:
@@ -402,19 +406,26 @@ class Connection:
         if self._ring_out is not None:
             self._ring_out.abandon()  # the sender may wait for space the worker never frees
         for waiter in list(self._waiters.values()):
-            waiter.op = _EOF
-            waiter.done.set()
+            if not waiter.done.is_set():
+                waiter.op = _EOF
+                waiter.done.set()
         self.events.put(Frame(self.side, _EOF, 0, reason.encode()))
 
     def abandon(self, reason: str) -> None:
         """Give up on a worker that stopped answering: `close` then ends it without asking."""
         self._end(reason)
 
+    def ask_exit(self) -> None:
+        """Ask the worker to exit once it has answered every request sent before: nothing may be
+        asked after this, and `close` then only waits for the answer."""
+        self._exiting = self.ask(wire.OP_EXIT, b"")
+
     def close(self, timeout: float = 10.0) -> None:
-        """Ask the worker to finish its writes and exit, then close the transport."""
+        """Ask the worker to finish its writes and exit (unless asked already), then close the
+        transport."""
         if self._lost is None and self._thread is not None:
             try:
-                self.call(wire.OP_EXIT, b"", timeout)
+                (self._exiting or self.ask(wire.OP_EXIT, b""))(timeout)
             except (ConnectionLost, RemoteError):
                 pass
         self._outbox.put(None)

@@ -584,8 +584,10 @@ class SyncEngine:
                 self._cache_verdict(self._transfer)
             if not self.options.dry_run:
                 self.phase = "flushing"
-                flushed = [self._flush()]
-                if self.options.verify and not self.cancelled:
+                verifying = self.options.verify and not self.cancelled
+                # A lane's worker stays until the run ends: the first one holds the device's claim.
+                flushed = [self._flush(last=not verifying and self.options.lane is None)]
+                if verifying:
                     self.phase = "verifying"
                     self._verified = verify(self._transfer, lambda: flushed.append(self._flush()))
                 self._end_checkpoints(flushed[-1])
@@ -695,14 +697,19 @@ class SyncEngine:
         src = self._opened[SOURCE]
         return peer.exists and (peer.identity, peer.size) == (src.identity, src.size)
 
-    def _flush(self) -> dict:
-        """fsync the destination; its answer (bytes written, and a file's modification time)."""
-        return self._flush_within(FLUSH_TIMEOUT)
+    def _flush(self, last: bool = False) -> dict:
+        """fsync the destination; its answer (bytes written, and a file's modification time).
+        The `last` request of the run: EXIT goes right behind it, so closing waits one round
+        trip less."""
+        return self._flush_within(FLUSH_TIMEOUT, last)
 
-    def _flush_within(self, timeout: float) -> dict:
+    def _flush_within(self, timeout: float, last: bool = False) -> dict:
         conn = self._conns[DESTINATION]
+        flushing = conn.ask(wire.OP_FLUSH, b"")
+        if last:
+            conn.ask_exit()
         try:
-            answer = wire.decode_json(conn.call(wire.OP_FLUSH, b"", timeout=timeout))
+            answer = wire.decode_json(flushing(timeout))
         except RemoteError as exc:
             raise RemoteError(where(conn, f"flush failed: {exc}")).on(DESTINATION)
         self._flushed = self._parsed(DESTINATION, Flushed.parse, answer)
