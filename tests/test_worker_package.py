@@ -157,3 +157,20 @@ def test_every_advertised_hash_name_builds() -> None:
         assert protocol.digest_size(name) == len(h.digest()) >= protocol.SUB_DIGEST_SIZE
     with pytest.raises(ValueError, match="unknown hash"):
         protocol.new_hash("crc32")
+
+
+def test_modules_in_the_current_directory_are_not_imported_by_the_worker(tmp_path: Path, monkeypatch) -> None:
+    """`python3 -c` puts the current directory first on sys.path; over SSH that is the remote
+    user's home. A zlib.py or hashlib.py there must not stand in for the standard library's."""
+    from helpers import run_engine
+
+    shadows = tmp_path / "home"
+    shadows.mkdir()
+    for name in ("zlib", "hashlib", "struct", "json", "queue", "mmap", "fcntl"):
+        (shadows / f"{name}.py").write_text(f"raise SystemExit('the {name}.py of the current directory ran')\n")
+    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
+    src.write_bytes(os.urandom(3 << 20))
+    dst.write_bytes(bytes(3 << 20))
+    monkeypatch.chdir(shadows)
+    report = run_engine(src, dst, chunk_size=1 << 20)
+    assert report.outcome == "synced" and dst.read_bytes() == src.read_bytes()

@@ -29,7 +29,9 @@ PACKAGE_DIR = Path(__file__).with_name("worker")
 LOADER = "loader.py"
 
 STUB = (
-    "import sys;sys.version_info<(3,8)and sys.exit(96);b=sys.stdin.buffer;"
+    # `-c` puts the current directory (a remote user's home) first on sys.path: a zlib.py or
+    # hashlib.py there would be imported in place of the standard library's. It goes first.
+    "import sys;sys.path[:1]==['']and sys.path.pop(0);sys.version_info<(3,8)and sys.exit(96);b=sys.stdin.buffer;"
     "s=b.read(int(b.readline()));"
     "exec(compile(s,'blocksync_worker/loader.py','exec'),{'__name__':'__blocksync_loader__','LOADER':s})"
 )
