@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import paramiko
 import pytest
 from helpers import expected_states
 from sshd import SshServer
@@ -238,29 +241,80 @@ def test_proxy_jump_through_a_direct_tcpip_channel(sshd: SshServer, tmp_path: Pa
     assert dst.read_bytes() == src.read_bytes()
 
 
-def test_the_link_round_trip_is_measured_while_starting(sshd: SshServer, tmp_path: Path) -> None:
-    """The windows of differing chunks are sized from the link's round trip (pipeline.py); the
-    transport measures it on the exec request, through a proxy that adds 40 ms each way."""
+@contextlib.contextmanager
+def delayed(sshd: SshServer, tmp_path: Path, delay_ms: int) -> Iterator[tuple[int, SshOptions]]:
+    """The sshd behind bench/delay_proxy.py (`delay_ms` each way): its port, and options with a
+    known_hosts that lists the host key there."""
     proxy = subprocess.Popen(
         [sys.executable, str(Path(__file__).parents[1] / "bench" / "delay_proxy.py"),
-         "--target", f"{sshd.host}:{sshd.port}", "--delay-ms", "40"],
+         "--target", f"{sshd.host}:{sshd.port}", "--delay-ms", str(delay_ms)],
         stdout=subprocess.PIPE, text=True,
     )
     try:
         port = int(proxy.stdout.readline().rsplit(":", 1)[1])  # "listening on HOST:PORT"
-        known = tmp_path / "known_hosts"
+        known = tmp_path / "known_hosts.delayed"
         known.write_text(sshd.known_hosts_line().replace(f":{sshd.port} ", f":{port} ") + "\n")
-        transport = ssh_module.SshTransport(
-            Endpoint.parse(f"{sshd.user}@{sshd.host}:{port}:/x"), sshd.ssh_options(known_hosts=str(known)),
-        )
-        transport.start()
-        try:
-            assert 0.08 <= transport.round_trip < 2.0
-        finally:
-            transport.close()
+        yield port, sshd.ssh_options(known_hosts=str(known))
     finally:
         proxy.kill()
         proxy.wait()
+
+
+def test_the_link_round_trip_is_measured_and_widens_the_receive_window(sshd: SshServer, tmp_path: Path) -> None:
+    """The transport measures the link's round trip on the exec request: the windows of
+    differing chunks are sized from it (pipeline.py), and so is the channel's receive window,
+    which paramiko's 2 MiB would leave at one window per round trip. Over loopback it stays."""
+    with delayed(sshd, tmp_path, 40) as (port, options):
+        transport = ssh_module.SshTransport(Endpoint.parse(f"{sshd.user}@{sshd.host}:{port}:/x"), options)
+        transport.start()
+        try:
+            assert 0.08 <= transport.round_trip < 2.0
+            window = transport._channel.in_window_size
+            assert window == min(int(transport.round_trip * ssh_module.LINK_BANDWIDTH), ssh_module.MAX_RECEIVE_WINDOW)
+        finally:
+            transport.close()
+    transport = ssh_module.SshTransport(Endpoint.parse(sshd.endpoint("/x")), sshd.ssh_options())
+    transport.start()
+    try:
+        assert transport._channel.in_window_size == 2 << 20  # paramiko's own
+    finally:
+        transport.close()
+    assert not ssh_module.widen_window(object(), 16 << 20)  # internals missing: left as it is
+
+
+def test_a_jump_hosts_tunnel_is_widened_too(sshd: SshServer, tmp_path: Path) -> None:
+    """Through a jump host, the target's whole connection rides one direct-tcpip channel of the
+    jump's: its window bounds the pull as much as the session's."""
+    with delayed(sshd, tmp_path, 40) as (port, options):
+        config = tmp_path / "ssh_config"
+        config.write_text(
+            f"Host target\n  HostName {sshd.host}\n  Port {sshd.port}\n"
+            f"  ProxyJump {sshd.user}@{sshd.host}:{port}\n"
+            f"Host *\n  IdentityFile {sshd.key}\n"
+        )
+        known = tmp_path / "known_hosts.both"
+        known.write_text(Path(options.known_hosts).read_text() + sshd.known_hosts_line() + "\n")
+        transport = ssh_module.SshTransport(
+            Endpoint.parse("target:/x"), replace(options, config_file=str(config), known_hosts=str(known)),
+        )
+        transport.start()
+        try:
+            tunnel = transport._ssh.sock
+            assert isinstance(tunnel, paramiko.Channel) and tunnel.in_window_size > 8 << 20
+            assert transport._channel.in_window_size > 8 << 20
+        finally:
+            transport.close()
+
+
+def test_a_pull_through_a_long_link_uses_the_wider_window(sshd: SshServer, tmp_path: Path) -> None:
+    """The server sends up to the wider window at once, and the receiver (which refuses data
+    beyond the window) takes it: the pulled copy is whole."""
+    src = tmp_path / "src.img"
+    src.write_bytes(random.Random(9).randbytes(24 << 20 | 12345))
+    dst = tmp_path / "dst.img"
+    with delayed(sshd, tmp_path, 20) as (port, options):
+        report = sync(f"{sshd.user}@{sshd.host}:{port}:{src}", str(dst), options)
+    assert report.method == "stream" and dst.read_bytes() == src.read_bytes()
 
 
 def test_match_exec_still_runs_though_invoke_loads_only_then(tmp_path: Path) -> None:
