@@ -282,6 +282,32 @@ def test_the_link_round_trip_is_measured_and_widens_the_receive_window(sshd: Ssh
     assert not ssh_module.widen_window(object(), 16 << 20)  # internals missing: left as it is
 
 
+def test_a_first_copy_over_a_long_link_notes_that_lanes_would_help(sshd: SshServer, tmp_path: Path) -> None:
+    """sshd lets one connection have 2 MiB in flight a round trip: a large first copy over a
+    long link says so before it starts, and what helps. Not over loopback, nor in lanes."""
+    src = tmp_path / "src.img"
+    with open(src, "wb") as f:  # 2 GiB, nearly all holes: the copy itself is quick
+        f.write(random.Random(2).randbytes(1 << 20))
+        f.truncate(2 << 30)
+
+    def notes(endpoint: str, options: SshOptions, **more: object) -> list[str]:
+        dst = tmp_path / f"dst-{len(list(tmp_path.iterdir()))}.img"
+        engine = SyncEngine(Endpoint.parse(str(src)), Endpoint.parse(endpoint.format(dst)),
+                            SyncOptions(direct=False, **more), transport_factory(options))  # type: ignore[arg-type]
+        try:
+            engine.prepare()
+            return engine.notes
+        finally:
+            engine.close()
+
+    with delayed(sshd, tmp_path, 20) as (port, options):
+        said = notes(f"{sshd.user}@{sshd.host}:{port}:{{}}", options)
+        assert len(said) == 1 and "a round trip per connection" in said[0] and "--streams 4" in said[0]
+        assert "2.0 MiB a round trip" in said[0]
+        assert notes(f"{sshd.user}@{sshd.host}:{port}:{{}}", options, lane=(0, 2)) == []
+    assert notes(sshd.endpoint("{}"), sshd.ssh_options()) == []
+
+
 def test_a_jump_hosts_tunnel_is_widened_too(sshd: SshServer, tmp_path: Path) -> None:
     """Through a jump host, the target's whole connection rides one direct-tcpip channel of the
     jump's: its window bounds the pull as much as the session's."""

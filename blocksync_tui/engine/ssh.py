@@ -397,12 +397,17 @@ class SshTransport(Transport):
                     )
                     tunnels.append(sock)
             self._ssh = client.get_transport()
+            asked = time.monotonic()
             channel = self._ssh.open_session(timeout=hop.timeout)
+            opening = time.monotonic() - asked
             # Before the command starts, while the channel has carried no data yet.
             self._receiver = GcmReceiver.attach(channel)
             asked = time.monotonic()
-            channel.exec_command(self.remote_command())  # one request, answered once it runs
-            self.round_trip = time.monotonic() - asked
+            channel.exec_command(self.remote_command())
+            # Two requests and their answers: the quicker is the link's round trip (the exec
+            # also waits for sshd to start the session, 1-10 ms on a busy machine).
+            self.round_trip = min(opening, time.monotonic() - asked)
+            self.send_window = getattr(channel, "out_window_size", 0)  # what the server granted
             for carrier in (*tunnels, channel):  # a jump host's tunnel carries it all, too
                 widen_window(carrier, int(self.round_trip * LINK_BANDWIDTH))
         except Exception as exc:  # every failure becomes one line a user can act on

@@ -30,6 +30,9 @@ class Transport(ABC):
     """The worker runs on this host: chunk data may come through shared memory (worker/ring.py)."""
     round_trip: float = 0.0
     """Seconds a request and its answer take on the link, as measured while starting (0 here)."""
+    send_window: int = 0
+    """Bytes the worker's side lets us have in flight unacknowledged (an SSH server's channel
+    window); 0: no such bound."""
 
     @property
     def host_identity(self) -> str:
