@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import filecmp
 import json
 import os
 import random
@@ -38,6 +39,7 @@ from blocksync_tui.engine.errors import (
     UsageError,
 )
 from blocksync_tui.engine.options import SshOptions
+from blocksync_tui.engine.parallel import engine_for
 from blocksync_tui.engine.process import EngineProcess
 from blocksync_tui.engine.report import Report
 from blocksync_tui.engine.sync import SyncEngine, SyncOptions
@@ -290,22 +292,57 @@ def test_a_first_copy_over_a_long_link_notes_that_lanes_would_help(sshd: SshServ
         f.write(random.Random(2).randbytes(1 << 20))
         f.truncate(2 << 30)
 
-    def notes(endpoint: str, options: SshOptions, **more: object) -> list[str]:
+    def prepared(endpoint: str, options: SshOptions, **more: object) -> tuple[list[str], int]:
         dst = tmp_path / f"dst-{len(list(tmp_path.iterdir()))}.img"
+        more.setdefault("streams", 1)
         engine = SyncEngine(Endpoint.parse(str(src)), Endpoint.parse(endpoint.format(dst)),
                             SyncOptions(direct=False, **more), transport_factory(options))  # type: ignore[arg-type]
         try:
             engine.prepare()
-            return engine.notes
+            return engine.notes, engine.lanes_wanted
         finally:
             engine.close()
 
     with delayed(sshd, tmp_path, 20) as (port, options):
-        said = notes(f"{sshd.user}@{sshd.host}:{port}:{{}}", options)
+        far = f"{sshd.user}@{sshd.host}:{port}:{{}}"
+        said, lanes = prepared(far, options)
         assert len(said) == 1 and "a round trip per connection" in said[0] and "--streams 4" in said[0]
-        assert "2.0 MiB a round trip" in said[0]
-        assert notes(f"{sshd.user}@{sshd.host}:{port}:{{}}", options, lane=(0, 2)) == []
-    assert notes(sshd.endpoint("{}"), sshd.ssh_options()) == []
+        assert "2.0 MiB a round trip" in said[0] and lanes == 1
+        assert prepared(far, options, streams=None) == ([], 4)  # auto: the lanes, not a note
+        assert prepared(far, options, lane=(0, 2), streams=None) == ([], 1)
+    assert prepared(sshd.endpoint("{}"), sshd.ssh_options(), streams=None) == ([], 1)
+
+
+@pytest.mark.parametrize("own_process", [False, True], ids=["here", "engine process"])
+def test_auto_lanes_take_four_for_a_first_copy_over_a_long_link(sshd: SshServer, tmp_path: Path, own_process: bool) -> None:
+    """--streams auto cannot know the link before it connects: its one lane's prepare finds a
+    first copy that one connection's window would hold back, and the run is prepared afresh
+    in four lanes, which copy it whole. Over loopback it stays one lane."""
+    src = tmp_path / "src.img"
+    with open(src, "wb") as f:  # 2 GiB, nearly all holes: the copy itself is quick
+        f.write(random.Random(3).randbytes(3 << 20 | 777))
+        f.truncate(2 << 30)
+    options = SyncOptions(direct=False, streams=None)
+    with delayed(sshd, tmp_path, 20) as (port, ssh):
+        dst = tmp_path / "far.img"
+        engine = engine_for(Endpoint.parse(str(src)), Endpoint.parse(f"{sshd.user}@{sshd.host}:{port}:{dst}"),
+                            options, ssh, own_process=own_process)
+        try:
+            engine.prepare()
+            assert engine.streams == 4
+            assert any("4 lanes, each with its own connection" in note for note in engine.notes)
+            report = engine.run()
+        finally:
+            engine.close()
+        assert report.outcome == "synced" and filecmp.cmp(src, dst, shallow=False)
+    near = tmp_path / "near.img"
+    engine = engine_for(Endpoint.parse(str(src)), Endpoint.parse(sshd.endpoint(near)), options, sshd.ssh_options(),
+                        own_process=own_process)
+    try:
+        engine.prepare()
+        assert engine.streams == 1 and engine.notes == []
+    finally:
+        engine.close()
 
 
 def test_a_jump_hosts_tunnel_is_widened_too(sshd: SshServer, tmp_path: Path) -> None:

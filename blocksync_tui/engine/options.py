@@ -103,7 +103,8 @@ def auto_streams(any_remote: bool, cpus: int | None = None, cached: bool = False
     2 cores one lane beat two in every first copy, pull and repeat push). One when both are
     local, where extra engine processes cost more to start than they save, and one when the
     destination has a digest cache (`cached`), which spares reading it: what is left is
-    reading the source, which more connections do not make faster."""
+    reading the source, which more connections do not make faster. Where this says one, a
+    first copy over a long link may still take more, once connected (parallel.AutoLanes)."""
     if not any_remote or cached:
         return 1
     return max(1, min(4, (cpus if cpus is not None else (os.cpu_count() or 1)) // 2))

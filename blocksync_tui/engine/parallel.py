@@ -54,12 +54,56 @@ def engine_for(
     EngineProcess."""
     if options.streams is None:
         cached = options.cache == "auto" and digest_cache.cache_path(str(destination)).exists()
-        options = replace(options, streams=auto_streams(source.is_remote or destination.is_remote, cached=cached))
+        streams = auto_streams(source.is_remote or destination.is_remote, cached=cached)
+        if streams == 1 and (source.is_remote or destination.is_remote) and not cached:
+            return AutoLanes(source, destination, options, ssh, own_process)
+        options = replace(options, streams=streams)
     if options.streams > 1:
         return ParallelEngine(source, destination, options, ssh)
     if own_process:
         return EngineProcess(source, destination, options, ssh)
     return SyncEngine(source, destination, options, transport_factory(ssh))
+
+
+class AutoLanes:
+    """The `api.Engine` of a run with a remote side whose lanes were left to decide: one lane,
+    unless its prepare finds a first copy that one connection's window would hold back over a
+    long link (SyncEngine.lanes_wanted). Then that one is closed (prepare writes nothing) and
+    the run is prepared afresh in that many lanes, each with its own connection; a note says
+    why. Everything else is the engine's that runs."""
+
+    def __init__(
+        self, source: Endpoint, destination: Endpoint, options: SyncOptions, ssh: SshOptions,
+        own_process: bool = False,
+    ) -> None:
+        self._make = lambda streams: engine_for(source, destination, replace(options, streams=streams), ssh, own_process)
+        self._engine: Engine = (
+            EngineProcess(source, destination, options, ssh) if own_process
+            else SyncEngine(source, destination, options, transport_factory(ssh))
+        )
+        self.streams = 1
+        """The lanes the run takes, once prepared."""
+        self._prepared = False
+
+    def prepare(self) -> None:
+        self._engine.prepare()
+        self._prepared = True
+        lanes, link = getattr(self._engine, "lanes_wanted", 1), getattr(self._engine, "long_link", "")
+        if lanes <= 1:
+            return
+        self._engine.close()
+        self._engine = self._make(lanes)
+        self._engine.prepare()
+        self.streams = lanes
+        self._engine.notes.append(f"{link}: {lanes} lanes, each with its own connection (--streams 1 keeps one)")
+
+    def run(self) -> Report:
+        if not self._prepared:
+            self.prepare()
+        return self._engine.run()
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
 
 
 class ParallelEngine:

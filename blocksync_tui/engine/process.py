@@ -127,6 +127,8 @@ class Prepared:
     state_file: str
     source_layout: Layout | None = None
     destination_layout: Layout | None = None
+    lanes_wanted: int = 1
+    long_link: str = ""
 
 
 @dataclass(frozen=True)
@@ -262,7 +264,8 @@ def _child_main() -> None:
                        engine.source_info, engine.destination_info,
                        engine.algorithm, engine.compression, engine.notes,
                        str(engine.state_file or ""),
-                       engine.source_layout, engine.destination_layout))
+                       engine.source_layout, engine.destination_layout,
+                       engine.lanes_wanted, engine.long_link))
     command = conn.recv()
     if not isinstance(command, Run):
         engine.close()
@@ -421,6 +424,7 @@ class EngineProcess:
         self.source_info, self.destination_info = info.source_info, info.destination_info
         self.algorithm, self.compression = info.algorithm, info.compression
         self.notes, self.state_file = info.notes, info.state_file
+        self.lanes_wanted, self.long_link = info.lanes_wanted, info.long_link
         self.source_layout, self.destination_layout = info.source_layout, info.destination_layout
         if self._owns_map:
             self._map_file = shared_map_file(info.total)
