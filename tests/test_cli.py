@@ -277,7 +277,7 @@ REPORT_KEYS = [
     "warnings", "message", "destination_size", "scanned_source", "scanned_destination", "cache",
     "size_difference", "settled_by", "chunks_settled", "chunks_sampled", "sample_differed",
     "partitions", "owners", "tool_version", "started", "source_host", "destination_host",
-    "source_path", "destination_path",
+    "source_path", "destination_path", "streams",
 ]
 """The JSON report's keys, in order: scripts read them, so new keys only ever go at the end."""
 

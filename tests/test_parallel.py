@@ -40,7 +40,7 @@ def test_lanes_give_what_one_gives(tmp_path: Path, pair, streams: int, direct: b
     if dst_data is not None:
         dst.write_bytes(dst_data)
     engine, report = _run(src, dst, streams, chunk_size=chunk, direct=direct, dry_run=dry_run)
-    assert isinstance(engine, ParallelEngine)
+    assert isinstance(engine, ParallelEngine) and report.streams == streams
     states = expected_states(src_data, dst_data, chunk)
     if dry_run:
         got = report.chunks

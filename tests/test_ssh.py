@@ -334,7 +334,7 @@ def test_auto_lanes_take_four_for_a_first_copy_over_a_long_link(sshd: SshServer,
             report = engine.run()
         finally:
             engine.close()
-        assert report.outcome == "synced" and filecmp.cmp(src, dst, shallow=False)
+        assert report.outcome == "synced" and report.streams == 4 and filecmp.cmp(src, dst, shallow=False)
     near = tmp_path / "near.img"
     engine = engine_for(Endpoint.parse(str(src)), Endpoint.parse(sshd.endpoint(near)), options, sshd.ssh_options(),
                         own_process=own_process)

@@ -390,6 +390,7 @@ class ParallelEngine:
             bytes_sent=sum(r.bytes_sent for r in done),
             wire_bytes=sum(r.wire_bytes for r in done),
             seconds=max(r.seconds for r in done),
+            streams=len(self.lanes),
             verified=verified,
             change_runs=run_count,
             largest_runs=largest,

@@ -161,6 +161,9 @@ class Report:
     named in `source` is the `/dev/sdX` here)."""
     destination_path: str = ""
     """The destination's absolute path on its host, symbolic links resolved."""
+    streams: int = 1
+    """The lanes the run took: `--streams`, or what `auto` chose (which may be more than it
+    said before connecting: a first copy over a long link, parallel.AutoLanes)."""
 
     @classmethod
     def runs_of(cls, chunk_map: ChunkView, chunk_size: int, size: int) -> tuple[int, list[dict]]:
