@@ -141,12 +141,12 @@ class SyncEngine:
         as the first lane opened it for writing (created or truncated); this lane must find
         that very object, and treats it as what prepare saw (absent: all holes)."""
         self.notes: list[str] = []
+        """What a user should know before the run that is no warning ("resuming at 40%")."""
         self.lanes_wanted = 1
-        """What prepare found this run would go faster in: a first copy over a long link
+        """The lanes prepare found this run would go faster in: a first copy over a long link
         (`_note_a_long_link`), when its lanes were left to decide (`options.streams` None)."""
         self.long_link = ""
         """Why, in words, once prepare found such a link."""
-        """What a user should know before the run that is no warning ("resuming at 40%")."""
         self.prior: Prior | None = None
         """What is known before the run (resume state, --changed-from, a dry run), once
         prepared: the run reads the chunks it does not settle, and a sample of those it does."""
