@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,23 @@ async def test_dry_run_from_keys_matches_the_engine_then_sync(tmp_path: Path) ->
         )
         assert app.screen.report.outcome == "synced"
         assert dst.read_bytes() == src.read_bytes()
+
+
+async def test_the_review_says_how_many_lanes_the_run_took(tmp_path: Path) -> None:
+    """`auto` may take more lanes once connected (a first copy over a long link): the review
+    says how many the run took, as the report's `streams` does."""
+    src = tmp_path / "src.img"
+    src.write_bytes(random.Random(4).randbytes(3 << 20))
+    dst = tmp_path / "dst.img"
+    dst.write_bytes(bytes(3 << 20))
+    app = BlocksyncApp(RunRequest(str(src), str(dst)), list_devices=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+d")
+        await _wait_for(pilot, lambda: _on(app, ReviewScreen))
+        review = app.screen
+        assert review.report.streams == 1 and "lanes" not in _summary_text(review)
+        in_lanes = ReviewScreen(review.engine, replace(review.report, streams=4), review.request)
+        assert "through 4 lanes, each with its own connections" in _summary_text(in_lanes)
 
 
 async def test_a_length_difference_shows_on_the_review(tmp_path: Path) -> None:
@@ -651,8 +669,6 @@ async def test_pause_shows_in_the_title_and_the_footer(tmp_path: Path) -> None:
 async def test_cancelling_and_the_eta_at_80x24(tmp_path: Path) -> None:
     """On 80x24 the progress line with its ETA is in view; a cancel under way reads CANCELLING
     in the title, and the footer's Esc says "Cancelling…" instead of offering a second cancel."""
-    from dataclasses import replace
-
     from blocksync_tui.engine.endpoint import Endpoint
     from blocksync_tui.engine.sync import SyncEngine, SyncOptions
 

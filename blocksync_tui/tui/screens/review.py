@@ -152,7 +152,8 @@ class ReviewScreen(Screen[None]):
         if r.verified is not None:
             rows.append(("Verified", "yes, re-read from disk" if r.verified else Text("FAILED", style="red")))
         rows += [
-            ("On the wire", human_bytes(r.wire_bytes)),
+            ("On the wire", human_bytes(r.wire_bytes)
+             + (f", through {r.streams} lanes, each with its own connections" if r.streams > 1 else "")),
             ("Compared", "byte for byte, on one host"
              if r.method == "direct" else f"{r.algorithm} digests, compression {r.compression}"
              + (", the destination's from its digest cache (a sample of it read again)" if r.method == "cache" else "")),
