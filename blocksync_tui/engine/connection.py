@@ -406,9 +406,8 @@ class Connection:
         if self._ring_out is not None:
             self._ring_out.abandon()  # the sender may wait for space the worker never frees
         for waiter in list(self._waiters.values()):
-            if not waiter.done.is_set():
-                waiter.op = _EOF
-                waiter.done.set()
+            waiter.op = _EOF  # unanswered: the reader takes answered ones out
+            waiter.done.set()
         self.events.put(Frame(self.side, _EOF, 0, reason.encode()))
 
     def abandon(self, reason: str) -> None:

@@ -119,7 +119,6 @@ class SyncEngine:
         difference in itself, which a sync removes by truncating or growing the file."""
         self._events: queue.Queue[Frame] = queue.Queue()
         self._conns: dict[str, Connection] = {}
-        self._round_trips: dict[str, float] = {}
         self._opened: dict[str, Opened] = {}
         self._layouts: dict[str, Layout] = {}
         self.regions: list[Region] = []
@@ -412,7 +411,6 @@ class SyncEngine:
                 asked: list = []
                 conn.start(then=lambda: asked.append(self._ask_open(side, request, self.options.layout)))
                 opened = self._opened_by(side, request, *asked[0])
-                self._round_trips[side] = conn.transport.round_trip
                 if side == SOURCE and not opened.exists:
                     raise EndpointError(f"{self.source}: no such file or device")
             except BaseException as exc:  # handed to the calling thread below
@@ -573,7 +571,7 @@ class SyncEngine:
             self._control,
             method,
             self._dest_absent,
-            round_trip=max(self._round_trips.values(), default=0.0),
+            round_trip=max(conn.transport.round_trip for conn in self._conns.values()),
             prior=self.prior,
             tally=DiffTally(self.regions),
             cached=cached,
